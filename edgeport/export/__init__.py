@@ -1,0 +1,1 @@
+"""Export: Hugging Face folders and torch modules to verified ONNX artifacts."""

@@ -1,0 +1,149 @@
+"""Model sources for export and merge: Hugging Face folders and ``module:callable`` factories.
+
+Everything here checks the source before the heavy libraries touch it, so a user
+mistake becomes a clear ``EdgeportError`` rather than a transformers stack trace.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InvalidOptionError, SourceError, UnsafeFileError
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+
+
+def is_callable_source(source: str) -> bool:
+    """``pkg.module:factory`` rather than a path (a Windows drive letter is a path)."""
+    return bool(re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", source)) and not Path(source).exists()
+
+
+def read_config(folder: Path) -> dict:
+    if not folder.exists():
+        raise SourceError(f"model folder '{folder}' does not exist")
+    if not folder.is_dir():
+        raise SourceError(f"'{folder}' is a file; SOURCE must be a Hugging Face model folder or module:callable")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise SourceError(
+            f"'{folder}' has no config.json, so it is not a Hugging Face model folder "
+            "(save one with model.save_pretrained(folder), or pass module:callable)"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{config_path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise SourceError(f"{config_path} must hold a JSON object")
+    return config
+
+
+def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
+    """The weight files transformers will read, after refusing pickle and checking safetensors."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise SourceError(f"{index} is not a valid safetensors index: {exc}") from exc
+        files = [folder / s for s in shards]
+    elif (folder / "model.safetensors").is_file():
+        files = [folder / "model.safetensors"]
+    else:
+        pickled = [p for p in PICKLE_WEIGHTS if (folder / p).is_file()]
+        if not pickled:
+            raise SourceError(f"'{folder}' has no weights: expected model.safetensors (or a sharded index)")
+        if not allow_pickle:
+            raise UnsafeFileError(
+                f"'{folder}' only has pickle weights ({', '.join(pickled)}); loading pickle can run "
+                "arbitrary code. Convert them to safetensors, or pass --allow-pickle if you trust the file"
+            )
+        return [folder / p for p in pickled]
+    for file in files:
+        check_safetensors(file)
+    return files
+
+
+def check_safetensors(path: Path) -> None:
+    """Validate a safetensors header and that the file holds every byte it declares."""
+    if not path.is_file():
+        raise SourceError(f"weights file '{path}' is missing")
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            (header_len,) = struct.unpack("<Q", handle.read(8))
+            if header_len <= 0 or 8 + header_len > size:
+                raise ValueError("header length is past the end of the file")
+            header = json.loads(handle.read(header_len))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise SourceError(f"'{path}' is not a valid safetensors file ({exc}); re-save or re-download it") from exc
+    if 8 + header_len + end != size:
+        raise SourceError(
+            f"'{path}' is truncated or corrupted: its header declares {8 + header_len + end} bytes, "
+            f"the file has {size}; re-save or re-download it"
+        )
+
+
+# ----------------------------------------------------------------- module:callable
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
+
+
+def parse_input_spec(text: str) -> InputSpec:
+    """``name:1x3x32x32:float32`` → InputSpec; the first dimension is the batch."""
+    parts = text.split(":")
+    if len(parts) != 3 or not parts[0]:
+        raise InvalidOptionError(f"--input '{text}' must look like name:1x3x32x32:float32")
+    name, shape_text, dtype = parts
+    if not re.fullmatch(r"[A-Za-z_][\w.\-]*", name):
+        raise InvalidOptionError(f"--input '{text}': '{name}' is not a valid input name")
+    try:
+        shape = tuple(int(d) for d in shape_text.lower().split("x"))
+    except ValueError:
+        raise InvalidOptionError(
+            f"--input '{text}': shape '{shape_text}' must be positive integers joined by 'x', e.g. 1x3x32x32"
+        ) from None
+    if not shape or any(d <= 0 for d in shape):
+        raise InvalidOptionError(f"--input '{text}': every dimension must be a positive integer")
+    if dtype not in _DTYPES:
+        raise InvalidOptionError(f"--input '{text}': dtype '{dtype}' is not one of {', '.join(_DTYPES)}")
+    return InputSpec(name, shape, dtype)
+
+
+def load_callable(source: str):
+    """Import ``module:callable`` (the current folder is importable) and call it."""
+    import torch
+
+    module_name, _, attr = source.partition(":")
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SourceError(f"cannot import module '{module_name}' for '{source}': {exc}") from exc
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise SourceError(f"'{module_name}' has no callable '{attr}'")
+    try:
+        model = factory()
+    except Exception as exc:
+        raise SourceError(f"calling {source}() failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise SourceError(f"{source}() returned {type(model).__name__}, not a torch.nn.Module")
+    return model.eval()

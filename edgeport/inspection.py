@@ -1,0 +1,90 @@
+"""``edgeport inspect``: what an artifact is, in one dictionary (and one screenful)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from .artifact import Artifact
+
+
+def inspect_artifact(path, verify: bool = True) -> dict[str, Any]:
+    artifact = Artifact.load(path, verify=verify)
+    manifest = artifact.manifest
+    return {
+        "path": str(artifact.path),
+        "checksums": "verified" if verify else "not checked",
+        "schema_version": manifest.schema_version,
+        "task": manifest.task,
+        "processing": manifest.processing,
+        "graph": manifest.graph,
+        "operators": operator_histogram(artifact),
+        "precision": manifest.precision,
+        "size_bytes": artifact.size_bytes(),
+        "model_bytes": sum(e["size"] for n, e in manifest.files.items() if n.startswith("model.onnx")),
+        "parity": manifest.parity,
+        "lineage": manifest.lineage,
+        "files": manifest.files,
+    }
+
+
+def operator_histogram(artifact: Artifact) -> dict[str, int]:
+    """Operator counts (``domain.Op`` for non-default domains), most frequent first."""
+    if artifact.manifest.graph["format"] != "onnx":
+        return {}
+    try:
+        import onnx
+    except ImportError:
+        return {}
+    model = onnx.load(str(artifact.model_path), load_external_data=False)
+    counts = Counter(
+        (f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type) for n in model.graph.node
+    )
+    return dict(counts.most_common())
+
+
+def _shape(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    mb = info["size_bytes"] / 1e6
+    lines = [
+        f"artifact   {info['path']}  ({mb:.1f} MB, checksums {info['checksums']})",
+        f"task       {info['task']}",
+        f"graph      {info['graph']['format']}, opset {info['graph'].get('opset')}"
+        + (", static shapes" if info["graph"].get("static_shapes") else ""),
+    ]
+    for kind in ("inputs", "outputs"):
+        for spec in info["graph"][kind]:
+            lines.append(f"  {kind[:-1]:<7}  {spec['name']:<20} {spec['dtype']:<8} {_shape(spec['shape'])}")
+    precision = info["precision"]
+    lines.append(f"precision  {precision.get('mode')}"
+                 + (f", {len(precision.get('kept_fp32_nodes') or [])} nodes kept in fp32"
+                    if precision.get("kept_fp32_nodes") else ""))
+    if info["processing"]:
+        shown = {k: v for k, v in info["processing"].items() if k != "labels"}
+        if "labels" in info["processing"]:
+            shown["labels"] = f"{len(info['processing']['labels'])} labels"
+        lines.append("processing " + ", ".join(f"{k}={v}" for k, v in shown.items()))
+    ops = info["operators"]
+    if ops:
+        lines.append(f"operators  {sum(ops.values())} nodes: " + ", ".join(f"{k} {v}" for k, v in list(ops.items())[:12])
+                     + (" ..." if len(ops) > 12 else ""))
+    for stage, parity in info["parity"].items():
+        lines.append(f"parity     {stage}: against {parity.get('reference')} on {parity.get('data')} "
+                     f"({parity.get('samples')} samples), {'passed' if parity.get('passed') else 'FAILED'}")
+        figures = dict(parity.get("outputs", {}))
+        if "sentence_embedding" in parity:
+            figures["sentence_embedding"] = parity["sentence_embedding"]
+        for name, fig in figures.items():
+            text = (f"             {name}: max abs {fig['max_abs_err']:.3g}, cosine mean {fig['mean_cosine']:.6f}"
+                    f" min {fig['min_cosine']:.6f}")
+            if "top1_agreement" in fig:
+                text += f", top-1 {fig['top1_agreement']:.4f}"
+            lines.append(text)
+    for entry in info["lineage"]:
+        params = entry.get("parameters", {})
+        detail = ", ".join(f"{k}={v}" for k, v in params.items() if v not in (None, [], {}))
+        lines.append(f"lineage    {entry['time']}  {entry['stage']}: {detail}")
+    return "\n".join(lines)

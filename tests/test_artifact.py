@@ -1,0 +1,124 @@
+"""Artifacts: atomic writes, schema validation, checksums that catch truncation and tampering."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import folder_names
+from edgeport.artifact import Artifact, Manifest, finalize_manifest, staging_folder
+from edgeport.errors import ArtifactError, OutputExistsError
+
+
+def _manifest() -> Manifest:
+    return Manifest(task="custom", graph={"format": "onnx", "file": "model.onnx", "opset": 17,
+                                          "inputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 4]}],
+                                          "outputs": [{"name": "y", "dtype": "float32", "shape": ["batch", 2]}]})
+
+
+def _make(path, payload=b"0123456789" * 100):
+    with staging_folder(path, force=False) as folder:
+        (folder / "model.onnx").write_bytes(payload)
+        (folder / "sub").mkdir()
+        (folder / "sub" / "extra.txt").write_text("hello")
+        manifest = _manifest()
+        manifest.add_lineage("test", {"a": 1}, {"python": "3"})
+        finalize_manifest(folder, manifest)
+    return Artifact.load(path)
+
+
+def test_round_trip_records_every_file(tmp_path):
+    artifact = _make(tmp_path / "a")
+    assert set(artifact.manifest.files) == {"model.onnx", "sub/extra.txt"}
+    assert artifact.manifest.files["model.onnx"]["size"] == 1000
+    assert artifact.manifest.lineage[0]["stage"] == "test"
+    data = json.loads((tmp_path / "a" / "edgeport.json").read_text())
+    assert data["schema_version"] == 1
+    assert Manifest.from_dict(data).to_dict() == data
+
+
+def test_truncated_file_is_detected(tmp_path):
+    _make(tmp_path / "a")
+    (tmp_path / "a" / "model.onnx").write_bytes(b"0123")
+    with pytest.raises(ArtifactError, match="truncated"):
+        Artifact.load(tmp_path / "a")
+    assert Artifact.load(tmp_path / "a", verify=False).task == "custom"
+
+
+def test_same_size_tampering_is_detected(tmp_path):
+    _make(tmp_path / "a")
+    (tmp_path / "a" / "sub" / "extra.txt").write_text("HELLO")
+    with pytest.raises(ArtifactError, match="sha256"):
+        Artifact.load(tmp_path / "a")
+
+
+def test_missing_file_is_detected(tmp_path):
+    _make(tmp_path / "a")
+    (tmp_path / "a" / "sub" / "extra.txt").unlink()
+    with pytest.raises(ArtifactError, match="missing its file 'sub/extra.txt'"):
+        Artifact.load(tmp_path / "a")
+
+
+@pytest.mark.parametrize("edit,phrase", [
+    (lambda d: d.update(task="dancing"), "'task' must be one of"),
+    (lambda d: d.update(schema_version=99), "newer than this edgeport"),
+    (lambda d: d.pop("files"), "'files'"),
+    (lambda d: d["graph"].pop("inputs"), "graph.inputs"),
+    (lambda d: d.update(precision={"mode": "int3"}), "precision.mode"),
+])
+def test_schema_problems_are_named(tmp_path, edit, phrase):
+    _make(tmp_path / "a")
+    path = tmp_path / "a" / "edgeport.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match=phrase):
+        Artifact.load(tmp_path / "a")
+
+
+def test_manifest_cannot_point_outside_the_folder(tmp_path):
+    _make(tmp_path / "a")
+    (tmp_path / "secret").write_text("x")
+    path = tmp_path / "a" / "edgeport.json"
+    data = json.loads(path.read_text())
+    data["files"]["../secret"] = {"sha256": "0", "size": 1}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="outside the artifact"):
+        Artifact.load(tmp_path / "a")
+
+
+def test_not_an_artifact(tmp_path):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        Artifact.load(tmp_path / "nope")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(ArtifactError, match="no edgeport.json"):
+        Artifact.load(tmp_path / "plain")
+    (tmp_path / "plain" / "edgeport.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        Artifact.load(tmp_path / "plain")
+
+
+def test_failed_stage_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with staging_folder(tmp_path / "out", force=False) as folder:
+            (folder / "half-written").write_text("x")
+            raise RuntimeError("stage failed")
+    assert folder_names(tmp_path) == set()
+
+
+def test_failed_forced_stage_keeps_the_old_artifact(tmp_path):
+    _make(tmp_path / "a")
+    with pytest.raises(RuntimeError):
+        with staging_folder(tmp_path / "a", force=True) as folder:
+            (folder / "model.onnx").write_text("new")
+            raise RuntimeError("stage failed")
+    assert Artifact.load(tmp_path / "a").manifest.files["model.onnx"]["size"] == 1000
+    assert folder_names(tmp_path) == {"a"}
+
+
+def test_existing_output_is_never_overwritten_without_force(tmp_path):
+    _make(tmp_path / "a")
+    with pytest.raises(OutputExistsError, match="--force"):
+        _make(tmp_path / "a", payload=b"other")
+    assert Artifact.load(tmp_path / "a").manifest.files["model.onnx"]["size"] == 1000
