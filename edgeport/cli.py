@@ -109,5 +109,24 @@ def inspect_command(artifact, as_json, no_verify):
         click.echo(format_inspection(info))
 
 
+@main.command("run")
+@click.argument("artifact", type=click.Path())
+@click.option("--text", "texts", multiple=True, help="A text to run (repeatable).")
+@click.option("--input", "input_file", type=click.Path(),
+              help=".npz of feeds (one array per input), .txt of texts (one a line), or an image folder.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--threads", type=int, default=None, help="Intra-op threads (default: ONNX Runtime's choice).")
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@handle_errors
+def run_command(artifact, texts, input_file, device, threads, batch_size):
+    """Run ARTIFACT on texts, feeds or images; print JSON."""
+    from .errors import InvalidOptionError
+    from .runtime.cli_run import run_artifact
+
+    if bool(texts) == bool(input_file):
+        raise InvalidOptionError("give either --text (one or more) or --input FILE")
+    _emit_json(run_artifact(artifact, list(texts), input_file, device, threads, batch_size))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

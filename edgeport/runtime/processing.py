@@ -44,6 +44,7 @@ class TextProcessor:
                    processing.get("pad_token"), int(processing.get("pad_id", 0)))
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
+        _check_texts(texts)
         return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
 
     def encode(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
@@ -52,9 +53,7 @@ class TextProcessor:
             texts = [texts]
         if not len(texts):
             raise ModelInputError("no text given: pass at least one string")
-        for i, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ModelInputError(f"text #{i} is a {type(text).__name__}, not a string")
+        _check_texts(texts)
         encodings = self._tokenizer.encode_batch(list(texts))
         width = max(len(e.ids) for e in encodings)
         if pad_to is not None:
@@ -70,6 +69,12 @@ class TextProcessor:
             types[row, :n] = enc.type_ids
         available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: available[name] for name in self.input_names if name in available}
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ModelInputError(f"text #{i} is a {type(text).__name__}, not a string")
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
