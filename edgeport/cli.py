@@ -128,5 +128,90 @@ def run_command(artifact, texts, input_file, device, threads, batch_size):
     _emit_json(run_artifact(artifact, list(texts), input_file, device, threads, batch_size))
 
 
+def _calibration_bar():
+    """A progress callback for calibration batches; quiet when stderr is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = click.progressbar(length=total, label="calibrating", file=sys.stderr)
+            state["bar"].__enter__()
+        state["bar"].update(1)
+        if done >= total:
+            state.pop("bar").__exit__(None, None, None)
+
+    return update
+
+
+@main.command("quantize")
+@click.argument("artifact", type=click.Path())
+@click.option("-o", "--output", "out", required=True, type=click.Path())
+@click.option("--mode", required=True, type=click.Choice(["int8-dynamic", "int8-static", "fp16"]))
+@click.option("--target", type=click.Choice(["x86-avx2", "x86-avx512-vnni", "arm64", "gpu"]),
+              help="Preset for format, reduce_range and per-channel (default: this host).")
+@click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel (default: the target's).")
+@click.option("--calib", type=click.Path(), help="Calibration data: .txt (one example a line), .jsonl, .npz, or an image folder.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True)
+@click.option("--data", type=click.Path(), help="Evaluation data for the parity check (default: bundled real data).")
+@click.option("--min-cosine", type=float, help="Budget: keep sensitive nodes in FP32 until min cosine >= this.")
+@click.option("--max-abs-error", type=float, help="Budget: ... until max abs error <= this.")
+@click.option("--min-top1-agreement", type=float, help="Budget for classifiers: ... until top-1 agreement >= this.")
+@click.option("--smooth-alpha", type=float, default=0.7, show_default=True,
+              help="int8-dynamic activation smoothing strength (0 < a < 1).")
+@click.option("--no-smooth", is_flag=True, help="int8-dynamic without activation smoothing.")
+@click.option("--no-optimize", is_flag=True, help="Skip ONNX Runtime's transformer fusions.")
+@click.option("--no-fp16-fallback", is_flag=True, help="fp16: do not keep overflowing nodes in FP32.")
+@click.option("--force", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def quantize_command(artifact, out, mode, target, per_channel, calib, calibration_method, data, min_cosine,
+                     max_abs_error, min_top1_agreement, smooth_alpha, no_smooth, no_optimize, no_fp16_fallback,
+                     force, as_json):
+    """Quantize ARTIFACT to INT8 or FP16, with a parity check against it on real data."""
+    from .inspection import format_inspection, inspect_artifact
+    from .quantize import QuantizeOptions, quantize
+
+    options = QuantizeOptions(mode=mode, target=target, per_channel=per_channel, calib=calib,
+                              calibration_method=calibration_method, data=data, min_cosine=min_cosine,
+                              max_abs_error=max_abs_error, min_top1_agreement=min_top1_agreement,
+                              smooth_alpha=None if no_smooth else smooth_alpha, optimize=not no_optimize,
+                              fp16_fallback=not no_fp16_fallback, force=force)
+    result = quantize(artifact, out, options, progress=None if as_json else _progress,
+                      calibration_progress=None if as_json else _calibration_bar())
+    info = inspect_artifact(result.path, verify=False)
+    if as_json:
+        _emit_json(info)
+    else:
+        click.echo(format_inspection(info))
+        click.echo(f"wrote {result.path}")
+
+
+@main.command("verify")
+@click.argument("candidate", type=click.Path())
+@click.option("--reference", required=True, type=click.Path(), help="The artifact to compare against.")
+@click.option("--data", type=click.Path(), help="Evaluation data (default: bundled real data for the task).")
+@click.option("--limit", type=int, help="Use at most this many examples.")
+@click.option("--min-cosine", type=float)
+@click.option("--max-abs-error", type=float)
+@click.option("--min-top1-agreement", type=float)
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error, min_top1_agreement, as_json):
+    """Parity gate: compare CANDIDATE with --reference on real data; exit non-zero below the thresholds."""
+    from .bench.verify import ParityBudget, verify
+
+    report = verify(candidate, reference, data, ParityBudget(min_cosine, max_abs_error, min_top1_agreement), limit)
+    if as_json:
+        _emit_json(report.to_dict())
+    else:
+        click.echo(f"{candidate} against {reference} on {report.data} ({report.samples} samples)")
+        click.echo(report.summary())
+        click.echo("PASSED" if report.passed else "FAILED")
+    report.raise_for_failure(f"'{candidate}'")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -34,8 +34,15 @@ _DOC_MODULES = (
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
-@lru_cache(maxsize=1)
-def _all_docstring_sentences() -> tuple[str, ...]:
+SENTENCES_FILE = Path(__file__).parent / "resources" / "stdlib_sentences.txt"
+
+
+def extract_docstring_sentences() -> list[str]:
+    """Sentences from the docstrings of ``_DOC_MODULES`` (how the bundled file was made).
+
+    Run in a fresh interpreter: test runners and other tools patch standard-library
+    objects, which changes what this returns; that is why the result is shipped as a file.
+    """
     seen: dict[str, None] = {}
     for module_name in _DOC_MODULES:
         try:
@@ -54,21 +61,31 @@ def _all_docstring_sentences() -> tuple[str, ...]:
                 for sentence in _SENTENCE_END.split(text):
                     if 30 <= len(sentence) <= 400 and sentence[0].isalpha() and ">>>" not in sentence:
                         seen.setdefault(sentence, None)
-    return tuple(seen)
+    return list(seen)
 
 
-def stdlib_sentences(count: int = 200, offset: int = 0) -> list[str]:
+@lru_cache(maxsize=1)
+def _all_docstring_sentences() -> tuple[str, ...]:
+    return tuple(line for line in SENTENCES_FILE.read_text(encoding="utf-8").splitlines() if line)
+
+
+def stdlib_sentences(count: int = 200, split: str = "eval") -> list[str]:
     """``count`` real English sentences from standard-library docstrings, deterministic.
 
-    Sentences are interleaved across the whole pool so a small sample still mixes
-    modules and lengths.
+    The pool is shuffled once with a fixed seed; ``split="eval"`` takes from the front and
+    ``split="calib"`` from the back, so evaluation never sees calibration sentences.
     """
-    pool = _all_docstring_sentences()
-    if count + offset > len(pool):
-        raise ValueError(f"only {len(pool)} docstring sentences are available")
-    stride = max(1, len(pool) // (count + offset))
-    picked = [pool[(i * stride) % len(pool)] for i in range(offset, offset + count)]
-    return picked
+    import random
+
+    pool = list(_all_docstring_sentences())
+    random.Random(0).shuffle(pool)
+    if count > len(pool) // 2:
+        raise ValueError(f"only {len(pool) // 2} docstring sentences are available per split")
+    if split == "eval":
+        return pool[:count]
+    if split == "calib":
+        return pool[len(pool) - count:]
+    raise ValueError(f"split must be 'eval' or 'calib', not {split!r}")
 
 
 def digits_images(count: int | None = None, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -191,3 +208,137 @@ def _read_image_folder(path: Path) -> np.ndarray:
     if len(shapes) > 1:
         raise CalibrationDataError(f"images in '{path}' differ in size {sorted(shapes)}; resize them to one size")
     return np.stack(arrays).transpose(0, 3, 1, 2)
+
+
+# ---------------------------------------------------------------- examples as model feeds
+
+DEFAULT_COUNTS = {"eval": 128, "calib": 64}
+
+
+class ExampleSet:
+    """Examples turned into feed batches for one artifact, plus what they were and their hash.
+
+    ``get_next()`` hands out the batches one by one, which is all onnxruntime's
+    calibration reader protocol asks for.
+    """
+
+    def __init__(self, description: str, sha256: str, batches: list[dict[str, np.ndarray]]):
+        self.description = description
+        self.sha256 = sha256
+        self.batches = batches
+        self.count = sum(len(next(iter(b.values()))) for b in batches)
+        self._cursor = 0
+
+    def get_next(self):
+        if self._cursor >= len(self.batches):
+            return None
+        self._cursor += 1
+        return self.batches[self._cursor - 1]
+
+    def rewind(self) -> None:
+        self._cursor = 0
+
+    def to_dict(self) -> dict:
+        return {"data": self.description, "sha256": self.sha256, "samples": self.count}
+
+
+def _hash_path(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _hash_values(values) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for value in values:
+        digest.update(value.encode() if isinstance(value, str) else np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def examples_for(artifact, path: str | Path | None = None, role: str = "eval", limit: int | None = None,
+                 batch_size: int = 16) -> ExampleSet:
+    """Real examples for ``artifact`` as feed batches.
+
+    With ``path``: the user's file (see ``read_examples``).  Without: standard-library
+    sentences for text models, scikit-learn digits for vision models, and the golden
+    inputs recorded at export for anything else.  ``role`` picks disjoint default data
+    for evaluation and calibration.
+    """
+    from .runtime.processing import ImageProcessor, TextProcessor
+
+    manifest = artifact.manifest
+    specs = {spec["name"]: spec for spec in manifest.graph["inputs"]}
+    first_shape = next(iter(specs.values()))["shape"] if specs else []
+    static_batch = first_shape[0] if first_shape and isinstance(first_shape[0], int) else None
+    if static_batch:
+        batch_size = static_batch
+    processing = manifest.processing
+    limit = limit or (None if path else DEFAULT_COUNTS[role])
+    if path is None:
+        if processing.get("tokenizer"):
+            kind, data = "text", stdlib_sentences(limit, split=role)
+            description, digest = f"{len(data)} standard-library docstring sentences ({role} split)", _hash_values(data)
+        elif processing.get("image"):
+            images, _ = digits_images()
+            data = images[:limit] if role == "eval" else images[-limit:]
+            kind, description, digest = "images", f"{len(data)} scikit-learn digits ({role} split)", _hash_values([data])
+        else:
+            golden = artifact.golden()
+            if golden is None:
+                raise CalibrationDataError("this artifact has no golden inputs and no tokenizer or image "
+                                           "processing; give data with --data / --calib (.npz of feeds)")
+            kind, data = "feeds", golden[0]
+            description, digest = "the golden inputs recorded at export", _hash_values(list(data.values()))
+    else:
+        kind, data = read_examples(path, limit)
+        description, digest = f"{Path(path).name} ({kind})", _hash_path(Path(path))
+
+    if kind == "text":
+        if not processing.get("tokenizer"):
+            raise CalibrationDataError(f"'{path}' holds text but this model takes {', '.join(specs)} "
+                                       "without a tokenizer; give an .npz with one array per input")
+        text = TextProcessor.from_manifest(artifact.path, processing, list(specs))
+        static_length = first_shape[1] if len(first_shape) > 1 and isinstance(first_shape[1], int) else None
+        batches = [text.encode(data[i:i + batch_size], pad_to=static_length) for i in range(0, len(data), batch_size)]
+    elif kind == "images":
+        if not processing.get("image"):
+            raise CalibrationDataError(f"'{path}' holds images but this model takes {', '.join(specs)}; "
+                                       "give an .npz with one array per input")
+        pixels = ImageProcessor.from_manifest(processing)(data)
+        name = next(iter(specs))
+        batches = [{name: pixels[i:i + batch_size]} for i in range(0, len(pixels), batch_size)]
+    else:
+        feeds = _check_feeds(data, specs, path)
+        total = len(next(iter(feeds.values())))
+        batches = [{k: v[i:i + batch_size] for k, v in feeds.items()} for i in range(0, total, batch_size)]
+    return ExampleSet(description, digest, batches)
+
+
+def _check_feeds(data: dict[str, np.ndarray], specs: dict, path) -> dict[str, np.ndarray]:
+    expected = "; ".join(f"{n}: {s['dtype']} {s['shape']}" for n, s in specs.items())
+    if set(data) != set(specs):
+        raise CalibrationDataError(
+            f"'{path}' has arrays {sorted(data)} but the model's inputs are {sorted(specs)} ({expected})")
+    feeds = {}
+    for name, spec in specs.items():
+        value = np.asarray(data[name])
+        want = np.dtype(spec["dtype"])
+        if value.dtype != want:
+            if value.dtype.kind != want.kind and not (value.dtype.kind in "iu" and want.kind in "iu"):
+                raise CalibrationDataError(f"'{path}': '{name}' is {value.dtype.name}, the model takes {want.name}")
+            value = value.astype(want)
+        if value.ndim != len(spec["shape"]) or any(
+            isinstance(d, int) and d > 0 and got != d for axis, (got, d) in enumerate(zip(value.shape, spec["shape"]))
+            if axis > 0
+        ):
+            raise CalibrationDataError(f"'{path}': '{name}' has shape {list(value.shape)}, the model takes "
+                                       f"{spec['shape']} ({expected})")
+        feeds[name] = value
+    return feeds

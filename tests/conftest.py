@@ -38,7 +38,7 @@ def minilm_dir() -> Path:
 def sentences() -> list[str]:
     from edgeport.data import stdlib_sentences
 
-    return stdlib_sentences(120, offset=40)
+    return stdlib_sentences(120)
 
 
 @pytest.fixture(scope="session")

@@ -175,7 +175,9 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         if name not in candidate:
             raise ParityError(f"candidate has no output '{name}' (it has {', '.join(candidate)})")
         mask = token_mask if task in ("feature-extraction", "token-classification") else None
-        outputs.append(compare_output(name, ref, candidate[name], mask, atol, rtol, classifier))
+        # A custom model's [batch, classes] output is most likely logits: report top-1 too.
+        scores = classifier or (task == "custom" and np.ndim(ref) == 2 and np.shape(ref)[1] > 1)
+        outputs.append(compare_output(name, ref, candidate[name], mask, atol, rtol, scores))
     embedding = None
     hidden = reference.get("last_hidden_state")
     if task == "feature-extraction" and token_mask is not None and hidden is not None and hidden.ndim == 3:
@@ -186,3 +188,29 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
         )
     samples = len(next(iter(reference.values())))
     return ParityReport(outputs, data, samples, reference_name, thresholds, embedding)
+
+
+def _merge_output(parts: list[OutputParity], weights: list[int]) -> OutputParity:
+    total = sum(weights)
+    top1 = [p.top1_agreement for p in parts]
+    within = [p.within_tolerance for p in parts]
+    return OutputParity(
+        name=parts[0].name,
+        max_abs_err=max(p.max_abs_err for p in parts),
+        max_rel_err=max(p.max_rel_err for p in parts),
+        mean_cosine=sum(p.mean_cosine * w for p, w in zip(parts, weights)) / total,
+        min_cosine=min(p.min_cosine for p in parts),
+        top1_agreement=None if None in top1 else sum(t * w for t, w in zip(top1, weights)) / total,
+        nonfinite=sum(p.nonfinite for p in parts),
+        within_tolerance=None if None in within else all(within),
+    )
+
+
+def merge_reports(reports: list[ParityReport]) -> ParityReport:
+    """One report over several batches (batches of text differ in length, so they are
+    compared one at a time): worst case for maxima and minima, sample-weighted means."""
+    first = reports[0]
+    weights = [r.samples for r in reports]
+    outputs = [_merge_output([r.outputs[i] for r in reports], weights) for i in range(len(first.outputs))]
+    embedding = _merge_output([r.embedding for r in reports], weights) if first.embedding else None
+    return ParityReport(outputs, first.data, sum(weights), first.reference, first.thresholds, embedding)

@@ -1,0 +1,92 @@
+"""Small ONNX graph utilities the quantizers share: weight-bearing nodes, extra outputs for
+capturing activations, topological order, and in-memory sessions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention", "EmbedLayerNormalization")
+
+
+def load(path: Path):
+    import onnx
+
+    return onnx.load(str(path))
+
+
+def initializer_names(model) -> set[str]:
+    return {init.name for init in model.graph.initializer}
+
+
+def weight_nodes(model, op_types=("MatMul", "Gemm", "Conv", "Gather")) -> list:
+    """Nodes that multiply or look up a constant weight: what quantization touches."""
+    inits = initializer_names(model)
+    return [n for n in model.graph.node if n.op_type in op_types and n.name and any(i in inits for i in n.input)]
+
+
+def ensure_node_names(model) -> None:
+    """Quantizers address nodes by name; give unnamed nodes stable names."""
+    used = {n.name for n in model.graph.node if n.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def topological_sort(model) -> None:
+    produced = {i.name for i in model.graph.input} | initializer_names(model) | {""}
+    ordered, pending = [], list(model.graph.node)
+    while pending:
+        remaining = []
+        for node in pending:
+            if all(name in produced for name in node.input):
+                ordered.append(node)
+                produced.update(node.output)
+            else:
+                remaining.append(node)
+        if len(remaining) == len(pending):
+            raise ValueError(f"graph has a cycle or a dangling input near node '{remaining[0].name}'")
+        pending = remaining
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def session_with_outputs(model, names: list[str]):
+    """An ONNX Runtime session on a copy of ``model`` that also returns ``names``."""
+    import onnx
+    import onnxruntime as ort
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    for name in names:
+        if name not in existing:
+            copy.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
+    return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def save(model, path: Path) -> None:
+    import onnx
+
+    large = model.ByteSize() > 1_800_000_000
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=path.name + ".data")
+
+
+def absmax_per_channel(values: list[np.ndarray], masks: list[np.ndarray | None]) -> np.ndarray:
+    """Per-last-axis max |x| over real tokens (mask [batch, seq] when the tensor is [batch, seq, ch])."""
+    result = None
+    for value, mask in zip(values, masks):
+        if mask is not None and value.ndim == 3 and value.shape[:2] == mask.shape:
+            value = value[mask.astype(bool)]
+        current = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+        result = current if result is None else np.maximum(result, current)
+    return result
