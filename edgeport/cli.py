@@ -72,11 +72,17 @@ def export() -> None:
 @click.option("--external-data/--no-external-data", default=None, help="Force weights into model.onnx.data (default: only over 2 GB).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pytorch_model.bin (pickle) weights.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--adapter", "adapters", multiple=True, type=click.Path(),
+              help="peft adapter to merge into SOURCE first (repeatable; see 'edgeport merge').")
+@click.option("--weight", "weights", multiple=True, type=float, help="Weight of each --adapter when combining.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
 def export_onnx_command(source, out, task, opset, static_shapes, sequence_length, inputs, output_names, exporter,
-                        atol, rtol, no_validate, external_data, allow_pickle, force, as_json):
+                        atol, rtol, no_validate, external_data, allow_pickle, force, adapters, weights, as_json):
     """Export SOURCE (a Hugging Face model folder or module:callable) to an ONNX artifact."""
+    import tempfile
+
+    from .artifact import check_output_path
     from .export.onnx import ExportOptions, export_onnx
     from .inspection import format_inspection, inspect_artifact
 
@@ -84,13 +90,43 @@ def export_onnx_command(source, out, task, opset, static_shapes, sequence_length
                             atol=atol, rtol=rtol, validate=not no_validate, force=force, allow_pickle=allow_pickle,
                             exporter=exporter, inputs=list(inputs), output_names=list(output_names),
                             external_data=external_data)
-    artifact = export_onnx(source, out, options, progress=None if as_json else _progress)
+    say = None if as_json else _progress
+    with tempfile.TemporaryDirectory(prefix="edgeport-merged-") as work:
+        if adapters:
+            from .export.lora import MergeOptions, merge
+
+            check_output_path(out, force)
+            source = str(merge(source, f"{work}/merged", MergeOptions(list(adapters), list(weights),
+                                                                      allow_pickle=allow_pickle), progress=say))
+        artifact = export_onnx(source, out, options, progress=say)
     info = inspect_artifact(artifact.path, verify=False)
     if as_json:
         _emit_json(info)
     else:
         click.echo(format_inspection(info))
         click.echo(f"wrote {artifact.path}")
+
+
+@main.command("merge")
+@click.argument("base", type=click.Path())
+@click.option("--adapter", "adapters", multiple=True, required=True, type=click.Path(),
+              help="peft adapter folder (repeatable).")
+@click.option("--weight", "weights", multiple=True, type=float, help="Weight per --adapter when combining several.")
+@click.option("--combination", type=click.Choice(["cat", "linear", "svd"]), default="cat", show_default=True,
+              help="How several LoRA adapters combine (peft's add_weighted_adapter); cat is exact.")
+@click.option("-o", "--output", "out", required=True, type=click.Path())
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), help="Weights of the output (default: the base's).")
+@click.option("--atol", type=float, default=1e-4, show_default=True)
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) base or adapter weights.")
+@click.option("--force", is_flag=True)
+@handle_errors
+def merge_command(base, adapters, weights, combination, out, dtype, atol, allow_pickle, force):
+    """Merge LoRA / AdaLoRA (any mergeable peft) adapters into BASE; verified against the PeftModel."""
+    from .export.lora import MergeOptions, merge
+
+    path = merge(base, out, MergeOptions(list(adapters), list(weights), combination, dtype, atol,
+                                         allow_pickle=allow_pickle, force=force), progress=_progress)
+    click.echo(f"wrote {path}")
 
 
 @main.command("inspect")
