@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["Artifact", "Manifest", "EdgeportError", "export_onnx", "ExportOptions", "inspect_artifact", "load"]
+__all__ = ["Artifact", "Manifest", "EdgeportError", "export_onnx", "ExportOptions", "inspect_artifact", "load",
+           "merge", "MergeOptions", "QuantizeOptions", "verify", "ParityBudget"]
+# quantize() lives at edgeport.quantize.quantize: the name edgeport.quantize is its subpackage.
 
 _LAZY = {
     "Artifact": ".artifact",
@@ -18,6 +20,11 @@ _LAZY = {
     "ExportOptions": ".export.onnx",
     "inspect_artifact": ".inspection",
     "load": ".runtime",
+    "merge": ".export.lora",
+    "MergeOptions": ".export.lora",
+    "QuantizeOptions": ".quantize",
+    "verify": ".bench.verify",
+    "ParityBudget": ".bench.verify",
 }
 
 

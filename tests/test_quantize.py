@@ -246,3 +246,42 @@ def test_verify_refuses_different_models(cli, minilm_onnx, digits_setup):
     _, fp32, _, _ = digits_setup
     result = cli("verify", fp32.path, "--reference", minilm_onnx.path)
     assert result.exit_code == ParityError.exit_code and "not the same model" in result.output
+
+
+# ------------------------------------------------------------------------ calibration file formats
+
+
+def test_text_calibration_from_jsonl_and_txt(tmp_path, tiny_models):
+    import json as _json
+
+    from edgeport.data import stdlib_sentences
+
+    fp32 = export_onnx(tiny_models("bert", "text-classification"), tmp_path / "fp32")
+    texts = stdlib_sentences(24, split="calib")
+    (tmp_path / "calib.jsonl").write_text("\n".join(_json.dumps({"text": t}) for t in texts) + "\n")
+    (tmp_path / "calib.txt").write_text("\n".join(texts) + "\n")
+    for name in ("calib.jsonl", "calib.txt"):
+        int8 = quantize(fp32.path, tmp_path / f"int8-{name}", QuantizeOptions(mode="int8-static",
+                                                                               calib=str(tmp_path / name)))
+        calibration = int8.manifest.precision["calibration"]
+        assert calibration["samples"] == 24 and calibration["data"].startswith(name)
+        assert int8.manifest.parity["quantize"]["outputs"]["logits"]["top1_agreement"] >= 0.9
+    hashes = {Artifact.load(tmp_path / f"int8-{n}").manifest.precision["calibration"]["sha256"]
+              for n in ("calib.jsonl", "calib.txt")}
+    assert len(hashes) == 2
+
+
+def test_image_folder_calibration(tmp_path, tiny_models):
+    from PIL import Image
+
+    from edgeport.data import digits_images
+
+    fp32 = export_onnx(tiny_models("resnet", "image-classification"), tmp_path / "fp32")
+    folder = tmp_path / "images"
+    folder.mkdir()
+    images, _ = digits_images(12)
+    for index, image in enumerate(images):
+        Image.fromarray((image[0] * 255).astype(np.uint8)).convert("RGB").save(folder / f"{index:02d}.png")
+    int8 = quantize(fp32.path, tmp_path / "int8", QuantizeOptions(mode="int8-static", calib=str(folder)))
+    assert int8.manifest.precision["calibration"]["samples"] == 12
+    assert int8.manifest.parity["quantize"]["passed"]

@@ -167,3 +167,12 @@ def test_cli_run_texts_and_npz(cli, tmp_path, minilm_onnx, monkeypatch):
     assert result.exit_code == ModelInputError.exit_code and "error: wrong inputs" in result.output
     result = cli("run", minilm_onnx.path)
     assert result.exit_code == 2 and "--text" in result.output
+
+
+@pytest.mark.gpu
+def test_cuda_device_runs_with_io_binding(minilm_onnx, sentences):
+    cpu = load(minilm_onnx.path, device="cpu").predict(sentences[:16])
+    model = load(minilm_onnx.path, device="cuda")
+    assert model.provider == "CUDAExecutionProvider"
+    gpu = model.predict(sentences[:16])
+    assert ((gpu * cpu).sum(1)).min() >= 0.9999

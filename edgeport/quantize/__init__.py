@@ -167,7 +167,9 @@ def _prepare(source: Artifact, options: QuantizeOptions, calibration, work: Path
     model = graph.load(source.model_path)
     model_type = next((e["parameters"].get("model_type") for e in reversed(source.manifest.lineage)
                        if e["stage"] == "export"), None)
-    if options.optimize and options.mode != "fp16" and model_type in BERT_LIKE:
+    # Fusions only before dynamic quantization: the static QDQ quantizer loses type
+    # information on fused contrib ops and then cannot calibrate their neighbours.
+    if options.optimize and options.mode == "int8-dynamic" and model_type in BERT_LIKE:
         try:
             from onnxruntime.transformers.optimizer import optimize_model
 
@@ -179,6 +181,10 @@ def _prepare(source: Artifact, options: QuantizeOptions, calibration, work: Path
         except Exception as exc:  # fusions are an optimisation; never a reason to fail
             notes.append(f"transformer fusions skipped: {type(exc).__name__}: {exc}")
     graph.ensure_node_names(model)
+    if options.mode == "int8-static":
+        copies = graph.unshare_initializers(model)
+        if copies:
+            notes.append(f"{copies} shared initializers copied for static quantization")
     smoothing = None
     if options.mode == "int8-dynamic" and options.smooth_alpha is not None:
         from .smooth import smooth_activations

@@ -90,3 +90,29 @@ def absmax_per_channel(values: list[np.ndarray], masks: list[np.ndarray | None])
         current = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
         result = current if result is None else np.maximum(result, current)
     return result
+
+
+def unshare_initializers(model) -> int:
+    """Give every consumer of a shared initializer its own copy.
+
+    Exporters deduplicate equal constants (all-zero biases of a LayerNorm and a Gemm,
+    say); a static quantizer then tries to quantize one tensor two ways and fails
+    ("Unable to get valid quantization scale ... when quantizing bias").
+    """
+    from onnx import numpy_helper
+
+    inits = {init.name: init for init in model.graph.initializer}
+    seen: set[str] = set()
+    copies = 0
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            if name not in inits:
+                continue
+            if name in seen:
+                copies += 1
+                new_name = f"{name}__edgeport_copy{copies}"
+                model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[name]), new_name))
+                node.input[index] = new_name
+            else:
+                seen.add(name)
+    return copies

@@ -131,7 +131,21 @@ class OnnxRuntimeBackend:
         return self._infer(self.check(feeds))
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.provider != PROVIDERS["cpu"]:
+            return self._infer_bound(feeds)
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))
+
+    def _infer_bound(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """On CUDA/TensorRT, bind inputs and outputs so ONNX Runtime copies each once,
+        directly, instead of through its generic feed path.  (On CPU I/O binding only
+        adds work: measured slower here.)  A binding per call keeps this thread-safe."""
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name)
+        self.session.run_with_iobinding(binding)
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
 
     def close(self) -> None:
         self.session = None
