@@ -63,6 +63,10 @@ def main() -> None:
         "torch.onnx.export (dynamo)": bare(True),
         "edgeport export onnx (validated)": lambda: export_onnx(source, work / f"ep-{next(counter)}", ExportOptions()),
     }
+    exe = shutil.which("edgeport") or str(Path(sys.executable).parent / "edgeport")
+    # A fresh process, as optimum-cli is: imports and start-up included.
+    variants["edgeport export onnx (CLI, fresh process)"] = lambda: subprocess.run(
+        [exe, "export", "onnx", str(source), "-o", str(work / f"cli-{next(counter)}")], check=True, capture_output=True)
     if args.optimum_cli:
         variants["optimum-cli export onnx"] = lambda: subprocess.run(
             [args.optimum_cli, "export", "onnx", "--model", str(source), "--task", "feature-extraction",
@@ -79,7 +83,6 @@ def main() -> None:
         ratio = statistics.median(b / v for b, v in zip(base, values))
         print(f"{name} | {statistics.median(values):.2f} | {[round(v, 2) for v in values]} | {ratio:.2f}")
 
-    exe = shutil.which("edgeport") or str(Path(sys.executable).parent / "edgeport")
     help_times = []
     for _ in range(5):
         start = time.perf_counter()
