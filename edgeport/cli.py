@@ -225,6 +225,114 @@ def quantize_command(artifact, out, mode, target, per_channel, calib, calibratio
         click.echo(f"wrote {result.path}")
 
 
+class _BenchGroup(click.Group):
+    """``edgeport bench A B ...`` runs a benchmark; ``edgeport bench compare OLD NEW`` compares."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands:
+            args = ["run", *args]
+        return super().resolve_command(ctx, args)
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_BenchGroup)
+def bench() -> None:
+    """Benchmark artifacts side by side (edgeport bench A B ...), or compare two reports."""
+
+
+@bench.command("run")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--scenario", "scenarios", multiple=True,
+              type=click.Choice(["single-stream", "offline", "server", "sweep"]), help="Repeatable (default: single-stream).")
+@click.option("--baseline", type=click.Choice(["torch"]), help="Add the PyTorch source model as a reference row.")
+@click.option("--reference", type=click.Path(), help="Artifact parity is measured against (default: the first).")
+@click.option("--data", type=click.Path(), help="Real inputs (default: bundled sentences, digits or golden inputs).")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="For offline and sweep.")
+@click.option("--sequence-lengths", default="16,64,128,256", show_default=True, help="For sweep (text models).")
+@click.option("--rate", type=float, help="Server scenario: requests per second (default: half one worker's capacity).")
+@click.option("--queries", type=int, default=200, show_default=True, help="Server scenario: requests per run.")
+@click.option("--p99-bound-ms", type=float, help="Server scenario: latency bound to check.")
+@click.option("--find-max-qps", is_flag=True, help="Search the highest rate whose p99 stays under --p99-bound-ms.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved rounds per measurement.")
+@click.option("--min-duration", type=float, default=0.5, show_default=True, help="Seconds per variant per round.")
+@click.option("--min-count", type=int, default=10, show_default=True, help="Calls per variant per round.")
+@click.option("--threads", type=int, help="Intra-op threads for every ONNX Runtime session.")
+@click.option("--min-cosine", type=float)
+@click.option("--max-abs-error", type=float)
+@click.option("--min-top1-agreement", type=float)
+@click.option("--no-memory", is_flag=True, help="Skip the fresh-process memory and cold-start probe.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the report as JSON.")
+@click.option("--html", "html_path", type=click.Path(), help="Write a self-contained HTML report.")
+@handle_errors
+def bench_run_command(artifacts, scenarios, baseline, reference, data, batch_sizes, sequence_lengths, rate, queries,
+                      p99_bound_ms, find_max_qps, rounds, min_duration, min_count, threads, min_cosine, max_abs_error,
+                      min_top1_agreement, no_memory, json_path, html_path):
+    """Measure ARTIFACTS side by side: latency, throughput, size, memory, start-up and parity."""
+    from .bench.runner import BenchOptions, run_bench
+    from .bench.scenarios import Settings
+    from .bench.verify import ParityBudget
+    from .errors import InvalidOptionError
+
+    def numbers(text, name):
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise InvalidOptionError(f"{name} must be integers separated by commas, e.g. 1,8,32") from None
+
+    options = BenchOptions(
+        scenarios=list(scenarios) or ["single-stream"], baseline_torch=baseline == "torch", data=data,
+        reference=reference, batch_sizes=numbers(batch_sizes, "--batch-sizes"),
+        sequence_lengths=numbers(sequence_lengths, "--sequence-lengths"), server_rate=rate, server_queries=queries,
+        p99_bound_ms=p99_bound_ms, find_max_qps=find_max_qps,
+        budget=ParityBudget(min_cosine, max_abs_error, min_top1_agreement),
+        settings=Settings(rounds=rounds, min_duration=min_duration, min_count=min_count),
+        measure_memory=not no_memory, threads=threads)
+    bar = _counting_bar()
+    report = run_bench(list(artifacts), options, progress=_progress, tick=bar)
+    click.echo(report.table())
+    if json_path:
+        report.write_json(json_path)
+        click.echo(f"wrote {json_path}")
+    if html_path:
+        report.write_html(html_path)
+        click.echo(f"wrote {html_path}")
+    report.raise_for_failure()
+
+
+def _counting_bar():
+    """A tick per measured block on a terminal; nothing when stderr is not one."""
+    if not sys.stderr.isatty():
+        return lambda: None
+    count = {"n": 0}
+
+    def tick():
+        count["n"] += 1
+        click.echo(f"\r  measured {count['n']} blocks", nl=False, err=True)
+
+    return tick
+
+
+@bench.command("compare")
+@click.argument("old", type=click.Path())
+@click.argument("new", type=click.Path())
+@click.option("--max-regression", default="5%", show_default=True, help="Allowed latency increase / throughput drop.")
+@click.option("--max-parity-drop", type=float, default=0.001, show_default=True,
+              help="Allowed drop of min cosine or top-1 agreement.")
+@handle_errors
+def bench_compare_command(old, new, max_regression, max_parity_drop):
+    """Compare two bench JSON reports; exit non-zero on regressions."""
+    from .bench.compare import compare, format_deltas, load_report, parse_percent, raise_for_regressions
+
+    threshold = parse_percent(max_regression)
+    deltas, unmatched = compare(load_report(old), load_report(new), threshold, max_parity_drop)
+    click.echo(format_deltas(deltas, unmatched))
+    raise_for_regressions(deltas, threshold, max_parity_drop)
+
+
 @main.command("verify")
 @click.argument("candidate", type=click.Path())
 @click.option("--reference", required=True, type=click.Path(), help="The artifact to compare against.")

@@ -98,6 +98,12 @@ class AdapterError(EdgeportError):
     exit_code = 15
 
 
+class RegressionError(EdgeportError):
+    """A benchmark comparison found latency or parity worse than allowed."""
+
+    exit_code = 16
+
+
 def require(module: str, extra: str):
     """Import an optional dependency or explain which extra installs it."""
     import importlib
