@@ -228,11 +228,6 @@ def quantize_command(artifact, out, mode, target, per_channel, calib, calibratio
 class _BenchGroup(click.Group):
     """``edgeport bench A B ...`` runs a benchmark; ``edgeport bench compare OLD NEW`` compares."""
 
-    def resolve_command(self, ctx, args):
-        if args and args[0] not in self.commands:
-            args = ["run", *args]
-        return super().resolve_command(ctx, args)
-
     def parse_args(self, ctx, args):
         if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
             args = ["run", *args]
@@ -293,6 +288,8 @@ def bench_run_command(artifacts, scenarios, baseline, reference, data, batch_siz
         measure_memory=not no_memory, threads=threads)
     bar = _counting_bar()
     report = run_bench(list(artifacts), options, progress=_progress, tick=bar)
+    if sys.stderr.isatty():
+        click.echo("", err=True)   # end the progress line
     click.echo(report.table())
     if json_path:
         report.write_json(json_path)

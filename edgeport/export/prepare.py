@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -10,14 +10,13 @@ per-channel dynamic quantization.  With a budget (--min-cosine, --max-abs-error,
 from __future__ import annotations
 
 import itertools
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..artifact import GOLDEN_NAME, MANIFEST_NAME, Artifact, Manifest, check_output_path, finalize_manifest, \
-    sha256_file, staging_folder, tool_versions
+from ..artifact import MANIFEST_NAME, Artifact, Manifest, check_output_path, finalize_manifest, staging_folder, \
+    tool_versions
 from ..bench.parity import ParityReport, compare_outputs
 from ..bench.verify import ParityBudget, measure_parity, reference_run
 from ..data import examples_for
