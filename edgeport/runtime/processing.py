@@ -43,9 +43,10 @@ class TextProcessor:
         return cls(folder / name, int(processing.get("max_length", 512)), list(input_names),
                    processing.get("pad_token"), int(processing.get("pad_id", 0)))
 
-    def token_lengths(self, texts: Sequence[str]) -> list[int]:
+    def tokenize(self, texts: Sequence[str]) -> list:
+        """``tokenizers`` encodings (ids, type ids, offsets), truncated to max_length."""
         _check_texts(texts)
-        return [len(e.ids) for e in self._tokenizer.encode_batch(list(texts))]
+        return self._tokenizer.encode_batch(list(texts))
 
     def encode(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
         """Feeds for ``texts``, padded to the longest (or to ``pad_to``), truncated to max_length."""
@@ -53,8 +54,10 @@ class TextProcessor:
             texts = [texts]
         if not len(texts):
             raise ModelInputError("no text given: pass at least one string")
-        _check_texts(texts)
-        encodings = self._tokenizer.encode_batch(list(texts))
+        return self.feeds(self.tokenize(texts), pad_to)
+
+    def feeds(self, encodings: Sequence, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """Pad already tokenized texts into model feeds."""
         width = max(len(e.ids) for e in encodings)
         if pad_to is not None:
             width = max(width, min(pad_to, self.max_length))

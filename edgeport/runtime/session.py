@@ -101,12 +101,13 @@ class Model:
         processor = self.text_processor
         if self.static_batch:
             batch_size = self.static_batch
-        order = np.argsort(processor.token_lengths(texts), kind="stable")
+        encodings = processor.tokenize(texts)          # once: lengths for sorting, ids for feeds
+        order = np.argsort([len(e.ids) for e in encodings], kind="stable")
         results: list[Any] = [None] * len(texts)
         for start in range(0, len(texts), batch_size):
             index = order[start:start + batch_size]
-            chunk = [texts[i] for i in index]
-            feeds = processor.encode(chunk, pad_to=self.static_length)
+            chunk = [encodings[i] for i in index]
+            feeds = processor.feeds(chunk, pad_to=self.static_length)
             outputs = self.run(feeds)
             for row, item in zip(index, self._postprocess_text(outputs, feeds, chunk)):
                 results[row] = item
@@ -120,7 +121,7 @@ class Model:
             return np.zeros((0, width if isinstance(width, int) else 0), dtype=np.float32)
         return []
 
-    def _postprocess_text(self, outputs, feeds, texts):
+    def _postprocess_text(self, outputs, feeds, encodings):
         mask = feeds["attention_mask"]
         if self.task == "feature-extraction":
             hidden = outputs[self.output_names[0]]
@@ -132,7 +133,6 @@ class Model:
         logits = outputs["logits"]
         if self.task == "text-classification":
             return [self._label(row) for row in softmax(logits.astype(np.float64))]
-        encodings = self.text_processor._tokenizer.encode_batch(list(texts))
         results = []
         for row, enc in enumerate(encodings):
             probs = softmax(logits[row].astype(np.float64))
