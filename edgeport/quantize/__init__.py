@@ -172,8 +172,9 @@ def _prepare(source: Artifact, options: QuantizeOptions, calibration, work: Path
         try:
             from onnxruntime.transformers.optimizer import optimize_model
 
-            optimized = optimize_model(str(source.model_path), model_type=BERT_LIKE[model_type], num_heads=0,
-                                       hidden_size=0, opt_level=1)
+            heads, hidden = _attention_shape(source)
+            optimized = optimize_model(str(source.model_path), model_type=BERT_LIKE[model_type], num_heads=heads,
+                                       hidden_size=hidden, opt_level=1)
             fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
             model = optimized.model
             notes.append(f"ONNX Runtime transformer fusions: {fused}")
@@ -197,12 +198,27 @@ def _prepare(source: Artifact, options: QuantizeOptions, calibration, work: Path
     return prepared, notes
 
 
+def _attention_shape(source: Artifact) -> tuple[int, int]:
+    """Heads and hidden size from the config export copied: the optimizer cannot always
+    infer them, and without them it does not fuse attention (measured on MiniLM)."""
+    import json
+
+    config_file = source.file("config.json")
+    if config_file is None:
+        return 0, 0
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    heads = config.get("num_attention_heads") or config.get("n_heads") or 0
+    hidden = config.get("hidden_size") or config.get("dim") or 0
+    return int(heads), int(hidden)
+
+
 def _candidates(prepared: Path, mode: str) -> list[str]:
     model = graph.load(prepared)
     if mode == "fp16":
         ops = ("MatMul", "Gemm", "Conv", "Add", "Mul", "Softmax", "LayerNormalization", "SkipLayerNormalization")
         return [n.name for n in model.graph.node if n.op_type in ops]
-    return [n.name for n in graph.weight_nodes(model)]
+    # Every node the quantizer would touch, fused ones (Attention, EmbedLayerNormalization) included.
+    return [n.name for n in graph.weight_nodes(model, graph.WEIGHT_OPS)]
 
 
 def _golden_parity(source: Artifact, model_file: Path) -> dict | None:

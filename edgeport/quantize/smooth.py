@@ -28,8 +28,9 @@ def smooth_activations(model, batches, alpha: float) -> dict:
     inits = {init.name: init for init in model.graph.initializer}
     consumers = defaultdict(list)
     for node in model.graph.node:
-        if node.op_type == "MatMul" and node.input[1] in inits and len(inits[node.input[1]].dims) == 2 \
-                and node.input[0] not in inits:
+        # Attention (ONNX Runtime's fused op) multiplies its input by input[1] like a MatMul.
+        if node.op_type in ("MatMul", "Attention") and len(node.input) > 1 and node.input[1] in inits \
+                and len(inits[node.input[1]].dims) == 2 and node.input[0] not in inits:
             consumers[node.input[0]].append(node)
     if not consumers:
         return {"alpha": alpha, "activations": 0}
