@@ -41,24 +41,22 @@ class ExportJob:
     model_type: str = "custom"
 
 
-class _NamedOutputs:
-    """Mixin-free factory for a wrapper module: positional inputs in, chosen outputs out."""
+def named_outputs_module(model, input_names, output_attrs, forward_kwargs):
+    """Wrap a Hugging Face model: positional inputs in (the exporters' calling convention),
+    the chosen outputs out as a tuple."""
+    import torch
 
-    @staticmethod
-    def build(model, input_names, output_attrs, forward_kwargs):
-        import torch
+    class OutputsOf(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
 
-        class OutputsOf(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.model = model
+        def forward(self, *args):
+            # transformers 5.x: pass by keyword, positional order is not guaranteed.
+            out = self.model(**dict(zip(input_names, args)), **forward_kwargs)
+            return tuple(out[name] for name in output_attrs)
 
-            def forward(self, *args):
-                # transformers 5.x: pass by keyword, positional order is not guaranteed.
-                out = self.model(**dict(zip(input_names, args)), **forward_kwargs)
-                return tuple(out[name] for name in output_attrs)
-
-        return OutputsOf().eval()
+    return OutputsOf().eval()
 
 
 # ----------------------------------------------------------------- Hugging Face folders
@@ -70,7 +68,6 @@ def prepare_hf(folder: Path, task: str | None, allow_pickle: bool, static_shapes
     arch = architecture_for(config_dict.get("model_type"))
     weights = weight_files(folder, allow_pickle)
 
-    import torch
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -115,7 +112,7 @@ def prepare_hf(folder: Path, task: str | None, allow_pickle: bool, static_shapes
     if static_shapes:
         job.input_axes = {n: {} for n in job.input_names}
         job.output_axes = {n: {} for n in job.output_names}
-    job.module = _NamedOutputs.build(model, job.input_names, job.output_names, arch.forward_kwargs)
+    job.module = named_outputs_module(model, job.input_names, job.output_names, arch.forward_kwargs)
     return job
 
 
