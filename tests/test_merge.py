@@ -209,3 +209,18 @@ def test_existing_output_and_bad_weights(cli, tmp_path, minilm_dir, minilm_lora)
     assert result.exit_code == 2 and not other.exists()
     with pytest.raises(InvalidOptionError, match="ties, dare and magnitude pruning"):
         merge(minilm_dir, other, MergeOptions([str(minilm_lora)] * 2, combination="ties"))
+
+
+def test_bf16_base_keeps_its_dtype(tmp_path, tiny_models):
+    import transformers
+    from safetensors import safe_open
+
+    base = tmp_path / "bf16"
+    transformers.AutoModel.from_pretrained(tiny_models("bert", "feature-extraction")).to(torch.bfloat16).save_pretrained(base)
+    adapter = train_adapter(tiny_models("bert", "feature-extraction"), tmp_path / "lora", steps=2)
+    out = merge(base, tmp_path / "merged", MergeOptions([str(adapter)]))
+    with safe_open(str(out / "model.safetensors"), "pt") as handle:
+        assert handle.get_tensor(next(iter(handle.keys()))).dtype == torch.bfloat16
+    record = json.loads((out / "edgeport-merge.json").read_text())
+    assert record["parameters"]["dtype"] == "bf16"
+    assert record["parity"]["unmerged_vs_merged"]["max_abs_err"] <= 1e-4     # verified in float32
