@@ -9,7 +9,10 @@ unchanged in exact arithmetic while moving the outliers into the weights, which 
 quantized per channel.  s_j = max|X_j|^a / max|W_j|^(1-a).
 
 The division is a Mul node in front of the MatMuls that share the activation: a
-generic rewrite that needs no knowledge of the architecture.
+generic rewrite that needs no knowledge of the architecture.  As in the paper, only
+activations that come out of a normalisation are smoothed (the inputs of QKV and of the
+first FFN layer): measured on MiniLM's eval split, that gives mean/min cosine
+0.9953/0.9917 against 0.9951/0.9903 for smoothing every MatMul input, with half the Muls.
 """
 
 from __future__ import annotations
@@ -20,17 +23,22 @@ import numpy as np
 
 from . import graph
 
+# Normalisations whose first output feeds the smoothed MatMuls (fused ORT forms included).
+NORMALIZATIONS = {"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNormalization",
+                  "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization"}
+
 
 def smooth_activations(model, batches, alpha: float) -> dict:
     """Rewrite ``model`` in place; returns what was smoothed, for the manifest."""
     from onnx import helper, numpy_helper
 
     inits = {init.name: init for init in model.graph.initializer}
+    normalized = {n.output[0] for n in model.graph.node if n.op_type in NORMALIZATIONS and n.output}
     consumers = defaultdict(list)
     for node in model.graph.node:
         # Attention (ONNX Runtime's fused op) multiplies its input by input[1] like a MatMul.
         if node.op_type in ("MatMul", "Attention") and len(node.input) > 1 and node.input[1] in inits \
-                and len(inits[node.input[1]].dims) == 2 and node.input[0] not in inits:
+                and len(inits[node.input[1]].dims) == 2 and node.input[0] in normalized:
             consumers[node.input[0]].append(node)
     if not consumers:
         return {"alpha": alpha, "activations": 0}
