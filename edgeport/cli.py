@@ -21,6 +21,19 @@ def _progress(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _show_artifact(path, as_json: bool, verify: bool = False, written: bool = True) -> None:
+    """What export, quantize and inspect print: the inspection, as text or JSON."""
+    from .inspection import format_inspection, inspect_artifact
+
+    info = inspect_artifact(path, verify=verify)
+    if as_json:
+        _emit_json(info)
+        return
+    click.echo(format_inspection(info))
+    if written:
+        click.echo(f"wrote {path}")
+
+
 def handle_errors(command):
     """Turn an EdgeportError into ``error: ...`` and its exit code; --debug shows the trace."""
 
@@ -84,7 +97,6 @@ def export_onnx_command(source, out, task, opset, static_shapes, sequence_length
 
     from .artifact import check_output_path
     from .export.onnx import ExportOptions, export_onnx
-    from .inspection import format_inspection, inspect_artifact
 
     options = ExportOptions(task=task, opset=opset, static_shapes=static_shapes, sequence_length=sequence_length,
                             atol=atol, rtol=rtol, validate=not no_validate, force=force, allow_pickle=allow_pickle,
@@ -99,12 +111,7 @@ def export_onnx_command(source, out, task, opset, static_shapes, sequence_length
             source = str(merge(source, f"{work}/merged", MergeOptions(list(adapters), list(weights),
                                                                       allow_pickle=allow_pickle), progress=say))
         artifact = export_onnx(source, out, options, progress=say)
-    info = inspect_artifact(artifact.path, verify=False)
-    if as_json:
-        _emit_json(info)
-    else:
-        click.echo(format_inspection(info))
-        click.echo(f"wrote {artifact.path}")
+    _show_artifact(artifact.path, as_json)
 
 
 @main.command("merge")
@@ -136,13 +143,7 @@ def merge_command(base, adapters, weights, combination, out, dtype, atol, allow_
 @handle_errors
 def inspect_command(artifact, as_json, no_verify):
     """Describe an artifact and verify its checksums."""
-    from .inspection import format_inspection, inspect_artifact
-
-    info = inspect_artifact(artifact, verify=not no_verify)
-    if as_json:
-        _emit_json(info)
-    else:
-        click.echo(format_inspection(info))
+    _show_artifact(artifact, as_json, verify=not no_verify, written=False)
 
 
 @main.command("run")
@@ -207,7 +208,6 @@ def quantize_command(artifact, out, mode, target, per_channel, calib, calibratio
                      max_abs_error, min_top1_agreement, smooth_alpha, no_smooth, no_optimize, no_fp16_fallback,
                      force, as_json):
     """Quantize ARTIFACT to INT8 or FP16, with a parity check against it on real data."""
-    from .inspection import format_inspection, inspect_artifact
     from .quantize import QuantizeOptions, quantize
 
     options = QuantizeOptions(mode=mode, target=target, per_channel=per_channel, calib=calib,
@@ -217,12 +217,7 @@ def quantize_command(artifact, out, mode, target, per_channel, calib, calibratio
                               fp16_fallback=not no_fp16_fallback, force=force)
     result = quantize(artifact, out, options, progress=None if as_json else _progress,
                       calibration_progress=None if as_json else _calibration_bar())
-    info = inspect_artifact(result.path, verify=False)
-    if as_json:
-        _emit_json(info)
-    else:
-        click.echo(format_inspection(info))
-        click.echo(f"wrote {result.path}")
+    _show_artifact(result.path, as_json)
 
 
 class _BenchGroup(click.Group):

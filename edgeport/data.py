@@ -215,6 +215,15 @@ def _read_image_folder(path: Path) -> np.ndarray:
 DEFAULT_COUNTS = {"eval": 128, "calib": 64}
 
 
+def concat_padded(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate batches along axis 0, zero-padding axis 1 (the sequence) to the widest.
+    Zero is the attention mask's "padding" value, so the model ignores the added tokens."""
+    if parts[0].ndim >= 2:
+        widest = max(p.shape[1] for p in parts)
+        parts = [np.pad(p, [(0, 0), (0, widest - p.shape[1])] + [(0, 0)] * (p.ndim - 2)) for p in parts]
+    return np.concatenate(parts)
+
+
 class ExampleSet:
     """Examples turned into feed batches for one artifact, plus what they were and their hash.
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ParityError
+from ..runtime.processing import mean_pool
 
 
 @dataclass
@@ -150,16 +151,6 @@ def compare_output(name: str, reference: np.ndarray, candidate: np.ndarray,
         top1 = float(agree.mean()) if agree.size else 1.0
     return OutputParity(name, max_abs, max_rel, float(np.nanmean(cos)), float(np.nanmin(cos)),
                         top1, nonfinite, within)
-
-
-def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool = False) -> np.ndarray:
-    """Mean over real tokens (sentence-transformers' pooling), optionally L2-normalised."""
-    weights = mask.astype(hidden.dtype)[..., None]
-    summed = (hidden * weights).sum(axis=1)
-    pooled = summed / np.clip(weights.sum(axis=1), 1e-9, None)
-    if normalize:
-        pooled = pooled / np.clip(np.linalg.norm(pooled, axis=-1, keepdims=True), 1e-12, None)
-    return pooled
 
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], *,

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from ..artifact import Artifact, now_iso
-from ..data import examples_for, stdlib_sentences
+from ..data import concat_padded, examples_for, stdlib_sentences
 from ..errors import InvalidOptionError
 from .machine import machine_info
 from .report import BenchReport
@@ -68,6 +68,7 @@ class _Inputs:
         self.text = TextProcessor.from_manifest(reference.path, processing, names) if processing.get("tokenizer") else None
         self.max_length = int(processing.get("max_length", 512))
         self.sentences = stdlib_sentences(64) if data is None else None
+        self._long: dict | None = None
 
     def single(self) -> list[dict]:
         return self.examples.batches
@@ -77,22 +78,16 @@ class _Inputs:
         if self.text is not None and self.sentences is not None:
             return self.text.encode(self.sentences[:size])
         picked = [rows[i % len(rows)] for i in range(size)]
-        return {k: _stack([p[k] for p in picked]) for k in picked[0]}
+        return {k: concat_padded([p[k] for p in picked]) for k in picked[0]}
 
     def of_length(self, size: int, length: int) -> dict | None:
         if self.text is None:
             return None
         length = min(length, self.max_length)
-        long_text = " ".join(stdlib_sentences(120))
-        encoded = self.text.encode([long_text])
+        if self._long is None:   # real prose, tokenized once and cut to each length
+            self._long = self.text.encode([" ".join(stdlib_sentences(120))])
+        encoded = self._long
         return {k: np.ascontiguousarray(np.repeat(v[:, :length], size, axis=0)) for k, v in encoded.items()}
-
-
-def _stack(parts: list[np.ndarray]) -> np.ndarray:
-    width = max(p.shape[1] for p in parts) if parts[0].ndim >= 2 else None
-    if width is not None and any(p.shape[1] != width for p in parts):
-        parts = [np.pad(p, [(0, 0), (0, width - p.shape[1])] + [(0, 0)] * (p.ndim - 2)) for p in parts]
-    return np.concatenate(parts)
 
 
 def _onnx_runner(artifact: Artifact, threads: int | None) -> tuple[Callable, dict]:
@@ -201,16 +196,20 @@ def _unique(name: str, taken) -> str:
     return candidate
 
 
+def _interleaved_stats(runners, feeds_cycle: list, settings: Settings, tick) -> dict:
+    """Latency statistics per variant; a Ctrl-C inside the loop ends the run here."""
+    samples = interleaved_latency(runners, feeds_cycle, settings, tick)
+    if samples.pop("__interrupted__", None) is not None:
+        raise KeyboardInterrupt
+    return {name: latency_stats(values) for name, values in samples.items()}
+
+
 def _measure(report: BenchReport, runners, inputs: _Inputs, options: BenchOptions, progress, tick) -> None:
     settings = options.settings
     single_ms: dict[str, float] = {}
     if "single-stream" in options.scenarios or "server" in options.scenarios:
         progress("single-stream: batch 1, one query at a time...")
-        samples = interleaved_latency(runners, inputs.single(), settings, tick)
-        if samples.pop("__interrupted__", None) is not None:
-            raise KeyboardInterrupt
-        for name, values in samples.items():
-            stats = latency_stats(values)
+        for name, stats in _interleaved_stats(runners, inputs.single(), settings, tick).items():
             single_ms[name] = stats.p50_ms
             if "single-stream" in options.scenarios:
                 report.results.append({"variant": name, "scenario": "single-stream", "params": {"batch": 1},
@@ -218,12 +217,7 @@ def _measure(report: BenchReport, runners, inputs: _Inputs, options: BenchOption
     if "offline" in options.scenarios:
         for batch in options.batch_sizes:
             progress(f"offline: batch {batch}...")
-            feeds = inputs.batch(batch)
-            samples = interleaved_latency(runners, [feeds], settings, tick)
-            if samples.pop("__interrupted__", None) is not None:
-                raise KeyboardInterrupt
-            for name, values in samples.items():
-                stats = latency_stats(values)
+            for name, stats in _interleaved_stats(runners, [inputs.batch(batch)], settings, tick).items():
                 report.results.append({"variant": name, "scenario": "offline", "params": {"batch": batch},
                                        "latency": stats.to_dict(), "throughput_per_s": batch * 1000.0 / stats.p50_ms})
     if "sweep" in options.scenarios:
@@ -233,11 +227,7 @@ def _measure(report: BenchReport, runners, inputs: _Inputs, options: BenchOption
                 if feeds is None:
                     break
                 progress(f"sweep: batch {batch}, sequence {feeds['input_ids'].shape[1]}...")
-                samples = interleaved_latency(runners, [feeds], settings, tick)
-                if samples.pop("__interrupted__", None) is not None:
-                    raise KeyboardInterrupt
-                for name, values in samples.items():
-                    stats = latency_stats(values)
+                for name, stats in _interleaved_stats(runners, [feeds], settings, tick).items():
                     report.results.append({"variant": name, "scenario": "sweep",
                                            "params": {"batch": batch, "sequence": int(feeds["input_ids"].shape[1])},
                                            "latency": stats.to_dict(), "throughput_per_s": batch * 1000.0 / stats.p50_ms})

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..artifact import Artifact
 from ..data import ExampleSet, examples_for
 from ..errors import InvalidOptionError, ParityError
+from ..runtime.backends import cpu_session
 from .parity import ParityReport, compare_outputs, merge_reports
 
 
@@ -41,16 +42,6 @@ class ParityBudget:
         return {k: v for k, v in names.items() if v is not None}
 
 
-def _session(model_file: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # Two sessions alive in one process on few cores: spinning threads disturb each other.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-
-
 def measure_parity(candidate_file: Path, reference, examples: ExampleSet, task: str,
                    budget: ParityBudget | None = None, reference_name: str = "reference",
                    reference_outputs: list | None = None) -> ParityReport:
@@ -59,7 +50,7 @@ def measure_parity(candidate_file: Path, reference, examples: ExampleSet, task: 
     ``reference`` is a model file or a session; ``reference_outputs`` (one dict per batch)
     skips running it again when the caller already has them.
     """
-    candidate = _session(candidate_file)
+    candidate = cpu_session(candidate_file)
     output_names = [o.name for o in candidate.get_outputs()]
     if reference_outputs is None:
         reference_outputs = reference_run(reference, examples)
@@ -74,7 +65,7 @@ def measure_parity(candidate_file: Path, reference, examples: ExampleSet, task: 
 
 
 def reference_run(reference, examples: ExampleSet) -> list[dict]:
-    session = reference if hasattr(reference, "run") else _session(reference)
+    session = reference if hasattr(reference, "run") else cpu_session(reference)
     names = [o.name for o in session.get_outputs()]
     return [dict(zip(names, session.run(names, feeds))) for feeds in examples.batches]
 

@@ -34,6 +34,7 @@ from ..artifact import GOLDEN_NAME, Artifact, Manifest, check_output_path, final
 from ..bench.parity import ParityReport, compare_outputs
 from ..errors import EdgeportError, ExportError, InvalidOptionError, ParityError, require
 from ..golden import save_golden
+from ..runtime.backends import cpu_session
 from .prepare import ExportJob, prepare_callable, prepare_hf
 from .source import is_callable_source, parse_input_spec
 
@@ -171,7 +172,7 @@ def _try_route(route: str, job: ExportJob, options: ExportOptions, references, f
         if options.validate:
             parity = _validate(model_file, job, references, options, static=route == "static")
         else:
-            _ort_session(model_file)   # at least prove ONNX Runtime loads it
+            cpu_session(model_file)   # at least prove ONNX Runtime loads it
     except ParityError as exc:
         return RouteResult(route, False, time.perf_counter() - start, str(exc)), None
     except EdgeportError:
@@ -251,21 +252,13 @@ def _check_graph(model_file: Path) -> None:
     onnx.checker.check_model(str(model_file), full_check=True)   # includes strict shape inference
 
 
-def _ort_session(model_file: Path):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
-
-
 def _validate(model_file: Path, job: ExportJob, references, options: ExportOptions, static: bool) -> ParityReport:
     """Run every validation batch in ONNX Runtime; parity of the first is the one recorded.
 
     Later batches exist to prove the dynamic axes (other batch size and length); they
     must pass the same tolerance.
     """
-    session = _ort_session(model_file)
+    session = cpu_session(model_file)
     thresholds = {"atol": options.atol, "rtol": options.rtol}
     first = None
     for index, (feeds, reference) in enumerate(zip(job.validation_batches, references)):
@@ -328,8 +321,6 @@ def _write_artifact(out, job: ExportJob, options: ExportOptions, source: str, re
         save_golden(folder / GOLDEN_NAME, job.validation_batches[0], references[0])
         for name, path in job.copy_files.items():
             shutil.copyfile(path, folder / name)
-        for name, writer in job.write_files.items():
-            writer(folder / name)
         inputs, outputs, opset = _graph_io(folder / "model.onnx")
         manifest = Manifest(
             task=job.task,
@@ -358,4 +349,4 @@ def _write_artifact(out, job: ExportJob, options: ExportOptions, source: str, re
             notes=job.notes,
         )
         finalize_manifest(folder, manifest)
-    return Artifact.load(out)
+    return Artifact.load(out, verify=False)   # finalize_manifest hashed these very files

@@ -35,7 +35,6 @@ class ExportJob:
     validation_data: str                               # what the batches are, in words
     processing: dict[str, Any] = field(default_factory=dict)
     copy_files: dict[str, Path] = field(default_factory=dict)   # name in artifact -> source file
-    write_files: dict[str, Any] = field(default_factory=dict)   # name -> callable(Path) writing it
     sources: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     model_type: str = "custom"
@@ -215,7 +214,6 @@ def _prepare_text(job: ExportJob, folder: Path, model, config, static_shapes: bo
                            "pad_token": pad_token,
                            "pad_id": int(tokenizer.convert_tokens_to_ids(pad_token)) if pad_token else 0})
         job.processing = processing
-        job.write_files["tokenizer.json"] = lambda path: tokenizer.backend_tokenizer.save(str(path))
         for extra in ("tokenizer_config.json", "special_tokens_map.json"):
             if (folder / extra).is_file():
                 job.copy_files[extra] = folder / extra
@@ -224,7 +222,6 @@ def _prepare_text(job: ExportJob, folder: Path, model, config, static_shapes: bo
         staged = Path(tempfile.mkdtemp(prefix="edgeport-tok-")) / "tokenizer.json"
         tokenizer.backend_tokenizer.save(str(staged))
         job.copy_files["tokenizer.json"] = staged
-        job.write_files.pop("tokenizer.json")
         text = TextProcessor(staged, int(max_length), job.input_names, pad_token, processing["pad_id"])
         sentences = stdlib_sentences(VALIDATION_SENTENCES + TRACE_BATCH + 1)
         pad_to = max_length if static_shapes else None

@@ -20,6 +20,7 @@ from ..artifact import MANIFEST_NAME, Artifact, Manifest, check_output_path, fin
 from ..bench.parity import ParityReport, compare_outputs
 from ..bench.verify import ParityBudget, measure_parity, reference_run
 from ..data import examples_for
+from ..runtime.backends import cpu_session
 from ..errors import ArtifactError, CalibrationDataError, InvalidOptionError, ParityError, QuantizationError, require
 from . import graph
 from .sensitivity import FallbackResult, keep_sensitive_nodes
@@ -76,8 +77,9 @@ def quantize(artifact_path, out, options: QuantizeOptions, progress=None, calibr
     calibration = examples_for(source, options.calib, role="calib")
     evaluation = examples_for(source, options.data, role="eval")
     say(f"calibration: {calibration.description}; evaluation: {evaluation.description}")
-    expected = reference_run(source.model_path, evaluation)
-    _check_calibration_runs(source, calibration)
+    reference = cpu_session(source.model_path)       # one session serves both checks
+    _check_calibration_runs(reference, calibration)
+    expected = reference_run(reference, evaluation)
 
     with tempfile.TemporaryDirectory(prefix="edgeport-quantize-") as work_dir:
         work = Path(work_dir)
@@ -147,11 +149,8 @@ def _check_fp16_finite(model_file: Path, fp32_file: Path, evaluation) -> None:
                           "drop --no-fp16-fallback to keep overflowing nodes in FP32")
 
 
-def _check_calibration_runs(source: Artifact, calibration) -> None:
+def _check_calibration_runs(session, calibration) -> None:
     """Mismatched calibration data must fail with its own message, not inside ORT's quantizer."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(source.model_path), providers=["CPUExecutionProvider"])
     try:
         session.run(None, calibration.batches[0])
     except Exception as exc:
@@ -226,10 +225,8 @@ def _golden_parity(source: Artifact, model_file: Path) -> dict | None:
     golden = source.golden()
     if golden is None:
         return None
-    import onnxruntime as ort
-
     inputs, outputs = golden
-    session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+    session = cpu_session(model_file)
     names = list(outputs)
     got = dict(zip(names, session.run(names, inputs)))
     return compare_outputs(outputs, got, task=source.task, token_mask=inputs.get("attention_mask"),
@@ -269,7 +266,7 @@ def _write(out, source: Artifact, options: QuantizeOptions, target, detected, pe
             notes=notes,
         )
         finalize_manifest(folder, manifest)
-    return Artifact.load(out)
+    return Artifact.load(out, verify=False)   # finalize_manifest hashed these very files
 
 
 def _opset(model) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import ExampleSet
+from ..data import ExampleSet, concat_padded
 from ..errors import InvalidOptionError
 from .targets import Target
 
@@ -42,19 +42,10 @@ def uniform_batches(examples: ExampleSet) -> ExampleSet:
     padded to the longest (mask 0, so padding is ignored by the model's attention); then
     all examples go in equal batches of at most MAX_UNIFORM_BATCH, dropping a remainder.
     """
-    import numpy as np
-
     shapes = {tuple((k, v.shape) for k, v in b.items()) for b in examples.batches}
     if len(shapes) == 1:
         return examples
-    names = list(examples.batches[0])
-    merged = {}
-    for name in names:
-        parts = [b[name] for b in examples.batches]
-        widest = max(p.shape[1] for p in parts) if parts[0].ndim >= 2 else None
-        if widest is not None and any(p.shape[1] != widest for p in parts):
-            parts = [np.pad(p, [(0, 0), (0, widest - p.shape[1])] + [(0, 0)] * (p.ndim - 2)) for p in parts]
-        merged[name] = np.concatenate(parts)
+    merged = {name: concat_padded([b[name] for b in examples.batches]) for name in examples.batches[0]}
     total = len(next(iter(merged.values())))
     size = min(total, MAX_UNIFORM_BATCH)
     batches = [{k: v[i:i + size] for k, v in merged.items()} for i in range(0, total - size + 1, size)]

@@ -62,6 +62,21 @@ def choose_providers(device: str) -> list[str]:
     return [wanted] if device == "cpu" else [wanted, PROVIDERS["cpu"]]
 
 
+def cpu_session(model, spinning: bool = False):
+    """A quiet CPU session for checks and comparisons (a model file path or bytes).
+
+    Spinning is off by default: these sessions often live beside another one in the same
+    process, and on few cores idle spinning threads slow the other down."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
 class OnnxRuntimeBackend:
     """One ONNX Runtime session; ``run`` is safe to call from several threads at once."""
 
