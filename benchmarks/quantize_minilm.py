@@ -64,8 +64,7 @@ def main() -> None:
 
     # Accuracy: 200 real sentences (the eval split), against PyTorch FP32.
     sentences = stdlib_sentences(200)
-    text = TextProcessor.from_manifest(fp32.path, fp32.manifest.processing,
-                                       [i["name"] for i in fp32.manifest.graph["inputs"]])
+    text = TextProcessor.from_artifact(fp32)
     model = transformers.AutoModel.from_pretrained(source).eval()
     batches = [text.encode(sentences[i:i + 20]) for i in range(0, 200, 20)]
     with torch.no_grad():

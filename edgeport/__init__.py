@@ -8,27 +8,35 @@ from __future__ import annotations
 
 from importlib import import_module
 
-__all__ = ["Artifact", "Manifest", "EdgeportError", "export_onnx", "ExportOptions", "inspect_artifact", "load",
-           "merge", "MergeOptions", "QuantizeOptions", "verify", "ParityBudget"]
-# quantize() lives at edgeport.quantize.quantize: the name edgeport.quantize is its subpackage.
-
 _LAZY = {
     "Artifact": ".artifact",
-    "Manifest": ".artifact",
+    "Manifest": ".manifest",
     "EdgeportError": ".errors",
     "export_onnx": ".export.onnx",
     "ExportOptions": ".export.onnx",
-    "inspect_artifact": ".inspection",
-    "load": ".runtime",
     "merge": ".export.lora",
     "MergeOptions": ".export.lora",
+    "inspect_artifact": ".inspection",
+    "load": ".runtime",
+    "quantize": ".quantize",
     "QuantizeOptions": ".quantize",
-    "verify": ".bench.verify",
-    "ParityBudget": ".bench.verify",
+    "verify": ".parity",
+    "ParityBudget": ".parity",
+    "ParityReport": ".parity",
+    "run_bench": ".bench.runner",
+    "BenchOptions": ".bench.runner",
+    "package": ".package",
+    "PackageOptions": ".package",
+    "ship": ".pipeline",
 }
+__all__ = sorted(_LAZY)
 
 
 def __getattr__(name: str):
     if name in _LAZY:
         return getattr(import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'edgeport' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -104,6 +104,32 @@ class RegressionError(EdgeportError):
     exit_code = 16
 
 
+class AcceleratorUnavailableError(EdgeportError):
+    """The command needs a GPU, TensorRT or their Python packages, and this machine lacks them."""
+
+    exit_code = 17
+
+
+class ServerError(EdgeportError):
+    """The HTTP server could not start (address in use, unreadable certificate...)."""
+
+    exit_code = 18
+
+
+class StoppedByUser(EdgeportError):
+    """Ctrl-C: the command stopped; what it reports was measured before the stop."""
+
+    exit_code = 130
+
+
+class RecipeError(InvalidOptionError):
+    """A ``ship`` recipe is malformed; the message names the offending key."""
+
+
+# Exit code of a run stopped with Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED_EXIT_CODE = StoppedByUser.exit_code
+
+
 def require(module: str, extra: str):
     """Import an optional dependency or explain which extra installs it."""
     import importlib

@@ -6,6 +6,7 @@ the field, to check parity without torch.  numpy only.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,11 @@ def load_golden(path: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray
         with np.load(path, allow_pickle=False) as data:
             inputs = {k[len(_INPUT):]: data[k] for k in data.files if k.startswith(_INPUT)}
             outputs = {k[len(_OUTPUT):]: data[k] for k in data.files if k.startswith(_OUTPUT)}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise ArtifactError(f"cannot read golden data '{path}': {exc}") from exc
     if not inputs or not outputs:
         raise ArtifactError(f"golden data '{path}' holds no inputs or no outputs")
+    for name, value in {**inputs, **outputs}.items():
+        if value.dtype.kind not in "biuf" or value.ndim == 0:
+            raise ArtifactError(f"golden data '{path}': '{name}' is not a numeric array with a batch axis")
     return inputs, outputs

@@ -6,14 +6,23 @@ from collections import Counter
 from typing import Any
 
 from .artifact import Artifact
+from .errors import ArtifactError
 
 
-def inspect_artifact(path, verify: bool = True) -> dict[str, Any]:
-    artifact = Artifact.load(path, verify=verify)
+def inspect_artifact(path, check_files: bool = True, expected_manifest_sha256: str | None = None) -> dict[str, Any]:
+    """What an artifact (or bundle) is, in one dictionary; files checked against their sha256
+    unless ``check_files`` is False, the manifest against a recorded digest when given."""
+    from .runtime.model import open_artifact
+
+    if expected_manifest_sha256 is None:
+        artifact = open_artifact(path, check_files)
+    else:
+        artifact = Artifact.load(path, check_files, expected_manifest_sha256)
     manifest = artifact.manifest
     return {
         "path": str(artifact.path),
-        "checksums": "verified" if verify else "not checked",
+        "checksums": "verified" if check_files else "not checked",
+        "manifest_sha256": artifact.manifest_sha256,
         "schema_version": manifest.schema_version,
         "task": manifest.task,
         "processing": manifest.processing,
@@ -34,13 +43,21 @@ def operator_histogram(artifact: Artifact) -> dict[str, int]:
         return {}
     try:
         import onnx
+        from google.protobuf.message import DecodeError
     except ImportError:
         return {}
-    model = onnx.load(str(artifact.model_path), load_external_data=False)
+    try:
+        model = onnx.load(str(artifact.model_path), load_external_data=False)
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ArtifactError(f"'{artifact.model_path}' is not a readable ONNX model: {exc}") from exc
     counts = Counter(
         (f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type) for n in model.graph.node
     )
     return dict(counts.most_common())
+
+
+def _number(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _shape(shape) -> str:
@@ -51,6 +68,7 @@ def format_inspection(info: dict[str, Any]) -> str:
     mb = info["size_bytes"] / 1e6
     lines = [
         f"artifact   {info['path']}  ({mb:.1f} MB, checksums {info['checksums']})",
+        f"manifest   sha256 {info['manifest_sha256']}",
         f"task       {info['task']}",
         f"graph      {info['graph']['format']}, opset {info['graph'].get('opset')}"
         + (", static shapes" if info["graph"].get("static_shapes") else ""),
@@ -78,11 +96,13 @@ def format_inspection(info: dict[str, Any]) -> str:
         if "sentence_embedding" in parity:
             figures["sentence_embedding"] = parity["sentence_embedding"]
         for name, fig in figures.items():
-            text = (f"             {name}: max abs {fig['max_abs_err']:.3g}, cosine mean {fig['mean_cosine']:.6f}"
-                    f" min {fig['min_cosine']:.6f}")
-            if "top1_agreement" in fig:
+            text = (f"             {name}: max abs {_number(fig.get('max_abs_err'), '.3g')}, cosine mean "
+                    f"{_number(fig.get('mean_cosine'), '.6f')} min {_number(fig.get('min_cosine'), '.6f')}")
+            if fig.get("top1_agreement") is not None:
                 text += f", top-1 {fig['top1_agreement']:.4f}"
             lines.append(text)
+        if parity.get("generation"):
+            lines.append("             " + ", ".join(f"{k} {_number(v, '.4g')}" for k, v in parity["generation"].items()))
     for entry in info["lineage"]:
         params = entry.get("parameters", {})
         detail = ", ".join(f"{k}={v}" for k, v in params.items() if v not in (None, [], {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -13,24 +14,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tiny_models import build_tiny, minilm_path  # noqa: E402
+
+def _has_nvidia_gpu() -> bool:
+    if shutil.which("nvidia-smi") is None and not Path("/dev/nvidia0").exists():
+        return False
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError:
+        return True
 
 
 def pytest_collection_modifyitems(config, items):
-    try:
-        import onnxruntime
-        has_gpu = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
-    except ImportError:
-        has_gpu = False
-    if not has_gpu:
-        skip = pytest.mark.skip(reason="needs a CUDA device")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+    if _has_nvidia_gpu():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU (marked gpu); none on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
+    from tiny_models import minilm_path
+
     return minilm_path()
 
 
@@ -50,8 +57,18 @@ def minilm_onnx(tmp_path_factory, minilm_dir):
 
 
 @pytest.fixture(scope="session")
+def minilm_int8(tmp_path_factory, minilm_onnx):
+    """The default INT8 recipe on MiniLM, once per session."""
+    from edgeport.quantize import QuantizeOptions, quantize
+
+    return quantize(minilm_onnx.path, tmp_path_factory.mktemp("minilm-int8") / "int8", QuantizeOptions(mode="int8-dynamic"))
+
+
+@pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
     """Build (and cache) tiny models: tiny_models(model_type, task) -> folder."""
+    from tiny_models import build_tiny
+
     root = tmp_path_factory.mktemp("tiny")
     cache: dict[tuple[str, str], Path] = {}
 
@@ -62,6 +79,16 @@ def tiny_models(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def onnx_artifacts(tmp_path_factory):
+    """Torch-free artifacts built with onnx.helper (see onnx_models.py), once per session."""
+    import onnx_models
+
+    root = tmp_path_factory.mktemp("onnx-models")
+    return {"encoder": onnx_models.text_encoder_artifact(root / "encoder"),
+            "classifier": onnx_models.classifier_artifact(root / "classifier")}
 
 
 @pytest.fixture()
@@ -77,7 +104,3 @@ def cli():
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
-
-
-def folder_names(path: Path) -> set[str]:
-    return {p.name for p in path.iterdir()} if path.exists() else set()

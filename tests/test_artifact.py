@@ -6,9 +6,11 @@ import json
 
 import pytest
 
-from conftest import folder_names
-from edgeport.artifact import Artifact, Manifest, finalize_manifest, staging_folder
+from edgeport.artifact import Artifact, finalize_manifest
 from edgeport.errors import ArtifactError, OutputExistsError
+from edgeport.manifest import Manifest
+from edgeport.outputs import staged_output
+from helpers import folder_names
 
 
 def _manifest() -> Manifest:
@@ -18,7 +20,7 @@ def _manifest() -> Manifest:
 
 
 def _make(path, payload=b"0123456789" * 100):
-    with staging_folder(path, force=False) as folder:
+    with staged_output(path, force=False) as folder:
         (folder / "model.onnx").write_bytes(payload)
         (folder / "sub").mkdir()
         (folder / "sub" / "extra.txt").write_text("hello")
@@ -34,7 +36,7 @@ def test_round_trip_records_every_file(tmp_path):
     assert artifact.manifest.files["model.onnx"]["size"] == 1000
     assert artifact.manifest.lineage[0]["stage"] == "test"
     data = json.loads((tmp_path / "a" / "edgeport.json").read_text())
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert Manifest.from_dict(data).to_dict() == data
 
 
@@ -43,7 +45,7 @@ def test_truncated_file_is_detected(tmp_path):
     (tmp_path / "a" / "model.onnx").write_bytes(b"0123")
     with pytest.raises(ArtifactError, match="truncated"):
         Artifact.load(tmp_path / "a")
-    assert Artifact.load(tmp_path / "a", verify=False).task == "custom"
+    assert Artifact.load(tmp_path / "a", check_files=False).task == "custom"
 
 
 def test_same_size_tampering_is_detected(tmp_path):
@@ -82,7 +84,7 @@ def test_manifest_cannot_point_outside_the_folder(tmp_path):
     (tmp_path / "secret").write_text("x")
     path = tmp_path / "a" / "edgeport.json"
     data = json.loads(path.read_text())
-    data["files"]["../secret"] = {"sha256": "0", "size": 1}
+    data["files"]["../secret"] = {"sha256": "0" * 64, "size": 1}
     path.write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="outside the artifact"):
         Artifact.load(tmp_path / "a")
@@ -101,7 +103,7 @@ def test_not_an_artifact(tmp_path):
 
 def test_failed_stage_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
-        with staging_folder(tmp_path / "out", force=False) as folder:
+        with staged_output(tmp_path / "out", force=False) as folder:
             (folder / "half-written").write_text("x")
             raise RuntimeError("stage failed")
     assert folder_names(tmp_path) == set()
@@ -110,7 +112,7 @@ def test_failed_stage_leaves_nothing(tmp_path):
 def test_failed_forced_stage_keeps_the_old_artifact(tmp_path):
     _make(tmp_path / "a")
     with pytest.raises(RuntimeError):
-        with staging_folder(tmp_path / "a", force=True) as folder:
+        with staged_output(tmp_path / "a", force=True) as folder:
             (folder / "model.onnx").write_text("new")
             raise RuntimeError("stage failed")
     assert Artifact.load(tmp_path / "a").manifest.files["model.onnx"]["size"] == 1000

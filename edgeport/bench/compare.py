@@ -1,15 +1,20 @@
 """``edgeport bench compare OLD NEW``: match rows by variant, scenario and parameters, print
 the deltas, and fail when latency or throughput regresses, or parity drops, beyond the
-allowed margins."""
+allowed margins — or when the comparison cannot vouch for anything: a row of the old
+report missing from the new one (a renamed variant), or a new report that was
+interrupted.  Reports are validated against the report schema first.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import InvalidOptionError, RegressionError
-from .report import REPORT_SCHEMA_VERSION
+from .report import headline_figures, load_report
+
+__all__ = ["Comparison", "Delta", "compare", "format_deltas", "load_report", "parse_percent"]
 
 
 @dataclass
@@ -24,17 +29,31 @@ class Delta:
     regressed: bool
 
 
-def load_report(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InvalidOptionError(f"bench report '{path}' does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidOptionError(f"'{path}' is not a JSON bench report: {exc}") from exc
-    if not isinstance(data, dict) or data.get("schema_version") != REPORT_SCHEMA_VERSION or "results" not in data:
-        raise InvalidOptionError(f"'{path}' is not an edgeport bench report (schema version {REPORT_SCHEMA_VERSION})")
-    return data
+@dataclass
+class Comparison:
+    deltas: list[Delta]
+    only_old: list[str]
+    only_new: list[str]
+    new_interrupted: bool
+    max_regression: float
+    max_parity_drop: float
+
+    def raise_for_failure(self) -> None:
+        problems = []
+        bad = [d for d in self.deltas if d.regressed]
+        if bad:
+            details = "; ".join(f"{d.variant} {d.scenario} {d.params} {d.metric} {d.old:.4g} -> {d.new:.4g}" for d in bad)
+            problems.append(f"{len(bad)} regression(s) beyond {self.max_regression * 100:g}% latency/throughput or "
+                            f"{self.max_parity_drop:g} parity: {details}")
+        if self.only_old:
+            problems.append(f"{len(self.only_old)} row(s) of the old report have no match in the new one "
+                            f"(renamed or dropped variants?): {'; '.join(self.only_old[:3])}")
+        if not any(d.scenario != "parity" for d in self.deltas):
+            problems.append("no measurement of the new report matches the old one")
+        if self.new_interrupted:
+            problems.append("the new report was interrupted: its figures are partial")
+        if problems:
+            raise RegressionError("; ".join(problems))
 
 
 def parse_percent(text: str) -> float:
@@ -42,8 +61,8 @@ def parse_percent(text: str) -> float:
         value = float(str(text).strip().rstrip("%"))
     except ValueError:
         raise InvalidOptionError(f"'{text}' is not a percentage (e.g. 5%)") from None
-    if value < 0:
-        raise InvalidOptionError("a regression threshold must be >= 0")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidOptionError(f"a regression threshold must be a finite percentage >= 0 (got '{text}')")
     return value / 100.0
 
 
@@ -51,13 +70,18 @@ def _key(row: dict) -> tuple:
     return (row["variant"], row["scenario"], json.dumps(row["params"], sort_keys=True))
 
 
-def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float) -> tuple[list[Delta], list[str]]:
+def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float) -> Comparison:
     """Deltas for every matched row and parity entry; plus the rows found in only one report."""
+    if not math.isfinite(max_parity_drop) or max_parity_drop < 0:
+        raise InvalidOptionError(f"--max-parity-drop must be a finite number >= 0 (got {max_parity_drop!r})")
     old_rows, new_rows = {_key(r): r for r in old["results"]}, {_key(r): r for r in new["results"]}
-    deltas, unmatched = [], []
+    deltas, only_old, only_new = [], [], []
     for key in sorted(set(old_rows) | set(new_rows)):
-        if key not in old_rows or key not in new_rows:
-            unmatched.append(f"{key[0]} {key[1]} {key[2]} only in the {'new' if key in new_rows else 'old'} report")
+        if key not in new_rows:
+            only_old.append(f"{key[0]} {key[1]} {key[2]}")
+            continue
+        if key not in old_rows:
+            only_new.append(f"{key[0]} {key[1]} {key[2]}")
             continue
         before, after = old_rows[key], new_rows[key]
         if key[1] == "offline":
@@ -69,31 +93,22 @@ def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float)
         deltas.append(Delta(key[0], key[1], key[2], metric, a, b, change, change > max_regression))
     for variant in sorted(set(old.get("parity", {})) & set(new.get("parity", {}))):
         for metric in ("min_cosine", "top1_agreement"):
-            a, b = _parity_figure(old["parity"][variant], metric), _parity_figure(new["parity"][variant], metric)
+            a = headline_figures(old["parity"][variant]).get(metric)
+            b = headline_figures(new["parity"][variant]).get(metric)
             if a is None or b is None:
                 continue
             deltas.append(Delta(variant, "parity", "", metric, a, b, a - b, (a - b) > max_parity_drop))
-    return deltas, unmatched
+    return Comparison(deltas, only_old, only_new, bool(new.get("interrupted")), max_regression, max_parity_drop)
 
 
-def _parity_figure(parity: dict, metric: str) -> float | None:
-    figures = parity.get("sentence_embedding") or next(iter(parity.get("outputs", {}).values()), {})
-    return figures.get(metric)
-
-
-def format_deltas(deltas: list[Delta], unmatched: list[str]) -> str:
+def format_deltas(comparison: Comparison) -> str:
     lines = [f"{'variant':<26} {'scenario':<14} {'params':<26} {'metric':<16} {'old':>10} {'new':>10} {'change':>9}"]
-    for d in deltas:
+    for d in comparison.deltas:
         change = f"{d.change * 100:+.1f}%" if d.scenario != "parity" else f"{-d.change:+.5f}"
         lines.append(f"{d.variant[:26]:<26} {d.scenario:<14} {d.params[:26]:<26} {d.metric:<16} {d.old:>10.4g} "
                      f"{d.new:>10.4g} {change:>9}{'  REGRESSION' if d.regressed else ''}")
-    lines.extend(f"unmatched: {u}" for u in unmatched)
+    lines.extend(f"unmatched: {u} only in the old report" for u in comparison.only_old)
+    lines.extend(f"unmatched: {u} only in the new report" for u in comparison.only_new)
+    if comparison.new_interrupted:
+        lines.append("the new report was INTERRUPTED")
     return "\n".join(lines)
-
-
-def raise_for_regressions(deltas: list[Delta], max_regression: float, max_parity_drop: float) -> None:
-    bad = [d for d in deltas if d.regressed]
-    if bad:
-        details = "; ".join(f"{d.variant} {d.scenario} {d.params} {d.metric} {d.old:.4g} -> {d.new:.4g}" for d in bad)
-        raise RegressionError(f"{len(bad)} regression(s) beyond {max_regression * 100:g}% latency/throughput or "
-                              f"{max_parity_drop:g} parity: {details}")

@@ -6,7 +6,7 @@ import os
 import platform
 from pathlib import Path
 
-from ..artifact import tool_versions
+from ..manifest import tool_versions
 
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "fma",
                      "f16c", "asimd", "asimddp", "sve")

@@ -1,34 +1,50 @@
-"""``edgeport bench``: several artifacts (and optionally the PyTorch source) measured side by
-side on the same real inputs, in one process, interleaved; plus parity against a
-reference and per-variant size, memory and start-up measured in fresh processes.
+"""``edgeport bench``: several artifacts (and any extra runner the caller hands in, such as
+the PyTorch baseline) measured side by side on the same real inputs, in one process,
+interleaved; plus parity against a reference, and per-variant size, memory and start-up
+measured in fresh processes.
+
+Everything that can be refused is refused before the first measurement: options, every
+artifact, and the report files (which follow the same output rules as every writer).
 """
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 
-from ..artifact import Artifact, now_iso
+from ..artifact import Artifact
 from ..data import concat_padded, examples_for, stdlib_sentences
 from ..errors import InvalidOptionError
+from ..manifest import now_iso
+from ..outputs import HTML_REPORT, JSON_REPORT, check_output
+from ..parity import ParityBudget, measure, reference_outputs
+from ..runtime import load
+from ..runtime.onnxrt import OnnxRuntimeRunner
+from ..runtime.runner import Runner
+from ..vocabulary import SCENARIOS
 from .machine import machine_info
+from .memory import measure_memory
 from .report import BenchReport
-from .scenarios import SCENARIOS, Settings, find_max_qps, interleaved_latency, server_run
+from .scenarios import Interrupted, Settings, find_max_qps, interleaved_latency, server_run
 from .stats import latency_stats
-from .verify import ParityBudget, measure_parity
+
+MAX_BATCH = 4096
+
+
+@dataclass
+class ReportFiles:
+    json: str | None = None
+    html: str | None = None
+    force: bool = False
 
 
 @dataclass
 class BenchOptions:
     scenarios: list[str] = field(default_factory=lambda: ["single-stream"])
-    baseline_torch: bool = False
     data: str | None = None
     reference: str | None = None          # default: the first artifact
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
@@ -41,18 +57,62 @@ class BenchOptions:
     settings: Settings = field(default_factory=Settings)
     measure_memory: bool = True
     threads: int | None = None
+    reports: ReportFiles = field(default_factory=ReportFiles)
+
+    def check(self, paths: list[str]) -> None:
+        if not paths:
+            raise InvalidOptionError("give at least one artifact to benchmark")
+        unknown = [s for s in self.scenarios if s not in SCENARIOS]
+        if unknown or not self.scenarios:
+            raise InvalidOptionError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        if not self.batch_sizes or any(not 1 <= b <= MAX_BATCH for b in self.batch_sizes):
+            raise InvalidOptionError(f"--batch-sizes must be between 1 and {MAX_BATCH}")
+        if not self.sequence_lengths or any(s < 2 for s in self.sequence_lengths):
+            raise InvalidOptionError("--sequence-lengths must be >= 2")
+        if not isinstance(self.server_queries, int) or self.server_queries < 1:
+            raise InvalidOptionError(f"--queries must be a whole number >= 1 (got {self.server_queries!r})")
+        for name, value in (("--rate", self.server_rate), ("--p99-bound-ms", self.p99_bound_ms)):
+            if value is not None and (not math.isfinite(value) or value <= 0):
+                raise InvalidOptionError(f"{name} must be a finite number > 0 (got {value!r})")
+        if self.find_max_qps and self.p99_bound_ms is None:
+            raise InvalidOptionError("--find-max-qps needs --p99-bound-ms")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise InvalidOptionError(f"--threads must be a whole number >= 1 (got {self.threads!r})")
+        inputs = [p for p in paths] + ([self.reference] if self.reference else [])
+        if self.reports.json and self.reports.html and str(self.reports.json) == str(self.reports.html):
+            raise InvalidOptionError("--json and --html name the same file")
+        if self.reports.json:
+            check_output(self.reports.json, self.reports.force, inputs, JSON_REPORT, "--json")
+        if self.reports.html:
+            check_output(self.reports.html, self.reports.force, inputs, HTML_REPORT, "--html")
 
 
-def _check(options: BenchOptions, paths: list[str]) -> None:
-    if not paths:
-        raise InvalidOptionError("give at least one artifact to benchmark")
-    unknown = [s for s in options.scenarios if s not in SCENARIOS]
-    if unknown:
-        raise InvalidOptionError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
-    if any(b < 1 for b in options.batch_sizes) or any(s < 2 for s in options.sequence_lengths):
-        raise InvalidOptionError("batch sizes must be >= 1 and sequence lengths >= 2")
-    if options.find_max_qps and options.p99_bound_ms is None:
-        raise InvalidOptionError("--find-max-qps needs --p99-bound-ms")
+class Meter(Protocol):
+    """Where a long bench shows where it is: the number of blocks, then one call per block."""
+
+    def start(self, total: int) -> None: ...
+    def step(self, variant: str, scenario: str) -> None: ...
+    def finish(self) -> None: ...
+
+
+class _NoMeter:
+    def start(self, total: int) -> None:
+        pass
+
+    def step(self, variant: str, scenario: str) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass
+class Variant:
+    """One row of the bench: a runner and what is known about it."""
+
+    name: str
+    runner: Runner
+    info: dict
 
 
 class _Inputs:
@@ -61,22 +121,21 @@ class _Inputs:
     def __init__(self, reference: Artifact, data: str | None):
         from ..runtime.processing import TextProcessor
 
-        self.artifact = reference
         self.examples = examples_for(reference, data, role="eval", batch_size=1)
         processing = reference.manifest.processing
-        names = [s["name"] for s in reference.manifest.graph["inputs"]]
-        self.text = TextProcessor.from_manifest(reference.path, processing, names) if processing.get("tokenizer") else None
+        self.text = TextProcessor.from_artifact(reference) if processing.get("tokenizer") else None
         self.max_length = int(processing.get("max_length", 512))
-        self.sentences = stdlib_sentences(64) if data is None else None
+        self.sentences = stdlib_sentences(64) if data is None and self.text is not None else None
         self._long: dict | None = None
 
     def single(self) -> list[dict]:
-        return self.examples.batches
+        return list(self.examples.batches)
 
     def batch(self, size: int) -> dict:
+        """``size`` rows exactly: real sentences (or examples) repeated as needed."""
+        if self.sentences is not None:
+            return self.text.encode([self.sentences[i % len(self.sentences)] for i in range(size)])
         rows = self.examples.batches
-        if self.text is not None and self.sentences is not None:
-            return self.text.encode(self.sentences[:size])
         picked = [rows[i % len(rows)] for i in range(size)]
         return {k: concat_padded([p[k] for p in picked]) for k in picked[0]}
 
@@ -86,107 +145,67 @@ class _Inputs:
         length = min(length, self.max_length)
         if self._long is None:   # real prose, tokenized once and cut to each length
             self._long = self.text.encode([" ".join(stdlib_sentences(120))])
-        encoded = self._long
-        return {k: np.ascontiguousarray(np.repeat(v[:, :length], size, axis=0)) for k, v in encoded.items()}
+        return {k: np.ascontiguousarray(np.repeat(v[:, :length], size, axis=0)) for k, v in self._long.items()}
 
 
-def _onnx_runner(artifact: Artifact, threads: int | None) -> tuple[Callable, dict]:
-    from ..runtime import load
-
+def artifact_variant(artifact: Artifact, threads: int | None, taken) -> Variant:
     start = time.perf_counter()
-    model = load(artifact.path, device="cpu", threads=threads, verify=False, spinning=False)
+    model = load(artifact.path, device="cpu", threads=threads, check_files=False, spinning=False)
     created = (time.perf_counter() - start) * 1000
-    info = {"name": artifact.path.name, "path": str(artifact.path), "kind": "onnx",
+    name = _unique(artifact.path.name, taken)
+    info = {"name": name, "path": str(artifact.path), "kind": "onnx", "manifest_sha256": artifact.manifest_sha256,
             "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
             "provider": model.provider, "session_create_ms": round(created, 1)}
-    return model.run, info
+    return Variant(name, model.runner, info)
 
 
-def _torch_runner(reference: Artifact) -> tuple[Callable, dict]:
-    from ..errors import require
-
-    require("torch", "export")
-    import torch
-
-    from ..export.prepare import prepare_hf
-
-    export = next((e for e in reversed(reference.manifest.lineage) if e["stage"] == "export"), None)
-    source = export and export["parameters"].get("source")
-    if not source or not Path(source).is_dir():
-        raise InvalidOptionError("--baseline torch needs the Hugging Face folder the reference was exported from; "
-                                 f"its lineage names '{source}', which is not there")
-    start = time.perf_counter()
-    job = prepare_hf(Path(source), export["parameters"].get("task"), False, False, 128)
-    created = (time.perf_counter() - start) * 1000
-
-    def run(feeds):
-        with torch.no_grad():
-            return job.module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in job.input_names])
-
-    return run, {"name": "torch (eager FP32)", "path": source, "kind": "torch", "precision": "fp32",
-                 "size_bytes": None, "provider": "torch-cpu", "session_create_ms": round(created, 1)}
-
-
-_MEMORY_PROBE = (
-    "import json, resource, sys, time\n"
-    "start = time.perf_counter()\n"
-    "from edgeport.runtime import load\n"
-    "from edgeport.data import examples_for\n"
-    "model = load(sys.argv[1], device='cpu', verify=False)\n"
-    "created = time.perf_counter() - start\n"
-    "examples = examples_for(model.artifact, None if sys.argv[2] == '-' else sys.argv[2], limit=8, batch_size=1)\n"
-    "first = time.perf_counter()\n"
-    "for feeds in examples.batches: model.run(feeds)\n"
-    "print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
-    " 'cold_start_ms': (created + time.perf_counter() - first) * 1000}))\n"
-)
-
-
-def _memory(artifact: Artifact, data: str | None) -> dict:
-    """Peak resident memory and cold start, in a fresh process so variants do not mix."""
-    proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(artifact.path), data or "-"],
-                          capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-        return {"peak_rss_mb": None, "cold_start_ms": None}
-    return {k: round(v, 1) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
-
-
-def run_bench(paths: list[str], options: BenchOptions, progress: Callable[[str], None] = lambda m: None,
-              tick: Callable[[], None] = lambda: None) -> BenchReport:
-    _check(options, paths)
+def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = (),
+              progress: Callable[[str], None] = lambda m: None, meter: Meter | None = None) -> BenchReport:
+    options.check(paths)
+    meter = meter or _NoMeter()
     artifacts = [Artifact.load(p) for p in paths]
     reference = Artifact.load(options.reference) if options.reference else artifacts[0]
     inputs = _Inputs(reference, options.data)
-    runners: dict[str, Callable] = {}
-    variants = []
+    variants: list[Variant] = []
     for artifact in artifacts:
-        run, info = _onnx_runner(artifact, options.threads)
-        info["name"] = _unique(info["name"], runners)
+        variant = artifact_variant(artifact, options.threads, {v.name for v in variants})
         if options.measure_memory:
-            info.update(_memory(artifact, options.data))
-        runners[info["name"]] = run
-        variants.append(info)
-    if options.baseline_torch:
-        run, info = _torch_runner(reference)
-        runners[info["name"]] = run
-        variants.append(info)
+            progress(f"memory and cold start of {variant.name} (fresh process)...")
+            variant.info.update(measure_memory(str(artifact.path), options.data))
+        variants.append(variant)
+    for variant in extra:
+        variant.name = variant.info["name"] = _unique(variant.name, {v.name for v in variants})
+        variants.append(variant)
 
-    report = BenchReport(created=now_iso(), machine=machine_info(), variants=variants, results=[],
+    report = BenchReport(created=now_iso(), machine=machine_info(), variants=[v.info for v in variants], results=[],
                          parity={}, reference=str(reference.path), data=inputs.examples.description,
                          thresholds=options.budget.thresholds())
     try:
-        _measure(report, runners, inputs, options, progress, tick)
-    except KeyboardInterrupt:
+        meter.start(_blocks(options, inputs, len(variants)))
+        _measure(report, {v.name: v.runner.run for v in variants}, inputs, options, progress, meter)
+        progress("measuring parity...")
+        _parity(report, variants, reference, options)
+    except Interrupted:
         report.interrupted = True
         progress("interrupted: reporting what was measured")
-        return report
-    progress("measuring parity...")
-    parity_examples = examples_for(reference, options.data, role="eval")
-    for artifact, info in zip(artifacts, variants):
-        report.parity[info["name"]] = measure_parity(
-            artifact.model_path, reference.model_path, parity_examples, reference.task, options.budget,
-            reference_name=f"'{reference.path}'").to_dict()
+    finally:
+        meter.finish()
+        for variant in variants:
+            variant.runner.close()
+    report.write(options.reports)
     return report
+
+
+def _parity(report: BenchReport, variants: list[Variant], reference: Artifact, options: BenchOptions) -> None:
+    examples = examples_for(reference, options.data, role="eval")
+    with OnnxRuntimeRunner(reference.model_path, inputs=reference.manifest.inputs) as runner:
+        expected = reference_outputs(runner, examples)
+    try:
+        for variant in variants:
+            report.parity[variant.name] = measure(variant.runner, expected, examples, reference.task, options.budget,
+                                                  reference_name=f"'{reference.path}'").to_dict()
+    except KeyboardInterrupt:
+        raise Interrupted({}) from None
 
 
 def _unique(name: str, taken) -> str:
@@ -196,20 +215,32 @@ def _unique(name: str, taken) -> str:
     return candidate
 
 
-def _interleaved_stats(runners, feeds_cycle: list, settings: Settings, tick) -> dict:
-    """Latency statistics per variant; a Ctrl-C inside the loop ends the run here."""
-    samples = interleaved_latency(runners, feeds_cycle, settings, tick)
-    if samples.pop("__interrupted__", None) is not None:
-        raise KeyboardInterrupt
+def _blocks(options: BenchOptions, inputs: _Inputs, variants: int) -> int:
+    """How many timed blocks the run will have (for the progress bar)."""
+    per_measurement = options.settings.rounds * variants
+    count = 0
+    if "single-stream" in options.scenarios or "server" in options.scenarios:
+        count += per_measurement
+    if "offline" in options.scenarios:
+        count += per_measurement * len(options.batch_sizes)
+    if "sweep" in options.scenarios and inputs.text is not None:
+        count += per_measurement * len(options.batch_sizes) * len(options.sequence_lengths)
+    if "server" in options.scenarios:
+        count += variants
+    return count
+
+
+def _stats(runners, feeds_cycle: list, settings: Settings, meter: Meter, scenario: str) -> dict:
+    samples = interleaved_latency(runners, feeds_cycle, settings, lambda name: meter.step(name, scenario))
     return {name: latency_stats(values) for name, values in samples.items()}
 
 
-def _measure(report: BenchReport, runners, inputs: _Inputs, options: BenchOptions, progress, tick) -> None:
+def _measure(report: BenchReport, runners, inputs: _Inputs, options: BenchOptions, progress, meter: Meter) -> None:
     settings = options.settings
     single_ms: dict[str, float] = {}
     if "single-stream" in options.scenarios or "server" in options.scenarios:
         progress("single-stream: batch 1, one query at a time...")
-        for name, stats in _interleaved_stats(runners, inputs.single(), settings, tick).items():
+        for name, stats in _stats(runners, inputs.single(), settings, meter, "single-stream").items():
             single_ms[name] = stats.p50_ms
             if "single-stream" in options.scenarios:
                 report.results.append({"variant": name, "scenario": "single-stream", "params": {"batch": 1},
@@ -217,35 +248,45 @@ def _measure(report: BenchReport, runners, inputs: _Inputs, options: BenchOption
     if "offline" in options.scenarios:
         for batch in options.batch_sizes:
             progress(f"offline: batch {batch}...")
-            for name, stats in _interleaved_stats(runners, [inputs.batch(batch)], settings, tick).items():
-                report.results.append({"variant": name, "scenario": "offline", "params": {"batch": batch},
-                                       "latency": stats.to_dict(), "throughput_per_s": batch * 1000.0 / stats.p50_ms})
+            feeds = inputs.batch(batch)
+            rows = len(next(iter(feeds.values())))
+            for name, stats in _stats(runners, [feeds], settings, meter, f"offline b{batch}").items():
+                report.results.append({"variant": name, "scenario": "offline", "params": {"batch": rows},
+                                       "latency": stats.to_dict(), "throughput_per_s": rows * 1000.0 / stats.p50_ms})
     if "sweep" in options.scenarios:
         for batch in options.batch_sizes:
             for length in options.sequence_lengths:
                 feeds = inputs.of_length(batch, length)
                 if feeds is None:
                     break
-                progress(f"sweep: batch {batch}, sequence {feeds['input_ids'].shape[1]}...")
-                for name, stats in _interleaved_stats(runners, [feeds], settings, tick).items():
+                sequence = int(feeds["input_ids"].shape[1])
+                progress(f"sweep: batch {batch}, sequence {sequence}...")
+                for name, stats in _stats(runners, [feeds], settings, meter, f"sweep b{batch} s{sequence}").items():
                     report.results.append({"variant": name, "scenario": "sweep",
-                                           "params": {"batch": batch, "sequence": int(feeds["input_ids"].shape[1])},
+                                           "params": {"batch": batch, "sequence": sequence},
                                            "latency": stats.to_dict(), "throughput_per_s": batch * 1000.0 / stats.p50_ms})
     if "server" in options.scenarios:
         for name, run in runners.items():
-            rate = options.server_rate or 0.5 * 1000.0 / max(single_ms[name], 1e-3)
-            progress(f"server: {name} at {rate:.1f} requests/s (Poisson)...")
-            stats = latency_stats(server_run(run, inputs.single(), rate, options.server_queries))
-            tick()
-            result = {"variant": name, "scenario": "server", "params": {"rate_per_s": round(rate, 3)},
-                      "latency": stats.to_dict(), "throughput_per_s": rate}
-            if options.p99_bound_ms is not None:
-                result["p99_bound_ms"] = options.p99_bound_ms
-                result["bound_held"] = stats.p99_ms <= options.p99_bound_ms
-            if options.find_max_qps:
-                progress(f"server: searching the highest rate {name} serves with p99 <= {options.p99_bound_ms} ms...")
-                best, probes = find_max_qps(run, inputs.single(), options.p99_bound_ms, single_ms[name],
-                                            options.server_queries)
-                result["max_qps"] = best
-                result["max_qps_probes"] = probes
-            report.results.append(result)
+            _server(report, name, run, inputs, options, single_ms[name], progress)
+            meter.step(name, "server")
+
+
+def _server(report: BenchReport, name: str, run, inputs: _Inputs, options: BenchOptions, single_ms: float,
+            progress) -> None:
+    rate = options.server_rate or 0.5 * 1000.0 / max(single_ms, 1e-3)
+    progress(f"server: {name} at {rate:.1f} requests/s (Poisson)...")
+    try:
+        stats = latency_stats(server_run(run, inputs.single(), rate, options.server_queries))
+    except KeyboardInterrupt:
+        raise Interrupted({}) from None
+    result = {"variant": name, "scenario": "server", "params": {"rate_per_s": round(rate, 3)},
+              "latency": stats.to_dict(), "throughput_per_s": rate}
+    if options.p99_bound_ms is not None:
+        result["p99_bound_ms"] = options.p99_bound_ms
+        result["bound_held"] = stats.p99_ms <= options.p99_bound_ms
+    if options.find_max_qps:
+        progress(f"server: searching the highest rate {name} serves with p99 <= {options.p99_bound_ms} ms...")
+        best, probes = find_max_qps(run, inputs.single(), options.p99_bound_ms, single_ms, options.server_queries)
+        result["max_qps"] = best
+        result["max_qps_probes"] = probes
+    report.results.append(result)

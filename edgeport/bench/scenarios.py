@@ -8,16 +8,16 @@ never counted; every block lasts at least ``min_duration`` seconds and ``min_cou
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
 
+from ..errors import InvalidOptionError
 from .stats import latency_stats, poisson_arrivals
 
-SCENARIOS = ("single-stream", "offline", "server", "sweep")
 
-
-@dataclass
+@dataclass(frozen=True)
 class Settings:
     rounds: int = 3
     warmup: int = 3
@@ -25,6 +25,26 @@ class Settings:
     min_count: int = 10            # calls per block
     max_count: int = 10_000
     pause: float = 0.05            # between blocks: let the other variant's threads settle
+
+    def __post_init__(self):
+        for name in ("rounds", "min_count", "max_count"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidOptionError(f"--{name.replace('_', '-')} must be a whole number >= 1 (got {value!r})")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise InvalidOptionError(f"warmup must be a whole number >= 0 (got {self.warmup!r})")
+        for name in ("min_duration", "pause"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InvalidOptionError(f"--{name.replace('_', '-')} must be a finite number >= 0 (got {value!r})")
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a measurement; carries the samples measured so far."""
+
+    def __init__(self, samples: dict[str, list[float]]):
+        super().__init__("interrupted")
+        self.samples = samples
 
 
 def _block(run: Callable, feeds_cycle: list, settings: Settings) -> list[float]:
@@ -42,21 +62,22 @@ def _block(run: Callable, feeds_cycle: list, settings: Settings) -> list[float]:
 
 
 def interleaved_latency(runners: dict[str, Callable], feeds_cycle: list, settings: Settings,
-                        tick: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
-    """Latency samples (seconds) per variant, measured in alternating blocks."""
-    for run in runners.values():
-        for index in range(settings.warmup):
-            run(feeds_cycle[index % len(feeds_cycle)])
+                        tick: Callable[[str], None] = lambda name: None) -> dict[str, list[float]]:
+    """Latency samples (seconds) per variant, measured in alternating blocks.  Ctrl-C raises
+    ``Interrupted`` holding what was measured."""
     samples: dict[str, list[float]] = {name: [] for name in runners}
     try:
+        for run in runners.values():
+            for index in range(settings.warmup):
+                run(feeds_cycle[index % len(feeds_cycle)])
         for round_index in range(settings.rounds):
             names = list(runners) if round_index % 2 == 0 else list(reversed(runners))
             for name in names:
                 samples[name].extend(_block(runners[name], feeds_cycle, settings))
-                tick()
+                tick(name)
                 time.sleep(settings.pause)
     except KeyboardInterrupt:
-        samples["__interrupted__"] = []
+        raise Interrupted(samples) from None
     return samples
 
 

@@ -15,13 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import check_output_path, now_iso, sha256_file, staging_folder, tool_versions
-from ..bench.parity import compare_output
+from ..artifact import sha256_file
 from ..errors import AdapterError, InvalidOptionError, ParityError, SourceError, UnsafeFileError, require
+from ..manifest import now_iso, tool_versions
+from ..outputs import MERGED_MODEL, check_output, staged_output
+from ..parity import compare_output
+from ..vocabulary import COMBINATIONS, DEFAULT_ATOL, DEFAULT_RTOL
+from .quiet import quiet_transformers
 from .source import check_safetensors, read_config, weight_files
 
 MERGE_RECORD = "edgeport-merge.json"
-COMBINATIONS = ("cat", "linear", "svd")   # cat is exact: the weighted sum of every adapter's update
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 # Files beside the weights that a model folder needs at inference (tokenizer, pooling...).
 CARRIED = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
@@ -36,8 +39,8 @@ class MergeOptions:
     weights: list[float] = field(default_factory=list)
     combination: str = "cat"
     dtype: str | None = None          # fp32 | fp16 | bf16; default: the base's
-    atol: float = 1e-4
-    rtol: float = 1e-3
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
     allow_pickle: bool = False
     force: bool = False
 
@@ -50,7 +53,7 @@ class AdapterInfo:
 
     @property
     def peft_type(self) -> str:
-        return str(self.config.get("peft_type", "")).upper()
+        return self.config["peft_type"].upper()
 
     def summary(self) -> dict:
         keys = ("peft_type", "r", "lora_alpha", "target_modules", "init_r", "target_r", "lora_dropout", "use_dora")
@@ -74,6 +77,10 @@ def read_adapter(path: str | os.PathLike, allow_pickle: bool) -> AdapterInfo:
         raise AdapterError(f"{config_file} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict) or "peft_type" not in config:
         raise AdapterError(f"{config_file} has no 'peft_type'; it is not a peft adapter config")
+    if not isinstance(config["peft_type"], str) or not config["peft_type"]:
+        raise AdapterError(f"{config_file}: 'peft_type' must be a peft method name such as \"LORA\" "
+                           f"(got {config['peft_type']!r})")
+    _check_known_peft_type(config["peft_type"], config_file)
     safe, pickled = folder / "adapter_model.safetensors", folder / "adapter_model.bin"
     if safe.is_file():
         try:
@@ -89,7 +96,25 @@ def read_adapter(path: str | os.PathLike, allow_pickle: bool) -> AdapterInfo:
     raise AdapterError(f"adapter '{folder}' has no weights (adapter_model.safetensors)")
 
 
+def _check_known_peft_type(peft_type: str, config_file: Path) -> None:
+    try:
+        from peft import PeftType
+    except ImportError:
+        return   # checked again when peft is required
+    known = sorted(t.value for t in PeftType)
+    if peft_type.upper() not in known:
+        raise AdapterError(f"{config_file}: peft_type '{peft_type}' is not a method this peft knows "
+                           f"({', '.join(known[:12])}, ...); the adapter was made by another tool or a newer peft")
+
+
 def _check_options(options: MergeOptions) -> None:
+    import math
+
+    for name, value in (("--atol", options.atol), ("--rtol", options.rtol)):
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise InvalidOptionError(f"{name} must be a finite number >= 0 (got {value!r})")
+    if any(not isinstance(w, (int, float)) or not math.isfinite(w) for w in options.weights):
+        raise InvalidOptionError("--weight values must be finite numbers")
     if not options.adapters:
         raise InvalidOptionError("give at least one --adapter")
     if options.weights and len(options.weights) != len(options.adapters):
@@ -142,7 +167,8 @@ def _validation_inputs(base: Path, config) -> dict:
     """Real sentences through the base's tokenizer when it has one, else seeded token ids."""
     import torch
 
-    from ..data import digits_images, resize_images, stdlib_sentences
+    from ..data import digits_images, stdlib_sentences
+    from ..runtime.processing import resize_images
 
     if getattr(config, "num_channels", None) and getattr(config, "image_size", None):
         size = config.image_size if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
@@ -151,7 +177,8 @@ def _validation_inputs(base: Path, config) -> dict:
     if (base / "tokenizer.json").is_file() or (base / "vocab.txt").is_file():
         import transformers
 
-        tokenizer = transformers.AutoTokenizer.from_pretrained(base)
+        with quiet_transformers():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(base)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         return dict(tokenizer(stdlib_sentences(16), padding=True, truncation=True, max_length=128, return_tensors="pt"))
@@ -179,8 +206,9 @@ def _load_base(base: Path, config):
     model_class = getattr(transformers, architecture, None) or transformers.AutoModel
     try:
         # Merge in float32 whatever the base's dtype: adding a low-rank update in fp16 loses bits.
-        return model_class.from_pretrained(base, dtype=torch.float32).eval()
-    except Exception as exc:
+        with quiet_transformers():
+            return model_class.from_pretrained(base, dtype=torch.float32).eval()
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, ImportError, AttributeError) as exc:
         raise SourceError(f"cannot load the base model '{base}': {type(exc).__name__}: {exc}") from exc
 
 
@@ -188,13 +216,13 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
     """Merge ``options.adapters`` into ``base`` and write a Hugging Face folder at ``out``."""
     say = progress or (lambda message: None)
     _check_options(options)
-    check_output_path(out, options.force)
     base = Path(base)
+    check_output(out, options.force, (base, *options.adapters), MERGED_MODEL)
     config_dict = read_config(base)
     base_weights = weight_files(base, options.allow_pickle)
     adapters = [read_adapter(a, options.allow_pickle) for a in options.adapters]
     for adapter in adapters:
-        if adapter.config.get("peft_type", "").upper() in _PROMPT_LEARNING:
+        if adapter.peft_type in _PROMPT_LEARNING:
             raise AdapterError(f"adapter '{adapter.path}' is {adapter.peft_type}, a prompt-learning method: it adds "
                                "virtual tokens rather than weight updates, so there is nothing to merge")
     if len(adapters) > 1 and any(a.peft_type != "LORA" for a in adapters):
@@ -203,11 +231,12 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
 
     require("peft", "export")
     import transformers
-    from peft import PeftModel
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    config = transformers.AutoConfig.from_pretrained(base)
+    try:
+        with quiet_transformers():
+            config = transformers.AutoConfig.from_pretrained(base)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SourceError(f"transformers cannot read {base / 'config.json'}: {exc}") from exc
     model = _load_base(base, config)
     for adapter in adapters:
         _check_fits_base(model, adapter)
@@ -215,23 +244,13 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
     base_output = _first_output(model, inputs)
 
     say(f"loading {len(adapters)} adapter(s) ({', '.join(a.peft_type for a in adapters)})...")
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(adapters[0].path), adapter_name="adapter0")
-        for index, adapter in enumerate(adapters[1:], 1):
-            peft_model.load_adapter(str(adapter.path), adapter_name=f"adapter{index}")
-        if len(adapters) > 1:
-            names = [f"adapter{i}" for i in range(len(adapters))]
-            weights = options.weights or [1.0] * len(adapters)
-            peft_model.add_weighted_adapter(names, weights, "combined", combination_type=options.combination)
-            peft_model.set_adapter("combined")
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise AdapterError(f"peft cannot apply the adapter(s) to '{base}': {str(exc).splitlines()[0]}") from exc
+    peft_model = _apply_adapters(model, adapters, options, base)
     peft_model.eval()
     unmerged = _first_output(peft_model, inputs)
     say("merging...")
     try:
         merged = peft_model.merge_and_unload()
-    except Exception as exc:
+    except (ValueError, NotImplementedError, RuntimeError, AttributeError, TypeError) as exc:
         raise AdapterError(f"peft cannot merge {adapters[0].peft_type} adapters: {exc}") from exc
     merged.eval()
     merged_output = _first_output(merged, inputs)
@@ -262,8 +281,9 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
                    "data": "16 standard-library docstring sentences" if "input_ids" in inputs and
                    (base / "tokenizer.json").is_file() else "seeded inputs"},
     }
-    with staging_folder(out, options.force) as folder:
-        merged.save_pretrained(folder)
+    with staged_output(out, options.force, (base, *options.adapters), MERGED_MODEL) as folder:
+        with quiet_transformers():
+            merged.save_pretrained(folder)
         for name in CARRIED:
             source = base / name
             if source.is_file():
@@ -277,15 +297,43 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
     return Path(out)
 
 
+def _apply_adapters(model, adapters: list[AdapterInfo], options: MergeOptions, base: Path):
+    """The base wrapped in a PeftModel with every adapter loaded (and combined when several)."""
+    from peft import PeftModel
+
+    try:
+        with quiet_transformers():
+            peft_model = PeftModel.from_pretrained(model, str(adapters[0].path), adapter_name="adapter0")
+            for index, adapter in enumerate(adapters[1:], 1):
+                peft_model.load_adapter(str(adapter.path), adapter_name=f"adapter{index}")
+            if len(adapters) > 1:
+                names = [f"adapter{i}" for i in range(len(adapters))]
+                weights = options.weights or [1.0] * len(adapters)
+                peft_model.add_weighted_adapter(names, weights, "combined", combination_type=options.combination)
+                peft_model.set_adapter("combined")
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise AdapterError(f"peft cannot apply the adapter(s) to '{base}': {str(exc).splitlines()[0]}") from exc
+    return peft_model
+
+
 _PROMPT_LEARNING = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PREFIX_TUNING", "ADAPTION_PROMPT", "CPT",
                     "CARTRIDGE"}
 
 
 def read_merge_record(folder: Path) -> dict | None:
+    """The merge's lineage entry carried by a merged folder; refused when it is malformed,
+    since it would go into the exported artifact's manifest."""
+    from ..manifest import MANIFEST_SCHEMA
+    from ..schema import problems
+
     record = Path(folder) / MERGE_RECORD
     if not record.is_file():
         return None
     try:
-        return json.loads(record.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        return None
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SourceError(f"{record} is not valid JSON ({exc}); merge again or delete it") from exc
+    found = problems(data, MANIFEST_SCHEMA["properties"]["lineage"]["items"], MERGE_RECORD)
+    if found:
+        raise SourceError(f"{record} is malformed: {'; '.join(found[:3])}; merge again or delete it")
+    return data

@@ -1,12 +1,15 @@
-"""Turn a source into an ``ExportJob``: the torch module to trace, its named inputs and
+"""Turn a source into ``ExportJob``s: the torch module to trace, its named inputs and
 outputs with their dynamic axes, the inputs to trace with, the real inputs to validate
 with, and the pre-processing the artifact will carry.
+
+A source gives one job per shape variant: ``dynamic`` (batch and sequence, or batch and
+image size), ``fixed-size`` (vision: batch only) and ``static`` (every dimension fixed).
+Output axes are not declared per architecture: the module runs at two input sizes and
+the output axes that changed are the dynamic ones.
 """
 
 from __future__ import annotations
 
-import inspect
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,18 +17,22 @@ from typing import Any
 import numpy as np
 
 from ..artifact import sha256_file
-from ..errors import SourceError, UnsupportedModelError
+from ..errors import InvalidOptionError, SourceError, UnsupportedModelError
+from ..vocabulary import BATCH
+from .quiet import quiet_transformers
+from .registry import AUTO_CLASSES, TASK_OUTPUT, check_task, detect_task, modality_of, needs_of
 from .source import InputSpec, load_callable, read_config, weight_files
-from .tasks import BATCH, SEQUENCE, architecture_for, detect_task, task_spec
+from .text_inputs import text_axes, text_setup
+from .vision_inputs import vision_setup
 
-TRACE_BATCH = 2        # >= 2 so no exporter specialises the batch axis to 1
-VALIDATION_SENTENCES = 24
+TRACE_BATCH = 2
 
 
 @dataclass
 class ExportJob:
     module: Any                                  # torch.nn.Module taking positional inputs
     task: str
+    variant: str                                 # dynamic | fixed-size | static
     input_names: list[str]
     output_names: list[str]
     input_axes: dict[str, dict[int, str]]
@@ -38,6 +45,8 @@ class ExportJob:
     sources: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     model_type: str = "custom"
+    input_limits: dict[str, dict[str, Any]] = field(default_factory=dict)   # range / max_shape per input
+    fixed_size_reason: str | None = None
 
 
 def named_outputs_module(model, input_names, output_attrs, forward_kwargs):
@@ -58,61 +67,193 @@ def named_outputs_module(model, input_names, output_attrs, forward_kwargs):
     return OutputsOf().eval()
 
 
+def run_module(module, input_names: list[str], feeds: dict[str, np.ndarray]) -> list:
+    import torch
+
+    with torch.no_grad():
+        out = module(*[torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in input_names])
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def output_axes(module, input_names: list[str], output_names: list[str], input_axes: dict[str, dict[int, str]],
+                probe: tuple[dict, dict]) -> dict[str, dict[int, str]]:
+    """Output axes that change when the inputs' dynamic axes change, named like the input
+    axis of the same size (batch, sequence, height...) or ``<output>_<axis>``."""
+    first, second = (run_module(module, input_names, p) for p in probe)
+    sizes = {}
+    for name, axes in input_axes.items():
+        for axis, label in axes.items():
+            sizes[label] = (probe[0][name].shape[axis], probe[1][name].shape[axis])
+    result = {}
+    for name, a, b in zip(output_names, first, second):
+        axes = {}
+        for axis, (x, y) in enumerate(zip(a.shape, b.shape)):
+            if x != y:
+                axes[axis] = next((label for label, pair in sizes.items() if pair == (x, y)), f"{name}_{axis}")
+        result[name] = axes
+    return result
+
+
 # ----------------------------------------------------------------- Hugging Face folders
 
 
-def prepare_hf(folder: Path, task: str | None, allow_pickle: bool, static_shapes: bool,
-               sequence_length: int) -> ExportJob:
-    config_dict = read_config(folder)
-    arch = architecture_for(config_dict.get("model_type"))
-    weights = weight_files(folder, allow_pickle)
+class HfSource:
+    """A Hugging Face model folder, loaded once; its jobs share the model and the inputs."""
+
+    def __init__(self, folder: Path, task: str | None, allow_pickle: bool, sequence_length: int, work: Path):
+        check_task(task)
+        self.folder = folder
+        self.sequence_length = sequence_length
+        self.work = work
+        config_dict = read_config(folder)
+        self.model_type = config_dict["model_type"]
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if self.model_type not in CONFIG_MAPPING_NAMES:
+            raise UnsupportedModelError(_unknown_type_message(self.model_type))
+        self.weights = weight_files(folder, allow_pickle)
+        import transformers
+
+        with quiet_transformers():
+            try:
+                config = transformers.AutoConfig.from_pretrained(folder)
+            except (OSError, TypeError, ValueError, KeyError) as exc:
+                raise SourceError(f"transformers cannot read {folder / 'config.json'}: {exc}") from exc
+            self.task = task or detect_task(config)
+            if self.task == "text-generation":
+                raise UnsupportedModelError("text-generation models export through the causal-LM path "
+                                            "(export_onnx dispatches there); this is a bug if you see it")
+            self.model = self._load(transformers, config)
+        self.config = config
+        self.modality = modality_of(self.model, self.task)
+        self.needs = needs_of(self.model_type)
+        self.notes: list[str] = []
+        self._check_missing_keys()
+        self._text = self._vision = None
+        self._jobs: dict[str, ExportJob] = {}
+
+    def _load(self, transformers, config):
+        if self.task == "text-classification" and getattr(config, "pad_token_id", None) is None:
+            # Decoder classifiers pool the last non-pad token and refuse batches without a pad id.
+            config.pad_token_id = getattr(config, "eos_token_id", None) or 0
+        auto_class = getattr(transformers, AUTO_CLASSES[self.task])
+        available = available_tasks(self.model_type)
+        if self.task not in available:
+            raise UnsupportedModelError(
+                f"transformers has no {AUTO_CLASSES[self.task]} for model type '{self.model_type}', so task "
+                f"'{self.task}' does not apply; tasks it has for {self.model_type}: "
+                f"{', '.join(available) or 'none'}")
+        safetensors = self.weights[0].suffix == ".safetensors"
+        try:
+            model, self.loading_info = _load_for_export(auto_class, self.folder, config, safetensors)
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError, ImportError, AttributeError) as exc:
+            raise SourceError(f"cannot load the model in '{self.folder}': {type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        return model.eval()
+
+    def _check_missing_keys(self) -> None:
+        missing = [k for k in self.loading_info.get("missing_keys", []) if not _is_head(k)]
+        if missing:
+            raise SourceError(f"the weights in '{self.folder}' lack {len(missing)} tensors the "
+                              f"{type(self.model).__name__} needs (first: {sorted(missing)[0]}); the checkpoint is "
+                              "incomplete or for another architecture")
+        if self.loading_info.get("missing_keys"):
+            self.notes.append("task head initialised randomly (not in checkpoint): "
+                              f"{sorted(self.loading_info['missing_keys'])[:4]}")
+
+    def variants(self, static_shapes: bool) -> list[str]:
+        """The shape variants worth trying, most general first."""
+        if static_shapes:
+            return ["static"]
+        if self.modality == "vision":
+            return ["fixed-size"] if self.vision.fixed_size_reason else ["dynamic", "fixed-size"]
+        return ["dynamic"]
+
+    @property
+    def vision(self):
+        if self._vision is None:
+            self._vision = vision_setup(self.folder, self.model, self.config)
+        return self._vision
+
+    def text(self, static: bool):
+        key = "static" if static else "dynamic"
+        if self._text is None or self._text[0] != key:
+            with quiet_transformers():
+                self._text = (key, text_setup(self.folder, self.model, self.config, self.task, self.needs, static,
+                                              self.sequence_length, self.work, quiet_transformers))
+        return self._text[1]
+
+    def job(self, variant: str) -> ExportJob:
+        if variant not in self._jobs:
+            self._jobs[variant] = self._make_job(variant)
+        return self._jobs[variant]
+
+    def _make_job(self, variant: str) -> ExportJob:
+        static = variant == "static"
+        output_name = TASK_OUTPUT[self.task]
+        forward_kwargs = dict(self.needs.forward_kwargs)
+        import inspect
+
+        if "use_cache" in inspect.signature(self.model.forward).parameters:
+            forward_kwargs.setdefault("use_cache", False)     # decoders: no KV cache in an encoder-style graph
+        job = ExportJob(module=None, task=self.task, variant=variant, input_names=[], output_names=[output_name],
+                        input_axes={}, output_axes={}, trace_inputs={}, validation_batches=[], validation_data="",
+                        notes=list(self.notes), model_type=self.model_type)
+        job.sources = {p.name: sha256_file(p) for p in self.weights}
+        job.copy_files["config.json"] = self.folder / "config.json"
+        if self.modality == "text":
+            setup = self.text(static)
+            job.input_names = list(setup.input_names)
+            job.input_axes = text_axes(job.input_names, static)
+            job.processing = dict(setup.processing)
+            job.copy_files.update(setup.copy_files)
+            job.input_limits = setup.limits
+            job.notes.extend(setup.notes)
+            job.trace_inputs, job.validation_batches, job.validation_data = setup.batches(static, self.sequence_length)
+            probe = setup.probe_pair(job.trace_inputs)
+        else:
+            setup = self.vision
+            job.input_names = ["pixel_values"]
+            job.input_axes = setup.axes(variant)
+            job.processing = setup.processing(variant == "dynamic")
+            job.copy_files.update(setup.copy_files)
+            job.trace_inputs, job.validation_batches, job.validation_data = setup.batches(variant)
+            probe = setup.probe_pair(job.trace_inputs, variant == "dynamic")
+            job.fixed_size_reason = setup.fixed_size_reason if variant != "dynamic" else None
+        if self.task in ("text-classification", "token-classification", "image-classification"):
+            job.processing["labels"] = [str(self.config.id2label[i]) for i in sorted(self.config.id2label)]
+        if static:
+            job.notes.append(f"static shapes: every dimension fixed ({_shapes(job.trace_inputs)})")
+        job.module = named_outputs_module(self.model, job.input_names, job.output_names, forward_kwargs)
+        job.output_axes = ({n: {} for n in job.output_names} if static else
+                           output_axes(job.module, job.input_names, job.output_names, job.input_axes, probe))
+        return job
+
+
+def available_tasks(model_type: str) -> list[str]:
+    """Tasks transformers has an Auto class mapping for this model type."""
+    from transformers.models.auto import modeling_auto
+
+    names = {
+        "feature-extraction": modeling_auto.MODEL_MAPPING_NAMES,
+        "text-classification": modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+        "token-classification": modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+        "image-classification": modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+        "text-generation": modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+    }
+    return [task for task, mapping in names.items() if model_type in mapping]
+
+
+def _unknown_type_message(model_type: str) -> str:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
     import transformers
 
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        config = transformers.AutoConfig.from_pretrained(folder)
-    except Exception as exc:
-        raise SourceError(f"transformers cannot read {folder / 'config.json'}: {exc}") from exc
-    task = task or detect_task(config, arch)
-    spec = task_spec(arch, task)
-    if task == "text-classification" and getattr(config, "pad_token_id", None) is None:
-        # Decoder classifiers pool the last non-pad token and refuse batches without a pad id.
-        config.pad_token_id = getattr(config, "eos_token_id", None) or 0
-    auto_class = getattr(transformers, spec.auto_class)
-    try:
-        model, info = _load_for_export(auto_class, folder, config, weights[0].suffix == ".safetensors")
-    except Exception as exc:
-        raise SourceError(f"cannot load the model in '{folder}': {type(exc).__name__}: {exc}") from exc
-    model.eval()
-    notes = []
-    missing = [k for k in info.get("missing_keys", []) if not _is_head(k)]
-    if missing:
-        raise SourceError(
-            f"the weights in '{folder}' lack {len(missing)} tensors the {type(model).__name__} needs "
-            f"(first: {missing[0]}); the checkpoint is incomplete or for another architecture"
-        )
-    if info.get("missing_keys"):
-        notes.append(f"task head initialised randomly (not in checkpoint): {sorted(info['missing_keys'])[:4]}")
-
-    job = ExportJob(module=None, task=task, input_names=[], output_names=[o.name for o in spec.outputs],
-                    input_axes={}, output_axes={o.name: dict(o.axes) for o in spec.outputs},
-                    trace_inputs={}, validation_batches=[], validation_data="", notes=notes,
-                    model_type=arch.model_type)
-    job.sources = {str(p.name): sha256_file(p) for p in weights}
-    job.copy_files["config.json"] = folder / "config.json"
-    if spec.modality == "text":
-        _prepare_text(job, folder, model, config, static_shapes, sequence_length)
-    else:
-        _prepare_vision(job, folder, model, config, static_shapes)
-    if task in ("text-classification", "token-classification", "image-classification"):
-        job.processing["labels"] = [config.id2label[i] for i in sorted(config.id2label)]
-    if static_shapes:
-        job.input_axes = {n: {} for n in job.input_names}
-        job.output_axes = {n: {} for n in job.output_names}
-    job.module = named_outputs_module(model, job.input_names, job.output_names, arch.forward_kwargs)
-    return job
+    examples = ", ".join(t for t in ("bert", "roberta", "modernbert", "vit", "resnet", "convnext", "llama", "qwen2")
+                         if t in CONFIG_MAPPING_NAMES)
+    return (f"model type '{model_type}' is not one transformers {transformers.__version__} knows (it knows "
+            f"{len(CONFIG_MAPPING_NAMES)} types, e.g. {examples}). Upgrade transformers if the model is newer, or "
+            "export any torch.nn.Module as 'module:callable' with --input specs")
 
 
 def _load_for_export(auto_class, folder: Path, config, safetensors: bool):
@@ -129,180 +270,42 @@ def _load_for_export(auto_class, folder: Path, config, safetensors: bool):
 
 
 def _is_head(key: str) -> bool:
-    return key.split(".")[0] in ("classifier", "score", "pooler", "pre_classifier", "qa_outputs") or \
+    return key.split(".")[0] in ("classifier", "score", "pooler", "pre_classifier", "qa_outputs", "head") or \
         key.startswith(("bert.pooler", "pooler."))
 
 
-def _text_input_names(model, config, tokenizer) -> list[str]:
-    params = inspect.signature(model.forward).parameters
-    names = ["input_ids", "attention_mask"]
-    if "token_type_ids" in params:
-        wanted = ("token_type_ids" in tokenizer.model_input_names) if tokenizer is not None \
-            else getattr(config, "type_vocab_size", 0) > 1
-        if wanted:
-            names.append("token_type_ids")
-    return [n for n in names if n in params]
-
-
-def _load_tokenizer(folder: Path):
-    has_files = any((folder / f).is_file() for f in
-                    ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model"))
-    if not has_files:
-        return None
-    import transformers
-
-    try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
-    except Exception as exc:
-        raise SourceError(f"the tokenizer files in '{folder}' cannot be loaded: {exc}") from exc
-    if not getattr(tokenizer, "is_fast", False):
-        raise SourceError(f"the tokenizer in '{folder}' has no fast (tokenizers) version, which the runtime needs")
-    return tokenizer
-
-
-def _sentence_transformers_processing(folder: Path) -> dict[str, Any]:
-    """Pooling, normalisation and max length from sentence-transformers files, if present."""
-    processing: dict[str, Any] = {}
-    modules_file = folder / "modules.json"
-    if not modules_file.is_file():
-        return processing
-    try:
-        modules = json.loads(modules_file.read_text())
-        for module in modules:
-            kind = module.get("type", "")
-            path = folder / module.get("path", "")
-            if kind.endswith("Pooling") and (path / "config.json").is_file():
-                pooling = json.loads((path / "config.json").read_text())
-                for mode, key in (("mean", "pooling_mode_mean_tokens"), ("cls", "pooling_mode_cls_token"),
-                                  ("max", "pooling_mode_max_tokens"), ("last", "pooling_mode_lasttoken")):
-                    if pooling.get(key):
-                        processing["pooling"] = mode
-                        break
-            elif kind.endswith("Normalize"):
-                processing["normalize"] = True
-        bert_config = folder / "sentence_bert_config.json"
-        if bert_config.is_file():
-            processing["max_length"] = int(json.loads(bert_config.read_text())["max_seq_length"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise SourceError(f"the sentence-transformers files in '{folder}' are malformed: {exc}") from exc
-    return processing
-
-
-def _prepare_text(job: ExportJob, folder: Path, model, config, static_shapes: bool, sequence_length: int):
-    from ..data import stdlib_sentences
-    from ..runtime.processing import TextProcessor
-
-    tokenizer = _load_tokenizer(folder)
-    job.input_names = _text_input_names(model, config, tokenizer)
-    for name in job.input_names:
-        job.input_axes[name] = {0: BATCH, 1: SEQUENCE}
-    limit = int(getattr(config, "max_position_embeddings", 512) or 512)
-    if tokenizer is not None:
-        processing = {"pooling": "mean", "normalize": False} if job.task == "feature-extraction" else {}
-        processing.update(_sentence_transformers_processing(folder))
-        model_max = getattr(tokenizer, "model_max_length", limit) or limit
-        max_length = min(processing.get("max_length", model_max), model_max, limit)
-        if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-            max_length = min(max_length, limit - 2)  # position ids start after the padding index
-        if static_shapes:
-            max_length = min(max_length, sequence_length)
-        if job.task != "feature-extraction":
-            processing.pop("pooling", None)
-            processing.pop("normalize", None)
-        pad_token = tokenizer.pad_token or tokenizer.eos_token
-        processing.update({"tokenizer": "tokenizer.json", "max_length": int(max_length),
-                           "pad_token": pad_token,
-                           "pad_id": int(tokenizer.convert_tokens_to_ids(pad_token)) if pad_token else 0})
-        job.processing = processing
-        for extra in ("tokenizer_config.json", "special_tokens_map.json"):
-            if (folder / extra).is_file():
-                job.copy_files[extra] = folder / extra
-        # Validate with exactly the tokenizer.json the artifact will carry.
-        import tempfile
-        staged = Path(tempfile.mkdtemp(prefix="edgeport-tok-")) / "tokenizer.json"
-        tokenizer.backend_tokenizer.save(str(staged))
-        job.copy_files["tokenizer.json"] = staged
-        text = TextProcessor(staged, int(max_length), job.input_names, pad_token, processing["pad_id"])
-        sentences = stdlib_sentences(VALIDATION_SENTENCES + TRACE_BATCH + 1)
-        pad_to = max_length if static_shapes else None
-        job.trace_inputs = text.encode(sentences[:1 if static_shapes else TRACE_BATCH], pad_to=pad_to)
-        job.validation_batches = [text.encode(sentences[TRACE_BATCH:TRACE_BATCH + VALIDATION_SENTENCES], pad_to=pad_to)]
-        if not static_shapes:
-            job.validation_batches.append(text.encode(sentences[-1:]))
-        job.validation_data = f"{VALIDATION_SENTENCES} standard-library docstring sentences"
-    else:
-        vocab = int(getattr(config, "vocab_size", 100))
-        rng = np.random.default_rng(0)
-        seq = sequence_length if static_shapes else 7
-
-        def random_batch(batch, length):
-            ids = rng.integers(3, vocab, size=(batch, length), dtype=np.int64)
-            mask = np.ones((batch, length), dtype=np.int64)
-            for row in range(1, batch):  # ragged: later rows padded
-                mask[row, max(1, length - row * 2):] = 0
-            feeds = {"input_ids": ids, "attention_mask": mask,
-                     "token_type_ids": np.zeros((batch, length), dtype=np.int64)}
-            return {n: feeds[n] for n in job.input_names}
-
-        job.trace_inputs = random_batch(1 if static_shapes else TRACE_BATCH, seq)
-        job.validation_batches = [random_batch(3, sequence_length if static_shapes else 11)]
-        if not static_shapes:
-            job.validation_batches.append(random_batch(1, 5))
-        job.validation_data = "random token ids (the model folder has no tokenizer)"
-        job.processing = {"pooling": "mean", "normalize": False} if job.task == "feature-extraction" else {}
-        job.notes.append("no tokenizer in the source folder: the artifact takes token ids, not text")
-    if static_shapes:
-        job.notes.append(f"static shapes: sequence length {sequence_length}")
-
-
-def _prepare_vision(job: ExportJob, folder: Path, model, config, static_shapes: bool):
-    from ..data import digits_images
-    from ..runtime.processing import ImageProcessor
-
-    job.input_names = ["pixel_values"]
-    job.input_axes = {"pixel_values": {0: BATCH}}
-    size = getattr(config, "image_size", 224)
-    size = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
-    channels = int(getattr(config, "num_channels", 3))
-    mean, std = [0.5] * channels, [0.5] * channels
-    preprocessor = folder / "preprocessor_config.json"
-    if preprocessor.is_file():
-        try:
-            pre = json.loads(preprocessor.read_text())
-            mean = list(pre.get("image_mean", mean))
-            std = list(pre.get("image_std", std))
-        except json.JSONDecodeError as exc:
-            raise SourceError(f"{preprocessor} is not valid JSON: {exc}") from exc
-        job.copy_files["preprocessor_config.json"] = preprocessor
-    job.processing = {"image": {"size": list(size), "channels": channels, "mean": mean, "std": std,
-                                "layout": "NCHW", "input_range": [0, 1]}}
-    process = ImageProcessor(size, channels, mean, std)
-    images, _ = digits_images(16)
-    job.trace_inputs = {"pixel_values": process(images[:1 if static_shapes else TRACE_BATCH])}
-    job.validation_batches = [{"pixel_values": process(images[2:12] if not static_shapes else images[2:3])}]
-    if not static_shapes:
-        job.validation_batches.append({"pixel_values": process(images[12:13])})
-    job.validation_data = "scikit-learn handwritten digits, resized"
+def _shapes(feeds: dict[str, np.ndarray]) -> str:
+    return ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
 
 
 # ----------------------------------------------------------------- module:callable
 
 
-def prepare_callable(source: str, specs: list[InputSpec], output_names: list[str] | None,
-                     static_shapes: bool) -> ExportJob:
-    if not specs:
-        from ..errors import InvalidOptionError
-        raise InvalidOptionError(f"'{source}' is a module:callable source: give its inputs with "
-                                 "--input name:shape:dtype (e.g. --input images:1x3x32x32:float32)")
-    import torch
+class CallableSource:
+    """A ``module:callable`` factory returning a torch.nn.Module, with ``--input`` specs."""
 
-    module = load_callable(source)
-    rng = np.random.default_rng(0)
+    def __init__(self, source: str, specs: list[InputSpec], output_names: list[str] | None):
+        if not specs:
+            raise InvalidOptionError(f"'{source}' is a module:callable source: give its inputs with "
+                                     "--input name:shape:dtype (e.g. --input images:1x3x32x32:float32)")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise InvalidOptionError(f"--input names must differ (got {', '.join(names)})")
+        self.source = source
+        self.specs = specs
+        self.model_type = "custom"
+        self.task = "custom"
+        self.module = load_callable(source)
+        self.requested_outputs = list(output_names or [])
+        self._jobs: dict[str, ExportJob] = {}
 
-    def batch_of(size):
+    def variants(self, static_shapes: bool) -> list[str]:
+        return ["static"] if static_shapes else ["dynamic"]
+
+    def _batch(self, rng, size: int, static: bool) -> dict[str, np.ndarray]:
         feeds = {}
-        for spec in specs:
-            shape = spec.shape if static_shapes else (size,) + spec.shape[1:]
+        for spec in self.specs:
+            shape = spec.shape if static else (size,) + spec.shape[1:]
             if spec.dtype.startswith(("float", "bfloat")):
                 feeds[spec.name] = rng.standard_normal(shape).astype(np.float32 if spec.dtype == "bfloat16" else spec.dtype)
             elif spec.dtype == "bool":
@@ -311,32 +314,61 @@ def prepare_callable(source: str, specs: list[InputSpec], output_names: list[str
                 feeds[spec.name] = rng.integers(0, 10, size=shape).astype(spec.dtype)
         return feeds
 
-    trace = batch_of(TRACE_BATCH)
-    with torch.no_grad():
-        sample = module(*[torch.from_numpy(v) for v in trace.values()])
-    count = len(sample) if isinstance(sample, (tuple, list)) else 1
-    if isinstance(sample, dict):
-        raise UnsupportedModelError(f"{source}() returns a dict; return a tensor or a tuple of tensors")
-    names = list(output_names or [f"output_{i}" if count > 1 else "output" for i in range(count)])
-    if len(names) != count:
-        from ..errors import InvalidOptionError
-        raise InvalidOptionError(f"--output-name given {len(names)} times but the model returns {count} outputs")
+    def job(self, variant: str) -> ExportJob:
+        if variant not in self._jobs:
+            self._jobs[variant] = self._make_job(variant)
+        return self._jobs[variant]
 
-    class Positional(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = module
+    def _make_job(self, variant: str) -> ExportJob:
+        import torch
 
-        def forward(self, *args):
-            out = self.model(*args)
-            return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+        static = variant == "static"
+        rng = np.random.default_rng(0)
+        trace = self._batch(rng, TRACE_BATCH, static)
+        outputs = self._sample_outputs(trace)
+        names = self.requested_outputs or [f"output_{i}" if len(outputs) > 1 else "output" for i in range(len(outputs))]
+        if len(names) != len(outputs):
+            raise InvalidOptionError(f"--output-name given {len(names)} times but the model returns {len(outputs)} outputs")
+        factory = self.module
 
-    axes = {} if static_shapes else {0: BATCH}
-    return ExportJob(
-        module=Positional().eval(), task="custom", input_names=[s.name for s in specs], output_names=names,
-        input_axes={s.name: dict(axes) for s in specs}, output_axes={n: dict(axes) for n in names},
-        trace_inputs=trace,
-        validation_batches=[batch_of(3)] + ([] if static_shapes else [batch_of(1)]),
-        validation_data="seeded random inputs built from the --input specs",
-        sources={"factory": source},
-    )
+        class Positional(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.model = factory
+
+            def forward(self, *args):
+                out = self.model(*args)
+                return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+        module = Positional().eval()
+        input_axes = {s.name: ({} if static else {0: BATCH}) for s in self.specs}
+        validation = [self._batch(rng, 3, static)] + ([] if static else [self._batch(rng, 1, static)])
+        job = ExportJob(module=module, task="custom", variant=variant, input_names=[s.name for s in self.specs],
+                        output_names=names, input_axes=input_axes, output_axes={}, trace_inputs=trace,
+                        validation_batches=validation, validation_data="seeded random inputs built from the --input specs",
+                        sources={"factory": self.source})
+        job.output_axes = ({n: {} for n in names} if static else
+                           output_axes(module, job.input_names, names, input_axes,
+                                       (trace, self._batch(rng, TRACE_BATCH + 1, static))))
+        return job
+
+    def _sample_outputs(self, trace: dict[str, np.ndarray]) -> list:
+        """One forward pass on inputs of the declared shapes; its failures are the user's
+        model or --input specs, said as such."""
+        import torch
+
+        try:
+            with torch.no_grad():
+                sample = self.module(*[torch.from_numpy(v) for v in trace.values()])
+        except Exception as exc:  # the user's forward: anything it raises means the specs do not fit it
+            raise SourceError(f"{self.source}() fails on inputs of the --input shapes "
+                              f"({_shapes(trace)}): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                              ". Check the names, shapes and dtypes given with --input") from exc
+        if isinstance(sample, dict):
+            raise UnsupportedModelError(f"{self.source}() returns a dict; return a tensor or a tuple of tensors")
+        outputs = list(sample) if isinstance(sample, (tuple, list)) else [sample]
+        bad = [type(o).__name__ for o in outputs if not isinstance(o, torch.Tensor)]
+        if bad or not outputs:
+            raise UnsupportedModelError(f"{self.source}() returns {', '.join(bad) or 'nothing'}; the model must return "
+                                        "a tensor or a tuple of tensors")
+        return outputs

@@ -6,18 +6,18 @@ mistake becomes a clear ``EdgeportError`` rather than a transformers stack trace
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import re
 import struct
 import sys
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..errors import InvalidOptionError, SourceError, UnsafeFileError
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
-SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 
 
 def is_callable_source(source: str) -> bool:
@@ -42,6 +42,9 @@ def read_config(folder: Path) -> dict:
         raise SourceError(f"{config_path} is not valid JSON: {exc}") from exc
     if not isinstance(config, dict):
         raise SourceError(f"{config_path} must hold a JSON object")
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type:
+        raise SourceError(f"{config_path}: 'model_type' must be a non-empty string (got {model_type!r})")
     return config
 
 
@@ -49,11 +52,7 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     """The weight files transformers will read, after refusing pickle and checking safetensors."""
     index = folder / "model.safetensors.index.json"
     if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise SourceError(f"{index} is not a valid safetensors index: {exc}") from exc
-        files = [folder / s for s in shards]
+        files = [folder / s for s in _index_shards(index)]
     elif (folder / "model.safetensors").is_file():
         files = [folder / "model.safetensors"]
     else:
@@ -71,6 +70,24 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     return files
 
 
+def _index_shards(index: Path) -> list[str]:
+    """Shard names from a sharded checkpoint's index, each confined to the model folder."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        raise SourceError(f"{index} is not a valid safetensors index: {exc}") from exc
+    if not isinstance(weight_map, dict) or not weight_map or \
+            not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise SourceError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        parts = PurePosixPath(shard.replace("\\", "/")).parts
+        if shard.startswith(("/", "\\")) or ".." in parts or len(parts) != 1:
+            raise UnsafeFileError(f"{index} names the shard '{shard}', which is not a file in the model folder; "
+                                  "refusing to read outside it")
+    return shards
+
+
 def check_safetensors(path: Path) -> None:
     """Validate a safetensors header and that the file holds every byte it declares."""
     if not path.is_file():
@@ -82,14 +99,31 @@ def check_safetensors(path: Path) -> None:
             if header_len <= 0 or 8 + header_len > size:
                 raise ValueError("header length is past the end of the file")
             header = json.loads(handle.read(header_len))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        end = _declared_end(header)
+    except (struct.error, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError) as exc:
         raise SourceError(f"'{path}' is not a valid safetensors file ({exc}); re-save or re-download it") from exc
     if 8 + header_len + end != size:
         raise SourceError(
             f"'{path}' is truncated or corrupted: its header declares {8 + header_len + end} bytes, "
             f"the file has {size}; re-save or re-download it"
         )
+
+
+def _declared_end(header) -> int:
+    """The last byte the header's tensors claim, after checking the header's shape."""
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2 and
+                all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise ValueError(f"tensor '{name}' has malformed data_offsets {offsets!r}")
+        end = max(end, offsets[1])
+    return end
 
 
 # ----------------------------------------------------------------- module:callable
@@ -126,17 +160,33 @@ def parse_input_spec(text: str) -> InputSpec:
     return InputSpec(name, shape, dtype)
 
 
+@contextlib.contextmanager
+def _current_folder_importable():
+    """Make the current folder importable for the duration of the import only, as
+    ``python -m`` would, without leaving the process's ``sys.path`` changed."""
+    folder = str(Path.cwd())
+    added = "" not in sys.path and folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
+
+
 def load_callable(source: str):
     """Import ``module:callable`` (the current folder is importable) and call it."""
     import torch
 
     module_name, _, attr = source.partition(":")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
     try:
-        module = importlib.import_module(module_name)
+        with _current_folder_importable():
+            module = importlib.import_module(module_name)
     except ImportError as exc:
         raise SourceError(f"cannot import module '{module_name}' for '{source}': {exc}") from exc
+    except Exception as exc:  # the user's module ran and fell over: its own code, reported as the source's fault
+        raise SourceError(f"importing '{module_name}' failed: {type(exc).__name__}: {exc}") from exc
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise SourceError(f"'{module_name}' has no callable '{attr}'")

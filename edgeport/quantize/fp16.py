@@ -10,10 +10,16 @@ onnxconverter-common one produced a MiniLM ONNX Runtime refuses to load).
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Callable
+
 import numpy as np
 
 from ..data import ExampleSet
+from ..errors import ParityError
 from . import graph
+from .recipes import QuantizeJob, Recipe, register
+from .sensitivity import FallbackResult
 
 FP16_MAX = 65504.0
 SAFETY = 0.5                 # keep a margin: sums inside the next op can still overflow
@@ -142,3 +148,49 @@ def convert_fp16(model, examples: ExampleSet, keep_io_types: bool = True, fallba
             return converted, blocked
         blocked.append(culprit)
     return converted, blocked
+
+
+@register
+class Fp16(Recipe):
+    mode = "fp16"
+    default_min_cosine = 0.999
+
+    def prepare(self, job: QuantizeJob) -> Path:
+        model = graph.load(job.source.model_path)
+        graph.ensure_node_names(model)
+        prepared = job.work / "prepared.onnx"
+        graph.save(model, prepared)
+        return prepared
+
+    def build(self, job: QuantizeJob, prepared: Path, dest: Path, exclude: list[str]) -> None:
+        model, kept = convert_fp16(graph.load(prepared), job.calibration, job.options.keep_io_types,
+                                   job.options.fp16_fallback, exclude)
+        job.details["fp16_kept"] = kept
+        graph.save(model, dest)
+
+    def candidates(self, job: QuantizeJob, prepared: Path) -> list[str]:
+        ops = ("MatMul", "Gemm", "Conv", "Add", "Mul", "Softmax", "LayerNormalization", "SkipLayerNormalization")
+        return [n.name for n in graph.load(prepared).graph.node if n.op_type in ops]
+
+    def finish(self, job: QuantizeJob, result: FallbackResult, build: Callable[[list[str]], Path]) -> FallbackResult:
+        # Rebuild the winner once more so the kept-node list matches the written model, then
+        # check it node by node: ONNX Runtime's CPU graph optimizations run some FP16 nodes in
+        # FP32, hiding overflows that a GPU would hit.
+        rebuilt = FallbackResult(build(result.kept), result.report, result.kept, result.ranking)
+        culprit = first_nonfinite_node(graph.load(rebuilt.model_file), job.evaluation,
+                                       graph.load(job.source.model_path))
+        if culprit:
+            raise ParityError(f"the fp16 model produces NaN or infinite values from node '{culprit}' on "
+                              f"{job.evaluation.description} (seen with graph optimizations off, as a GPU runs it); "
+                              "drop --no-fp16-fallback to keep overflowing nodes in FP32")
+        return rebuilt
+
+    def precision(self, job: QuantizeJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
+        precision = {"mode": self.mode, "target": job.target.name, "target_detected": job.target_detected,
+                     "kept_fp32_nodes": sorted(set(result.kept) | set(job.details.get("fp16_kept", []))),
+                     "calibration": job.calibration.to_dict(), "operators": operators,
+                     "keep_io_types": job.options.keep_io_types, "fp16_fallback": job.options.fp16_fallback,
+                     "levers": ["overflowing nodes kept in FP32"] if job.options.fp16_fallback else []}
+        if result.ranking:
+            precision["sensitivity"] = result.ranking_records()
+        return precision

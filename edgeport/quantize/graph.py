@@ -16,6 +16,10 @@ def load(path: Path):
     return onnx.load(str(path))
 
 
+def opset_of(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
 def initializer_names(model) -> set[str]:
     return {init.name for init in model.graph.initializer}
 
@@ -57,9 +61,11 @@ def topological_sort(model) -> None:
 
 
 def session_with_outputs(model, names: list[str]):
-    """An ONNX Runtime session on a copy of ``model`` that also returns ``names``."""
+    """An ONNX Runtime session on a copy of ``model`` that also returns ``names``, with graph
+    optimizations off so every tensor stays observable."""
     import onnx
-    import onnxruntime as ort
+
+    from ..runtime.onnxrt import INSPECTION, create_session
 
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
@@ -67,10 +73,7 @@ def session_with_outputs(model, names: list[str]):
     for name in names:
         if name not in existing:
             copy.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor observable
-    return ort.InferenceSession(copy.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return create_session(copy.SerializeToString(), INSPECTION)
 
 
 def save(model, path: Path) -> None:

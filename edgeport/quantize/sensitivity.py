@@ -13,14 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..bench.parity import ParityReport
 from ..errors import ParityError
+from ..parity import ParityReport
 
 
 def score(report: ParityReport) -> float:
     """One number, higher is better, for the metric the budget cares about most."""
     thresholds = report.thresholds
     outputs = [report.embedding] if report.embedding else report.outputs
+    if "min_p01_cosine" in thresholds:
+        return min(o.p01_cosine for o in outputs)
     if "min_cosine" in thresholds:
         return min(o.min_cosine for o in outputs)
     if "min_top1_agreement" in thresholds:
@@ -36,6 +38,9 @@ class FallbackResult:
     report: ParityReport
     kept: list[str]
     ranking: list[tuple[str, float]] = field(default_factory=list)
+
+    def ranking_records(self, top: int = 20) -> list[dict]:
+        return [{"node": node, "score_when_kept": round(value, 6)} for node, value in self.ranking[:top]]
 
 
 def keep_sensitive_nodes(candidates: list[str], build: Callable[[list[str]], Path],

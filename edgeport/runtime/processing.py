@@ -1,5 +1,5 @@
 """Pre- and post-processing described by the manifest: tokenization, pooling, softmax,
-image normalisation.  numpy and tokenizers only (this module is part of the light runtime).
+image resizing and normalisation.  numpy and tokenizers only (part of the light runtime).
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import ArtifactError, ModelInputError
-
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass
@@ -30,25 +28,27 @@ class TextProcessor:
 
         try:
             self._tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
-        except Exception as exc:  # tokenizers raises a bare Exception on bad files
+        except Exception as exc:  # tokenizers raises a bare Exception for every kind of bad file
             raise ArtifactError(f"cannot load tokenizer '{self.tokenizer_file}': {exc}") from exc
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=self.max_length)
 
     @classmethod
-    def from_manifest(cls, folder: Path, processing: dict[str, Any], input_names: Sequence[str]):
+    def from_artifact(cls, artifact, input_names: Sequence[str] | None = None) -> "TextProcessor":
+        processing = artifact.manifest.processing
         name = processing.get("tokenizer")
         if not name:
-            raise ArtifactError("this artifact has no tokenizer, so it cannot take text; pass feeds instead")
-        return cls(folder / name, int(processing.get("max_length", 512)), list(input_names),
+            raise ModelInputError("this artifact has no tokenizer, so it cannot take text; pass feeds instead")
+        names = input_names if input_names is not None else [s["name"] for s in artifact.manifest.graph["inputs"]]
+        return cls(artifact.member(name), int(processing.get("max_length", 512)), list(names),
                    processing.get("pad_token"), int(processing.get("pad_id", 0)))
 
     def tokenize(self, texts: Sequence[str]) -> list:
         """``tokenizers`` encodings (ids, type ids, offsets), truncated to max_length."""
-        _check_texts(texts)
+        check_texts(texts)
         return self._tokenizer.encode_batch(list(texts))
 
-    def encode(self, texts: Sequence[str], pad_to: int | None = None) -> dict[str, np.ndarray]:
+    def encode(self, texts: Sequence[str] | str, pad_to: int | None = None) -> dict[str, np.ndarray]:
         """Feeds for ``texts``, padded to the longest (or to ``pad_to``), truncated to max_length."""
         if isinstance(texts, str):
             texts = [texts]
@@ -58,7 +58,7 @@ class TextProcessor:
 
     def feeds(self, encodings: Sequence, pad_to: int | None = None) -> dict[str, np.ndarray]:
         """Pad already tokenized texts into model feeds."""
-        width = max(len(e.ids) for e in encodings)
+        width = max(1, max(len(e.ids) for e in encodings))
         if pad_to is not None:
             width = max(width, min(pad_to, self.max_length))
         batch = len(encodings)
@@ -74,10 +74,17 @@ class TextProcessor:
         return {name: available[name] for name in self.input_names if name in available}
 
 
-def _check_texts(texts: Sequence[str]) -> None:
+def check_texts(texts: Sequence[Any]) -> None:
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise ModelInputError(f"texts must be a list of strings, got {type(texts).__name__}")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ModelInputError(f"text #{i} is a {type(text).__name__}, not a string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ModelInputError(f"text #{i} is not valid Unicode ({exc.reason} at position {exc.start}); "
+                                  "lone surrogates cannot be tokenized") from exc
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -112,31 +119,61 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
+def resize_images(images: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
+    """Nearest-neighbour resize of [N, C, H, W] images and channel repeat (numpy only)."""
+    n, c, h, w = images.shape
+    rows = (np.arange(size[0]) * h // size[0]).clip(0, h - 1)
+    cols = (np.arange(size[1]) * w // size[1]).clip(0, w - 1)
+    out = images[:, :, rows][:, :, :, cols]
+    if c != channels:
+        out = np.repeat(out[:, :1], channels, axis=1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
 @dataclass
 class ImageProcessor:
-    """Resizes (nearest) and normalises float images [N, C, H, W] in [0, 1]."""
+    """Turns images into the model's pixel feeds: float images in [0, 1] (or raw uint8
+    pixels, divided by 255) in the model's layout, resized (nearest) to the exported size
+    unless the model takes any size, then ``(x - mean) / std`` per channel."""
 
     size: tuple[int, int]
     channels: int
     mean: Sequence[float]
     std: Sequence[float]
+    layout: str = "NCHW"
+    dynamic_size: bool = False
 
     @classmethod
     def from_manifest(cls, processing: dict[str, Any]) -> "ImageProcessor":
         image = processing.get("image")
         if not image:
-            raise ArtifactError("this artifact has no image pre-processing; pass feeds instead")
-        return cls(tuple(image["size"]), int(image["channels"]), image["mean"], image["std"])
+            raise ModelInputError("this artifact has no image pre-processing; pass feeds instead")
+        return cls(tuple(image["size"]), int(image["channels"]), image["mean"], image["std"],
+                   image.get("layout", "NCHW"), bool(image.get("dynamic_size", False)))
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        from ..data import resize_images
-
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim == 3:
-            images = images[None]
-        if images.ndim != 4:
-            raise ModelInputError(f"images must be [N, C, H, W] (or one [C, H, W]); got shape {images.shape}")
-        images = resize_images(images, self.size, self.channels)
+    def __call__(self, images, layout: str | None = None) -> np.ndarray:
+        layout = layout or self.layout
+        try:
+            array = np.asarray(images)
+        except (ValueError, TypeError) as exc:
+            raise ModelInputError(f"images cannot be made into an array: {exc}") from exc
+        if array.dtype.kind not in "uif" or array.dtype == object:
+            raise ModelInputError(f"images must be numbers (float in [0, 1] or uint8 pixels), not {array.dtype}")
+        pixels = array.astype(np.float32) / 255.0 if array.dtype == np.uint8 else array.astype(np.float32)
+        if pixels.ndim == 3:
+            pixels = pixels[None]
+        if pixels.ndim != 4:
+            raise ModelInputError(f"images must be [N, {', '.join(layout[1:])}] (or one image without N); "
+                                  f"got shape {list(array.shape)}")
+        if not np.isfinite(pixels).all():
+            raise ModelInputError("images hold NaN or infinite values")
+        nchw = pixels if layout == "NCHW" else pixels.transpose(0, 3, 1, 2)
+        if nchw.shape[1] not in (1, self.channels):
+            raise ModelInputError(f"images have {nchw.shape[1]} channels in {layout} layout; the model takes "
+                                  f"{self.channels} (or 1, which is repeated)")
+        size = nchw.shape[2:] if self.dynamic_size else self.size
+        nchw = resize_images(nchw, tuple(size), self.channels)
         mean = np.asarray(self.mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
-        return (images - mean) / std
+        normalized = (nchw - mean) / std
+        return np.ascontiguousarray(normalized if self.layout == "NCHW" else normalized.transpose(0, 2, 3, 1))

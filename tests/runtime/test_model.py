@@ -13,6 +13,7 @@ import pytest
 from edgeport.errors import DeviceError, ModelInputError
 from edgeport.export.onnx import ExportOptions, export_onnx
 from edgeport.runtime import load
+from helpers import TESTS_DIR
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_feeds_are_checked_before_onnx_runtime(minilm_onnx):
 
 
 def test_fixed_dims_are_checked(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
     artifact = export_onnx("factories.cnn:cifar_cnn", tmp_path / "cnn", ExportOptions(inputs=["images:1x3x32x32:float32"]))
     model = load(artifact.path)
     with pytest.raises(ModelInputError, match="size 28 on axis 2, expected images: float32 \\[batch, 3, 32, 32\\]"):

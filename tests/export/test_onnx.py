@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import folder_names
+from helpers import TESTS_DIR, folder_names
 from edgeport.artifact import Artifact
 from edgeport.errors import (ArtifactError, InvalidOptionError, OutputExistsError, ParityError, SourceError,
                              UnsafeFileError, UnsupportedModelError)
@@ -26,8 +26,7 @@ def test_minilm_matches_sentence_transformers_on_real_sentences(minilm_onnx, min
     assert len(sentences) >= 100
     expected = SentenceTransformer(str(minilm_dir), device="cpu").encode(sentences, batch_size=16)
     manifest = minilm_onnx.manifest
-    text = TextProcessor.from_manifest(minilm_onnx.path, manifest.processing,
-                                       [i["name"] for i in manifest.graph["inputs"]])
+    text = TextProcessor.from_artifact(minilm_onnx)
     session = ort.InferenceSession(str(minilm_onnx.model_path), providers=["CPUExecutionProvider"])
     got = []
     for start in range(0, len(sentences), 16):
@@ -125,7 +124,7 @@ def test_task_override_drops_the_head(tmp_path, tiny_models):
 
 def test_module_callable_cnn(tmp_path, monkeypatch, cli):
     monkeypatch.chdir(tmp_path.parent)
-    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
     out = tmp_path / "cnn"
     result = cli("export", "onnx", "factories.cnn:cifar_cnn", "-o", out, "--input", "images:1x3x32x32:float32")
     assert result.exit_code == 0, result.output
@@ -142,7 +141,7 @@ def test_module_callable_cnn(tmp_path, monkeypatch, cli):
 
 
 def test_module_callable_with_several_inputs_and_named_outputs(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
     artifact = export_onnx("factories.cnn:two_heads", tmp_path / "out",
                            ExportOptions(inputs=["features:2x8:float32", "mask:2:float32"],
                                          output_names=["a", "b"]))
@@ -255,7 +254,7 @@ def test_bad_input_spec(cli, tmp_path, spec, phrase):
 
 
 def test_callable_without_input_specs(cli, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
     _assert_fails(cli("export", "onnx", "factories.cnn:cifar_cnn", "-o", tmp_path / "out"),
                   InvalidOptionError.exit_code, "--input")
 
@@ -263,22 +262,29 @@ def test_callable_without_input_specs(cli, tmp_path, monkeypatch):
 @pytest.mark.parametrize("factory,phrase", [("not_a_module", "not a torch.nn.Module"),
                                             ("broken_factory", "fell over"), ("missing", "no callable")])
 def test_bad_factories(cli, tmp_path, monkeypatch, factory, phrase):
-    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(TESTS_DIR))
     _assert_fails(cli("export", "onnx", f"factories.cnn:{factory}", "-o", tmp_path / "out",
                       "--input", "x:1x3:float32"), SourceError.exit_code, phrase)
 
 
-def test_existing_output_needs_force(cli, tmp_path, tiny_models):
+def test_existing_output_needs_force_and_force_replaces_only_artifacts(cli, tmp_path, tiny_models):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
     src = tiny_models("distilbert", "feature-extraction")
     _assert_fails(cli("export", "onnx", src, "-o", out), OutputExistsError.exit_code, "--force")
     assert folder_names(out) == {"keep.txt"}
-    result = cli("export", "onnx", src, "-o", out, "--force")
+    # --force never deletes a folder edgeport did not make.
+    _assert_fails(cli("export", "onnx", src, "-o", out, "--force"), OutputExistsError.exit_code,
+                  "not an edgeport artifact")
+    assert folder_names(out) == {"keep.txt"}
+    artifact = tmp_path / "artifact"
+    assert cli("export", "onnx", src, "-o", artifact).exit_code == 0
+    before = Artifact.load(artifact).manifest.lineage[-1]["time"]
+    result = cli("export", "onnx", src, "-o", artifact, "--force")
     assert result.exit_code == 0, result.output
-    assert "keep.txt" not in folder_names(out) and "model.onnx" in folder_names(out)
-    assert folder_names(tmp_path) == {"out"}        # no temporary folders left behind
+    assert "model.onnx" in folder_names(artifact) and Artifact.load(artifact).manifest.lineage[-1]["time"] >= before
+    assert folder_names(tmp_path) == {"out", "artifact"}        # no temporary folders left behind
 
 
 def test_pickle_weights_need_allow_pickle(cli, tmp_path, tiny_models):

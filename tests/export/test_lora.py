@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from adapters import train_adapter
-from conftest import folder_names
+from helpers import folder_names
 from edgeport.artifact import Artifact
 from edgeport.errors import AdapterError, InvalidOptionError, OutputExistsError, UnsafeFileError
 from edgeport.export.lora import MergeOptions, merge

@@ -1,66 +1,92 @@
-"""``load()`` and ``Model``: an artifact ready to run, with the pre- and post-processing
-its manifest describes.
+"""``load()`` and ``Model``: an artifact ready to run, with the pre- and post-processing its
+manifest describes, on the runner its graph needs.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..artifact import Artifact
 from ..errors import ArtifactError, InvalidOptionError, ModelInputError
-from .backends import OnnxRuntimeBackend, SessionSettings, TensorSpec
+from ..vocabulary import ENCODER_TEXT_TASKS
+from .onnxrt import OnnxRuntimeRunner, SessionSettings
 from .processing import POOLING, ImageProcessor, TextProcessor, l2_normalize, softmax
-
-TEXT_TASKS = ("feature-extraction", "text-classification", "token-classification")
+from .runner import Runner
 
 
 def load(path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-         verify: bool = True, **settings: Any) -> "Model":
-    """Load an artifact folder for inference.
+         check_files: bool = True, **settings: Any):
+    """Load an artifact folder or a bundle (``.tar.gz`` from ``edgeport package``) for inference.
 
     ``device``: auto (TensorRT → CUDA → CPU, whichever ONNX Runtime offers), cpu, cuda or
     tensorrt (an explicit device that is not available is an error, never a fallback).
     ``settings``: optimization, inter_op_threads, memory_arena, spinning (SessionSettings).
+    A causal language model (task text-generation) loads as a ``GenerativeModel``.
     """
-    artifact = Artifact.load(path, verify=verify)
-    if artifact.manifest.graph["format"] != "onnx":
-        raise ArtifactError(f"'{path}' holds a {artifact.manifest.graph['format']} graph; "
-                            "load it with device='tensorrt' on a machine with TensorRT")
+    if not isinstance(path, (str, os.PathLike)):
+        raise ArtifactError(f"load() takes the path of an artifact folder or bundle, not {type(path).__name__}")
+    artifact = open_artifact(path, check_files)
     try:
         session_settings = SessionSettings(device=device, threads=threads, **settings)
     except TypeError as exc:
         raise InvalidOptionError(f"unknown runtime setting: {exc}") from exc
-    return Model(artifact, session_settings)
+    if artifact.task == "text-generation":
+        from .genai import GenerativeModel
+
+        return GenerativeModel(artifact, session_settings)
+    return Model(artifact, make_runner(artifact, session_settings))
+
+
+def open_artifact(path: str | os.PathLike, check_files: bool = True) -> Artifact:
+    """An artifact folder, or the artifact inside a bundle (every checksum verified first)."""
+    path = Path(path)
+    if path.is_file():
+        from .bundle import open_bundle
+
+        return open_bundle(path)
+    return Artifact.load(path, check_files=check_files)
+
+
+def make_runner(artifact: Artifact, settings: SessionSettings) -> Runner:
+    """The runner for the artifact's graph format, with the manifest's tensor specs."""
+    graph = artifact.manifest.graph
+    if graph["format"] == "tensorrt":
+        from .tensorrt import TensorRTRunner
+
+        return TensorRTRunner(artifact)
+    return OnnxRuntimeRunner(artifact.model_path, settings, artifact.manifest.inputs,
+                             [s["name"] for s in graph["outputs"]])
 
 
 class Model:
     """A loaded artifact.  ``run`` takes raw feeds; ``predict`` takes texts or images."""
 
-    def __init__(self, artifact: Artifact, settings: SessionSettings = SessionSettings()):
+    def __init__(self, artifact: Artifact, runner: Runner):
         self.artifact = artifact
         self.task = artifact.task
-        graph = artifact.manifest.graph
-        self.inputs = [TensorSpec.from_manifest(s) for s in graph["inputs"]]
-        self.output_names = [s["name"] for s in graph["outputs"]]
-        self.backend = OnnxRuntimeBackend(artifact.model_path, self.inputs, self.output_names, settings)
-        self.provider = self.backend.provider
+        self.runner = runner
+        self.inputs = list(runner.inputs.values())
+        self.output_names = runner.output_names
+        self.provider = runner.device
         self.processing = artifact.manifest.processing
         self.labels = self.processing.get("labels")
         self._text: TextProcessor | None = None
         self._lock = threading.Lock()
         fixed = self.inputs[0].shape if self.inputs else ()
         self.static_batch = fixed[0] if fixed and isinstance(fixed[0], int) else None
-        self.static_length = fixed[1] if len(fixed) > 1 and isinstance(fixed[1], int) and self.task in TEXT_TASKS else None
+        self.static_length = (fixed[1] if len(fixed) > 1 and isinstance(fixed[1], int)
+                              and self.task in ENCODER_TEXT_TASKS else None)
 
     # ------------------------------------------------------------------ raw feeds
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Run the graph on ``feeds`` (input name → array); checked against the manifest."""
-        return self.backend.run(feeds)
+        return self.runner.run(feeds)
 
     # ------------------------------------------------------------------ processed
 
@@ -69,32 +95,44 @@ class Model:
         if self._text is None:
             with self._lock:
                 if self._text is None:
-                    self._text = TextProcessor.from_manifest(self.artifact.path, self.processing,
-                                                             [s.name for s in self.inputs])
+                    self._text = TextProcessor.from_artifact(self.artifact, [s.name for s in self.inputs])
         return self._text
 
-    def predict(self, inputs, batch_size: int = 8):
-        """Texts (or images for vision tasks) in; embeddings or labelled predictions out,
+    def takes_text(self) -> bool:
+        return self.task in ENCODER_TEXT_TASKS and "image" not in self.processing
+
+    def takes_images(self) -> bool:
+        return "image" in self.processing
+
+    def predict(self, inputs, batch_size: int = 8, layout: str | None = None):
+        """Texts (or images for vision models) in; embeddings or labelled predictions out,
         in input order.
 
         Texts are sorted by token length and padded per micro-batch so a short sentence
         never pays for the longest one.  Micro-batches of 8 measured twice as fast as one
-        batch of 32 for MiniLM on 2 cores (less padding, activations that stay in cache).  Text longer than the exported max length is
-        truncated (as the source model's tokenizer would).  An empty list gives an empty
-        result.
+        batch of 32 for MiniLM on 2 cores (less padding, activations that stay in cache).
+        Text longer than the exported max length is truncated (as the source model's
+        tokenizer would).  An empty list gives an empty result.  Images are float in [0, 1]
+        or uint8 pixels, in the model's layout unless ``layout`` says otherwise.
         """
-        if batch_size < 1:
-            raise InvalidOptionError("batch_size must be >= 1")
-        if self.task in TEXT_TASKS:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise InvalidOptionError(f"batch_size must be a whole number >= 1 (got {batch_size!r})")
+        if inputs is None:
+            raise ModelInputError("predict() needs inputs: a list of texts, or images")
+        if self.takes_text():
             return self._predict_text(inputs, batch_size)
-        if self.task == "image-classification" or (self.task == "feature-extraction" and "image" in self.processing):
-            return self._predict_images(inputs, batch_size)
-        raise ModelInputError(f"predict() does not know how to prepare inputs for task '{self.task}'; "
+        if self.takes_images():
+            if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
+                raise ModelInputError("this is an image model; pass images (an array), not text")
+            return self._predict_images(inputs, batch_size, layout)
+        raise ModelInputError(f"predict() does not know how to prepare inputs for this {self.task} model; "
                               f"call run() with feeds: {'; '.join(s.describe() for s in self.inputs)}")
 
-    def _predict_text(self, texts: Sequence[str], batch_size: int):
+    def _predict_text(self, texts: Sequence[str] | str, batch_size: int):
         if isinstance(texts, str):
             texts = [texts]
+        if not isinstance(texts, (list, tuple)):
+            raise ModelInputError(f"predict() takes a list of texts, not {type(texts).__name__}")
         texts = list(texts)
         if not texts:
             return self._empty_result()
@@ -151,29 +189,30 @@ class Model:
         name = self.labels[best] if self.labels and best < len(self.labels) else str(best)
         return {"label": name, "score": float(probs[best]), "probabilities": [float(p) for p in probs]}
 
-    def _predict_images(self, images, batch_size: int):
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim == 3:
-            images = images[None]
-        if len(images) == 0:
+    def _predict_images(self, images, batch_size: int, layout: str | None):
+        if isinstance(images, (list, tuple)) and len(images) == 0:
             return self._empty_result()
-        pixels = ImageProcessor.from_manifest(self.processing)(images)
+        pixels = ImageProcessor.from_manifest(self.processing)(images, layout)
+        if len(pixels) == 0:
+            return self._empty_result()
         name = self.inputs[0].name
         if self.static_batch:
             batch_size = self.static_batch
         results: list[Any] = []
+        classify = self.task in ("image-classification", "custom")
         for start in range(0, len(pixels), batch_size):
             outputs = self.run({name: pixels[start:start + batch_size]})
-            if self.task == "image-classification":
-                results.extend(self._label(row) for row in softmax(outputs["logits"].astype(np.float64)))
+            scores = outputs[self.output_names[0]]
+            if classify:
+                results.extend(self._label(row) for row in softmax(scores.astype(np.float64)))
             else:
-                results.extend(outputs[self.output_names[0]])
-        return results if self.task == "image-classification" else np.stack(results)
+                results.extend(scores)
+        return results if classify else np.stack(results)
 
     # ------------------------------------------------------------------ lifecycle
 
     def close(self) -> None:
-        self.backend.close()
+        self.runner.close()
 
     def __enter__(self) -> "Model":
         return self

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import folder_names
+from helpers import TESTS_DIR, folder_names
 from edgeport.artifact import Artifact
 from edgeport.errors import ArtifactError, CalibrationDataError, InvalidOptionError, ParityError
 from edgeport.export.onnx import ExportOptions, export_onnx
 from edgeport.quantize import QuantizeOptions, quantize
 from edgeport.runtime import load
 
-TESTS = Path(__file__).parent
+TESTS = TESTS_DIR
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +101,11 @@ def test_digits_cnn_int8_static_agrees_with_fp32(digits_setup, method):
 
 def test_accuracy_aware_mode_keeps_nodes_until_the_budget_holds(tmp_path, tiny_models, sentences):
     fp32 = export_onnx(tiny_models("bert", "feature-extraction"), tmp_path / "fp32")
-    plain = quantize(fp32.path, tmp_path / "plain", QuantizeOptions(mode="int8-dynamic", smooth_alpha=None))
+    plain = quantize(fp32.path, tmp_path / "plain", QuantizeOptions(mode="int8-dynamic", smooth=False))
     plain_min = plain.manifest.parity["quantize"]["sentence_embedding"]["min_cosine"]
     budget = 1 - (1 - plain_min) / 10          # ten times closer than the plain recipe
     strict = quantize(fp32.path, tmp_path / "strict",
-                      QuantizeOptions(mode="int8-dynamic", smooth_alpha=None, min_cosine=budget))
+                      QuantizeOptions(mode="int8-dynamic", smooth=False, min_cosine=budget))
     kept = strict.manifest.precision["kept_fp32_nodes"]
     assert kept and strict.manifest.precision["sensitivity"]
     reached = strict.manifest.parity["quantize"]["sentence_embedding"]["min_cosine"]
@@ -199,8 +199,8 @@ def test_text_calibration_for_a_model_without_tokenizer(cli, digits_setup, tmp_p
 def test_unknown_mode_and_target(cli, digits_setup, tmp_path):
     root, fp32, _, _ = digits_setup
     out = tmp_path / "out"
-    result = cli("quantize", fp32.path, "-o", out, "--mode", "int4")
-    assert result.exit_code == 2 and "'int4' is not one of" in result.output and not out.exists()
+    result = cli("quantize", fp32.path, "-o", out, "--mode", "int3")
+    assert result.exit_code == 2 and "'int3' is not one of" in result.output and not out.exists()
     result = cli("quantize", fp32.path, "-o", out, "--mode", "int8-dynamic", "--target", "riscv")
     assert result.exit_code == 2 and "'riscv' is not one of" in result.output and not out.exists()
     with pytest.raises(InvalidOptionError, match="unknown target 'riscv'"):

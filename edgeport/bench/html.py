@@ -1,0 +1,206 @@
+"""The bench report as one self-contained HTML page: plots drawn by matplotlib (SVG, inline;
+no pyplot, so no process-wide backend is switched) and every figure in a real HTML table.
+
+Honest pictures: lengths that encode a quantity start at zero; quantities near one
+(cosine, speed-up) are dot plots, whose position rather than length carries the value;
+ticks are matplotlib's round ones.  Needs the ``report`` extra (matplotlib).
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+
+from ..errors import require
+from .report import BenchReport, headline_figures
+
+COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def _figure(width: float = 7.0, height: float = 3.2):
+    require("matplotlib", "report")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _svg(figure, label: str) -> str:
+    from matplotlib.backends.backend_svg import FigureCanvasSVG
+
+    buffer = io.StringIO()
+    FigureCanvasSVG(figure).print_svg(buffer, metadata={"Date": None})
+    text = buffer.getvalue()
+    svg = text[text.index("<svg"):]
+    return svg.replace("<svg ", f'<svg role="img" aria-label="{html.escape(label)}" ', 1)
+
+
+def _color(names: list[str], name: str) -> str:
+    return COLORS[names.index(name) % len(COLORS)] if name in names else "#444"
+
+
+def latency_plot(report: BenchReport, names: list[str]) -> str | None:
+    """Single-stream latency per variant: a bar from zero to the median, the median's 95%
+    interval, and dots at p90 and p99."""
+    rows = [r for r in report.results if r["scenario"] == "single-stream"]
+    if not rows:
+        return None
+    figure, axes = _figure(7.0, 0.6 + 0.5 * len(rows))
+    for index, row in enumerate(rows):
+        lat, color = row["latency"], _color(names, row["variant"])
+        low, high = lat["median_ci95_ms"]
+        axes.barh(index, lat["p50_ms"], color=color, alpha=0.7, height=0.55)
+        axes.errorbar(lat["p50_ms"], index, xerr=[[lat["p50_ms"] - low], [high - lat["p50_ms"]]], fmt="none",
+                      ecolor="black", capsize=3)
+        axes.plot([lat["p90_ms"]], [index], "o", color=color, markeredgecolor="black", label="p90" if not index else None)
+        axes.plot([lat["p99_ms"]], [index], "^", color=color, markeredgecolor="black", label="p99" if not index else None)
+    axes.set_yticks(range(len(rows)), [r["variant"] for r in rows])
+    axes.invert_yaxis()
+    axes.set_xlim(left=0)
+    axes.set_xlabel("latency (ms): bar = median with 95% interval; o = p90, ^ = p99")
+    axes.margins(y=0.15)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return _svg(figure, "single-stream latency per variant")
+
+
+def line_plot(report: BenchReport, names: list[str], scenario: str, x_key: str, y_label: str, label: str,
+              throughput: bool) -> str | None:
+    series: dict[str, list] = {}
+    for row in report.results:
+        if row["scenario"] != scenario or x_key not in row["params"]:
+            continue
+        if scenario == "sweep" and row["params"].get("batch") != 1:
+            continue
+        y = row["throughput_per_s"] if throughput else row["latency"]["p50_ms"]
+        series.setdefault(row["variant"], []).append((row["params"][x_key], y))
+    if not series:
+        return None
+    figure, axes = _figure()
+    for name, points in series.items():
+        points.sort()
+        axes.plot([p[0] for p in points], [p[1] for p in points], "o-", color=_color(names, name), label=name)
+    axes.set_ylim(bottom=0)
+    axes.set_xscale("log", base=2)
+    xs = sorted({p[0] for pts in series.values() for p in pts})
+    axes.set_xticks(xs, [str(x) for x in xs])
+    axes.set_xlabel(x_key)
+    axes.set_ylabel(y_label)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return _svg(figure, label)
+
+
+def speedup_plot(report: BenchReport, names: list[str]) -> str | None:
+    rows = [r for r in report.with_speedups() if r["scenario"] == "single-stream" and "speedup" in r]
+    if len(rows) < 2:
+        return None
+    figure, axes = _figure(7.0, 0.6 + 0.5 * len(rows))
+    for index, row in enumerate(rows):
+        value, (low, high) = row["speedup"]["value"], row["speedup"]["ci95"]
+        axes.errorbar(value, index, xerr=[[value - low], [high - value]], fmt="o", color=_color(names, row["variant"]),
+                      ecolor="black", capsize=3)
+    axes.axvline(1.0, color="#888", linewidth=1)
+    axes.set_yticks(range(len(rows)), [r["variant"] for r in rows])
+    axes.invert_yaxis()
+    axes.margins(y=0.25)
+    axes.set_xlim(left=0)
+    axes.set_xlabel(f"speed-up against {names[0]} (median latency ratio, 95% interval)")
+    return _svg(figure, "speed-up per variant")
+
+
+def parity_plot(report: BenchReport, names: list[str]) -> str | None:
+    """Mean and min cosine (or top-1 agreement) per variant as dots: a dot's position, not a
+    bar's length, carries the value, so the axis can show the small differences honestly."""
+    values = {}
+    for name in names:
+        if name in report.parity:
+            figures = headline_figures(report.parity[name])
+            if figures.get("min_cosine") is not None:
+                values[name] = figures
+    if not values:
+        return None
+    figure, axes = _figure(7.0, 0.6 + 0.5 * len(values))
+    for index, (name, figures) in enumerate(values.items()):
+        color = _color(names, name)
+        axes.plot([figures["min_cosine"]], [index], "o", color=color, markeredgecolor="black",
+                  label="min cosine" if not index else None)
+        axes.plot([figures["mean_cosine"]], [index], "D", color="white", markeredgecolor=color,
+                  label="mean cosine" if not index else None)
+    axes.set_yticks(range(len(values)), list(values))
+    axes.invert_yaxis()
+    axes.margins(x=0.08, y=0.25)
+    axes.set_xlabel("cosine similarity to the reference (1 = identical)")
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    return _svg(figure, "parity per variant")
+
+
+def _cell(value, digits: int) -> str:
+    if value is None:
+        return "<td>-</td>"
+    return f'<td data-value="{value!r}">{value:.{digits}f}</td>'
+
+
+def results_table(report: BenchReport) -> str:
+    head = ("<tr><th>variant</th><th>scenario</th><th>params</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th>"
+            "<th>throughput /s</th><th>speed-up</th><th>speed-up 95% CI</th></tr>")
+    body = []
+    for row in report.with_speedups():
+        lat, speedup = row["latency"], row.get("speedup")
+        ci = f"{speedup['ci95'][0]:.2f} - {speedup['ci95'][1]:.2f}" if speedup else "-"
+        body.append("<tr>" + f"<td>{html.escape(row['variant'])}</td><td>{html.escape(row['scenario'])}</td>"
+                    f"<td>{html.escape(json.dumps(row['params']))}</td>" + _cell(lat["p50_ms"], 3) +
+                    _cell(lat["p90_ms"], 3) + _cell(lat["p99_ms"], 3) + _cell(row["throughput_per_s"], 1) +
+                    _cell(speedup["value"] if speedup else None, 2) + f"<td>{ci}</td></tr>")
+    return f'<table id="results">{head}{"".join(body)}</table>'
+
+
+def variants_table(report: BenchReport) -> str:
+    head = ("<tr><th>variant</th><th>precision</th><th>provider</th><th>size MB</th><th>peak RSS MB</th>"
+            "<th>session ms</th><th>cold start ms</th><th>mean cosine</th><th>min cosine</th><th>parity</th></tr>")
+    body = []
+    for info in report.variants:
+        parity = report.parity.get(info["name"], {})
+        figures = headline_figures(parity) if parity else {}
+        size = info["size_bytes"] / 1e6 if info.get("size_bytes") else None
+        passed = "-" if not parity else ("passed" if parity.get("passed") else "FAILED")
+        body.append("<tr>" + f"<td>{html.escape(info['name'])}</td><td>{html.escape(info['precision'])}</td>"
+                    f"<td>{html.escape(str(info['provider']))}</td>" + _cell(size, 1) +
+                    _cell(info.get("peak_rss_mb"), 1) + _cell(info.get("session_create_ms"), 1) +
+                    _cell(info.get("cold_start_ms"), 1) + _cell(figures.get("mean_cosine"), 5) +
+                    _cell(figures.get("min_cosine"), 5) + f"<td>{passed}</td></tr>")
+    return f'<table id="variants">{head}{"".join(body)}</table>'
+
+
+def render(report: BenchReport) -> str:
+    names = [v["name"] for v in report.variants]
+    plots = [
+        ("Latency (single-stream, batch 1)", latency_plot(report, names)),
+        ("Speed-up against the reference", speedup_plot(report, names)),
+        ("Throughput against batch size (offline)",
+         line_plot(report, names, "offline", "batch", "samples / s", "throughput against batch size", True)),
+        ("Latency against sequence length (batch 1)",
+         line_plot(report, names, "sweep", "sequence", "p50 latency (ms)", "latency against sequence length", False)),
+        ("Parity against the reference", parity_plot(report, names)),
+    ]
+    sections = "\n".join(f'<section class="plot"><h2>{html.escape(title)}</h2>{svg}</section>'
+                         for title, svg in plots if svg)
+    machine = report.machine
+    status = '<p class="warning">INTERRUPTED: partial results</p>' if report.interrupted else ""
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>edgeport bench report</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1100px}}h1{{font-size:1.4rem}}
+h2{{font-size:1.1rem;margin-top:2rem}}table{{border-collapse:collapse;font-size:13px;margin:1rem 0}}
+th,td{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}
+td:first-child,th:first-child{{text-align:left}}.warning{{color:#b00;font-weight:bold}}svg{{max-width:100%;height:auto}}
+</style></head>
+<body><h1>edgeport bench report</h1>
+<p>{html.escape(report.created)} · {html.escape(str(machine.get('cpu')))} · {machine.get('cores')} cores ·
+reference {html.escape(report.reference)} · data: {html.escape(report.data)}</p>
+{status}
+{sections}
+<h2>Variants</h2>
+{variants_table(report)}
+<h2>All figures</h2>
+{results_table(report)}
+</body></html>
+"""

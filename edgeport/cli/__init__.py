@@ -1,0 +1,43 @@
+"""The ``edgeport`` command line: parsing and printing only, each command a thin call into
+the library.  One error bridge, in the group: an ``EdgeportError`` becomes ``error: ...``
+and its class's exit code (``--debug`` shows the traceback); Ctrl-C exits 130.  Anything
+else is a bug and surfaces as one.  Heavy modules are imported inside the commands, so
+``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import INTERRUPTED_EXIT_CODE, EdgeportError
+
+
+class EdgeportGroup(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EdgeportError as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo("error: interrupted; nothing was written", err=True)
+            ctx.exit(INTERRUPTED_EXIT_CODE)
+
+
+@click.group(cls=EdgeportGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="edgeport")
+def main(debug: bool) -> None:
+    """edgeport: take a trained model to a deployable artifact that is proven fast and faithful."""
+
+
+from . import artifacts, bench, export, quantize  # noqa: E402,F401  (each adds its commands to main)
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

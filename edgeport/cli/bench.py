@@ -1,0 +1,118 @@
+"""``edgeport bench A B ...`` and ``edgeport bench compare OLD NEW``."""
+
+from __future__ import annotations
+
+import click
+
+from .. import vocabulary as v
+from ..errors import InvalidOptionError
+from . import main
+from .common import TerminalMeter, say
+
+
+class BenchGroup(click.Group):
+    """``edgeport bench A B ...`` runs a benchmark; ``edgeport bench compare OLD NEW`` compares."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=BenchGroup)
+def bench() -> None:
+    """Benchmark artifacts side by side (edgeport bench A B ...), or compare two reports."""
+
+
+def _numbers(text: str, name: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidOptionError(f"{name} must be integers separated by commas, e.g. 1,8,32") from None
+
+
+@bench.command("run")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--scenario", "scenarios", multiple=True, type=click.Choice(v.SCENARIOS),
+              help="Repeatable (default: single-stream).")
+@click.option("--baseline", type=click.Choice(["torch"]), help="Add the PyTorch source model as a row.")
+@click.option("--baseline-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where the PyTorch baseline runs.")
+@click.option("--reference", type=click.Path(), help="Artifact parity is measured against (default: the first).")
+@click.option("--data", type=click.Path(), help="Real inputs (default: bundled sentences, digits or golden inputs).")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="For offline and sweep.")
+@click.option("--sequence-lengths", default="16,64,128,256", show_default=True, help="For sweep (text models).")
+@click.option("--rate", type=float, help="Server scenario: requests per second (default: half one worker's capacity).")
+@click.option("--queries", type=int, default=200, show_default=True, help="Server scenario: requests per run.")
+@click.option("--p99-bound-ms", type=float, help="Server scenario: latency bound to check.")
+@click.option("--find-max-qps", is_flag=True, help="Search the highest rate whose p99 stays under --p99-bound-ms.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved rounds per measurement.")
+@click.option("--min-duration", type=float, default=0.5, show_default=True, help="Seconds per variant per round.")
+@click.option("--min-count", type=int, default=10, show_default=True, help="Calls per variant per round.")
+@click.option("--threads", type=int, help="Intra-op threads for every ONNX Runtime session.")
+@click.option("--min-cosine", type=float)
+@click.option("--min-p01-cosine", type=float)
+@click.option("--max-abs-error", type=float)
+@click.option("--min-top1-agreement", type=float)
+@click.option("--no-memory", is_flag=True, help="Skip the fresh-process memory and cold-start probe.")
+@click.option("--json", "json_path", type=click.Path(), help="Write the report as JSON.")
+@click.option("--html", "html_path", type=click.Path(), help="Write a self-contained HTML report.")
+@click.option("--force", is_flag=True, help="Replace existing report files.")
+def bench_run_command(artifacts, scenarios, baseline, baseline_device, reference, data, batch_sizes, sequence_lengths,
+                      rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration, min_count, threads, min_cosine,
+                      min_p01_cosine, max_abs_error, min_top1_agreement, no_memory, json_path, html_path, force):
+    """Measure ARTIFACTS side by side: latency, throughput, size, memory, start-up and parity."""
+    from ..bench.runner import BenchOptions, ReportFiles, run_bench
+    from ..bench.scenarios import Settings
+    from ..parity import ParityBudget
+
+    options = BenchOptions(
+        scenarios=list(scenarios) or ["single-stream"], data=data, reference=reference,
+        batch_sizes=_numbers(batch_sizes, "--batch-sizes"), sequence_lengths=_numbers(sequence_lengths,
+                                                                                     "--sequence-lengths"),
+        server_rate=rate, server_queries=queries, p99_bound_ms=p99_bound_ms, find_max_qps=find_max_qps,
+        budget=ParityBudget(min_cosine, max_abs_error, min_top1_agreement, min_p01_cosine),
+        settings=Settings(rounds=rounds, min_duration=min_duration, min_count=min_count),
+        measure_memory=not no_memory, threads=threads, reports=ReportFiles(json_path, html_path, force))
+    options.check(list(artifacts))
+    extra = []
+    if baseline == "torch":
+        extra.append(_torch_baseline(reference or artifacts[0], baseline_device))
+    report = run_bench(list(artifacts), options, extra, progress=say, meter=TerminalMeter.create("measuring"))
+    click.echo(report.table())
+    for path in (json_path, html_path):
+        if path:
+            click.echo(f"wrote {path}")
+    report.raise_for_failure()
+
+
+def _torch_baseline(reference: str, device: str):
+    from ..artifact import Artifact
+    from ..bench.runner import Variant
+    from ..export.baseline import TorchRunner
+
+    import time
+
+    start = time.perf_counter()
+    runner = TorchRunner(Artifact.load(reference), device)
+    created = (time.perf_counter() - start) * 1000
+    name = f"torch (eager FP32, {device})"
+    return Variant(name, runner, {"name": name, "path": runner.source, "kind": "torch", "precision": "fp32",
+                                  "size_bytes": None, "provider": runner.device,
+                                  "session_create_ms": round(created, 1)})
+
+
+@bench.command("compare")
+@click.argument("old", type=click.Path())
+@click.argument("new", type=click.Path())
+@click.option("--max-regression", default="5%", show_default=True, help="Allowed latency increase / throughput drop.")
+@click.option("--max-parity-drop", type=float, default=0.001, show_default=True,
+              help="Allowed drop of min cosine or top-1 agreement.")
+def bench_compare_command(old, new, max_regression, max_parity_drop):
+    """Compare two bench JSON reports; exit non-zero on regressions or rows that vanished."""
+    from ..bench.compare import compare, format_deltas, load_report, parse_percent
+
+    threshold = parse_percent(max_regression)
+    comparison = compare(load_report(old), load_report(new), threshold, max_parity_drop)
+    click.echo(format_deltas(comparison))
+    comparison.raise_for_failure()

@@ -1,0 +1,71 @@
+"""What several commands print: JSON, an artifact's description, progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def say(message: str) -> None:
+    """A progress message, on stderr so stdout stays the command's result."""
+    click.echo(message, err=True)
+
+
+def show_artifact(path, as_json: bool, check_files: bool = False, written: bool = True,
+                  expected_manifest_sha256: str | None = None) -> None:
+    """What export, quantize and inspect print: the inspection, as text or JSON."""
+    from ..inspection import format_inspection, inspect_artifact
+
+    info = inspect_artifact(path, check_files, expected_manifest_sha256)
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(format_inspection(info))
+    if written:
+        click.echo(f"wrote {path}")
+
+
+class TerminalMeter:
+    """The one progress mechanism: click's progress bar on stderr, with the current step
+    and the time left, shown only when stderr is a terminal."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.current = ""
+
+    @staticmethod
+    def create(label: str) -> "TerminalMeter | None":
+        return TerminalMeter(label) if sys.stderr.isatty() else None
+
+    def start(self, total: int) -> None:
+        if total > 0:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_eta=True,
+                                         item_show_func=lambda _: self.current)
+            self.bar.__enter__()
+
+    def step(self, variant: str, stage: str) -> None:
+        if self.bar is not None:
+            self.current = f"{variant} · {stage}"
+            self.bar.update(1)
+
+    def finish(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+    def callback(self):
+        """(done, total) callback, for loops that know their total only when they start."""
+        def update(done: int, total: int) -> None:
+            if self.bar is None:
+                self.start(total)
+            self.step(f"batch {done}/{total}", "calibration")
+            if done >= total:
+                self.finish()
+        return update

@@ -1,0 +1,82 @@
+"""``edgeport export onnx|tensorrt`` and ``edgeport merge``."""
+
+from __future__ import annotations
+
+import click
+
+from .. import vocabulary as v
+from . import main
+from .common import say, show_artifact
+
+
+def given(**values):
+    """Only the options the user gave: None means "the library's default"."""
+    return {k: value for k, value in values.items() if value is not None}
+
+
+@main.group()
+def export() -> None:
+    """Export a model to a deployable graph."""
+
+
+@export.command("onnx")
+@click.argument("source")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Artifact folder to write.")
+@click.option("--task", type=click.Choice(v.EXPORT_TASKS), help="Default: detected from config.json.")
+@click.option("--opset", type=int, help=f"ONNX opset (default {v.DEFAULT_OPSET}).")
+@click.option("--static-shapes", is_flag=True, help="Fix batch 1 and --sequence-length instead of dynamic axes.")
+@click.option("--sequence-length", type=int,
+              help=f"Sequence length for --static-shapes (default {v.DEFAULT_SEQUENCE_LENGTH}).")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE:DTYPE",
+              help="Input of a module:callable source, e.g. images:1x3x32x32:float32 (repeatable).")
+@click.option("--output-name", "output_names", multiple=True, help="Output names of a module:callable source.")
+@click.option("--exporter", type=click.Choice(v.EXPORTERS), help="Export route (default auto: each in turn).")
+@click.option("--atol", type=float, help=f"Absolute tolerance of the parity check (default {v.DEFAULT_ATOL:g}).")
+@click.option("--rtol", type=float, help=f"Relative tolerance of the parity check (default {v.DEFAULT_RTOL:g}).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int4"]),
+              help="Causal LMs: precision the model builder writes (default fp32).")
+@click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch parity check.")
+@click.option("--external-data/--no-external-data", default=None, help="Force weights into model.onnx.data (default: only over 2 GB).")
+@click.option("--allow-pickle", is_flag=True, help="Allow pytorch_model.bin (pickle) weights.")
+@click.option("--force", is_flag=True, help="Replace an existing output artifact.")
+@click.option("--adapter", "adapters", multiple=True, type=click.Path(),
+              help="peft adapter to merge into SOURCE first (repeatable; see 'edgeport merge').")
+@click.option("--weight", "weights", multiple=True, type=float, help="Weight of each --adapter when combining.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export_onnx_command(source, out, task, opset, static_shapes, sequence_length, inputs, output_names, exporter,
+                        atol, rtol, precision, no_validate, external_data, allow_pickle, force, adapters, weights,
+                        as_json):
+    """Export SOURCE (a Hugging Face model folder, a .keras file or module:callable) to an ONNX artifact."""
+    from ..export.api import export_with_adapters
+    from ..export.onnx import ExportOptions
+
+    options = ExportOptions(**given(task=task, opset=opset, sequence_length=sequence_length, exporter=exporter,
+                                    atol=atol, rtol=rtol, precision=precision),
+                            static_shapes=static_shapes, validate=not no_validate, force=force,
+                            allow_pickle=allow_pickle, inputs=list(inputs), output_names=list(output_names),
+                            external_data=external_data)
+    artifact = export_with_adapters(source, out, options, list(adapters), list(weights),
+                                    progress=None if as_json else say)
+    show_artifact(artifact.path, as_json)
+
+
+@main.command("merge")
+@click.argument("base", type=click.Path())
+@click.option("--adapter", "adapters", multiple=True, required=True, type=click.Path(),
+              help="peft adapter folder (repeatable).")
+@click.option("--weight", "weights", multiple=True, type=float, help="Weight per --adapter when combining several.")
+@click.option("--combination", type=click.Choice(v.COMBINATIONS),
+              help="How several LoRA adapters combine (peft's add_weighted_adapter; default cat, which is exact).")
+@click.option("-o", "--output", "out", required=True, type=click.Path())
+@click.option("--dtype", type=click.Choice(v.WEIGHT_DTYPES), help="Weights of the output (default: the base's).")
+@click.option("--atol", type=float, help=f"Tolerance of merged vs unmerged (default {v.DEFAULT_ATOL:g}).")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) base or adapter weights.")
+@click.option("--force", is_flag=True, help="Replace an existing merged model folder.")
+def merge_command(base, adapters, weights, combination, out, dtype, atol, allow_pickle, force):
+    """Merge LoRA / AdaLoRA (any mergeable peft) adapters into BASE; verified against the PeftModel."""
+    from ..export.lora import MergeOptions, merge
+
+    options = MergeOptions(list(adapters), list(weights), **given(combination=combination, atol=atol), dtype=dtype,
+                           allow_pickle=allow_pickle, force=force)
+    path = merge(base, out, options, progress=say)
+    click.echo(f"wrote {path}")

@@ -1,0 +1,10 @@
+"""Input data: real sentences and images bundled with Python and scikit-learn, readers for
+the files users pass, and examples turned into feeds for one artifact.  Above the runtime:
+feeds are made with the runtime's own processing."""
+
+from .bundled import digits_images, stdlib_sentences
+from .examples import CalibrationReader, ExampleSet, concat_padded, examples_for, hash_values
+from .readers import read_examples
+
+__all__ = ["CalibrationReader", "ExampleSet", "concat_padded", "digits_images", "examples_for", "hash_values",
+           "read_examples", "stdlib_sentences"]

@@ -1,0 +1,179 @@
+"""Examples as model feeds: the real data (bundled, or the user's file) turned into feed
+batches for one artifact, through the runtime's own processing, with a hash of the data
+for the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import CalibrationDataError
+from ..runtime.processing import ImageProcessor, TextProcessor
+from .bundled import digits_images, stdlib_sentences
+from .readers import read_examples
+
+DEFAULT_COUNTS = {"eval": 128, "calib": 64}
+
+
+def concat_padded(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate batches along axis 0, zero-padding axis 1 (the sequence) to the widest.
+    Zero is the attention mask's "padding" value, so the model ignores the added tokens."""
+    if parts[0].ndim >= 2:
+        widest = max(p.shape[1] for p in parts)
+        parts = [np.pad(p, [(0, 0), (0, widest - p.shape[1])] + [(0, 0)] * (p.ndim - 2)) for p in parts]
+    return np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class ExampleSet:
+    """Feed batches for one artifact, plus what they were and their hash.  Immutable: a
+    calibration run takes its own ``reader()``, so two users never share a cursor."""
+
+    description: str
+    sha256: str
+    batches: tuple[dict[str, np.ndarray], ...]
+
+    @property
+    def count(self) -> int:
+        return sum(len(next(iter(b.values()))) for b in self.batches)
+
+    def reader(self, progress=None) -> "CalibrationReader":
+        return CalibrationReader(self.batches, progress)
+
+    def to_dict(self) -> dict:
+        return {"data": self.description, "sha256": self.sha256, "samples": self.count}
+
+
+class CalibrationReader:
+    """onnxruntime.quantization's CalibrationDataReader protocol (``get_next``, ``rewind``)
+    over a fixed list of batches, with an optional progress callback (done, total)."""
+
+    def __init__(self, batches: Sequence[dict[str, np.ndarray]], progress=None):
+        self.batches = list(batches)
+        self.progress = progress
+        self._cursor = 0
+
+    def get_next(self):
+        if self._cursor >= len(self.batches):
+            return None
+        self._cursor += 1
+        if self.progress:
+            self.progress(self._cursor, len(self.batches))
+        return self.batches[self._cursor - 1]
+
+    def rewind(self) -> None:
+        self._cursor = 0
+
+
+def _hash_path(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def hash_values(values) -> str:
+    digest = hashlib.sha256()
+    for value in values:
+        digest.update(value.encode() if isinstance(value, str) else np.ascontiguousarray(value).tobytes())
+    return digest.hexdigest()
+
+
+def examples_for(artifact, path: str | Path | None = None, role: str = "eval", limit: int | None = None,
+                 batch_size: int = 16, texts: Sequence[str] | None = None, description: str | None = None
+                 ) -> ExampleSet:
+    """Real examples for ``artifact`` as feed batches.
+
+    With ``path``: the user's file (see ``read_examples``).  With ``texts``: those texts.
+    Otherwise standard-library sentences for text models, scikit-learn digits for vision
+    models, and the golden inputs recorded at export for anything else.  ``role`` picks
+    disjoint default data for evaluation and calibration.
+    """
+    manifest = artifact.manifest
+    specs = {spec["name"]: spec for spec in manifest.graph["inputs"]}
+    first_shape = next(iter(specs.values()))["shape"] if specs else []
+    static_batch = first_shape[0] if first_shape and isinstance(first_shape[0], int) else None
+    if static_batch:
+        batch_size = static_batch
+    processing = manifest.processing
+    if limit is None and path is None and texts is None:
+        limit = DEFAULT_COUNTS[role]
+    if texts is not None:
+        kind, data = "text", list(texts)[:limit]
+        description, digest = description or f"{len(data)} given texts", hash_values(data)
+    elif path is None:
+        kind, data, description, digest = _default_examples(artifact, role, limit)
+    else:
+        kind, data = read_examples(path, limit)
+        description, digest = f"{Path(path).name} ({kind})", _hash_path(Path(path))
+
+    if kind == "text":
+        if not processing.get("tokenizer"):
+            raise CalibrationDataError(f"'{path}' holds text but this model takes {', '.join(specs)} "
+                                       "without a tokenizer; give an .npz with one array per input")
+        text = TextProcessor.from_artifact(artifact, list(specs))
+        static_length = first_shape[1] if len(first_shape) > 1 and isinstance(first_shape[1], int) else None
+        batches = [text.encode(data[i:i + batch_size], pad_to=static_length) for i in range(0, len(data), batch_size)]
+    elif kind == "images":
+        if not processing.get("image"):
+            raise CalibrationDataError(f"'{path}' holds images but this model takes {', '.join(specs)}; "
+                                       "give an .npz with one array per input")
+        pixels = ImageProcessor.from_manifest(processing)(data, layout="NCHW")
+        name = next(iter(specs))
+        batches = [{name: pixels[i:i + batch_size]} for i in range(0, len(pixels), batch_size)]
+    else:
+        feeds = _check_feeds(data, specs, path)
+        total = len(next(iter(feeds.values())))
+        batches = [{k: v[i:i + batch_size] for k, v in feeds.items()} for i in range(0, total, batch_size)]
+    return ExampleSet(description, digest, tuple(batches))
+
+
+def _default_examples(artifact, role: str, limit: int):
+    processing = artifact.manifest.processing
+    if processing.get("tokenizer"):
+        data = stdlib_sentences(limit, split=role)
+        return "text", data, f"{len(data)} standard-library docstring sentences ({role} split)", hash_values(data)
+    if processing.get("image"):
+        images, _ = digits_images()
+        data = images[:limit] if role == "eval" else images[-limit:]
+        return "images", data, f"{len(data)} scikit-learn digits ({role} split)", hash_values([data])
+    golden = artifact.golden()
+    if golden is None:
+        raise CalibrationDataError("this artifact has no golden inputs and no tokenizer or image "
+                                   "processing; give data with --data / --calib (.npz of feeds)")
+    data = golden[0]
+    return "feeds", data, "the golden inputs recorded at export", hash_values(list(data.values()))
+
+
+def _check_feeds(data: dict[str, np.ndarray], specs: dict, path) -> dict[str, np.ndarray]:
+    expected = "; ".join(f"{n}: {s['dtype']} {s['shape']}" for n, s in specs.items())
+    if set(data) != set(specs):
+        raise CalibrationDataError(
+            f"'{path}' has arrays {sorted(data)} but the model's inputs are {sorted(specs)} ({expected})")
+    feeds = {}
+    for name, spec in specs.items():
+        value = np.asarray(data[name])
+        want = np.dtype(spec["dtype"])
+        if value.dtype != want:
+            if value.dtype.kind != want.kind and not (value.dtype.kind in "iu" and want.kind in "iu"):
+                raise CalibrationDataError(f"'{path}': '{name}' is {value.dtype.name}, the model takes {want.name}")
+            value = value.astype(want)
+        if value.ndim != len(spec["shape"]) or any(
+            isinstance(d, int) and d > 0 and got != d for axis, (got, d) in enumerate(zip(value.shape, spec["shape"]))
+            if axis > 0
+        ):
+            raise CalibrationDataError(f"'{path}': '{name}' has shape {list(value.shape)}, the model takes "
+                                       f"{spec['shape']} ({expected})")
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise CalibrationDataError(f"'{path}': '{name}' holds NaN or infinite values")
+        feeds[name] = value
+    return feeds

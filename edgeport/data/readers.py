@@ -1,0 +1,159 @@
+"""Readers for the example files users pass (``--calib``, ``--data``, ``run --input``).
+
+Each returns plain Python / numpy values, in the spirit of onnxruntime.quantization's
+CalibrationDataReader; the model's own processing turns them into feeds.  Every way a
+file can be unreadable ends in the caller's error class (``CalibrationDataError`` for
+calibration and evaluation, ``ModelInputError`` for ``run``) with the file named.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CalibrationDataError, EdgeportError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+MAX_IMAGE_PIXELS = 64_000_000        # 8000 x 8000: larger is a decompression bomb, not a photo
+
+
+def read_examples(path: str | Path, limit: int | None = None, error: type[EdgeportError] = CalibrationDataError):
+    """Read examples for calibration, evaluation or ``run``.
+
+    Returns ``("text", [str, ...])``, ``("images", float32 array [N, C, H, W])`` or
+    ``("feeds", {input name: array})`` depending on what the file holds:
+
+    - ``.txt``: one text example per non-empty line;
+    - ``.jsonl``: one JSON object a line with a ``"text"`` field, or with one field per
+      model input (arrays of numbers), which become feeds;
+    - ``.npz``: one array per model input name, batch on axis 0;
+    - a folder of images (needs Pillow).
+    """
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise error(f"the example limit must be a whole number >= 1 (got {limit!r})")
+    path = Path(path)
+    if not path.exists():
+        raise error(f"data '{path}' does not exist")
+    try:
+        if path.is_dir():
+            kind, data = "images", _read_image_folder(path, error)
+        elif path.suffix == ".npz":
+            kind, data = "feeds", _read_npz(path, error)
+        elif path.suffix == ".jsonl":
+            kind, data = _read_jsonl(path, error)
+        else:
+            kind, data = "text", _read_text(path, error)
+    except PermissionError as exc:
+        raise error(f"cannot read '{path}': permission denied") from exc
+    except IsADirectoryError as exc:
+        raise error(f"'{path}' is a folder; give a file") from exc
+    count = len(next(iter(data.values()))) if kind == "feeds" else len(data)
+    if count == 0:
+        raise error(f"data '{path}' holds no examples")
+    if limit is not None:
+        data = {k: v[:limit] for k, v in data.items()} if kind == "feeds" else data[:limit]
+    return kind, data
+
+
+def _read_text(path: Path, error) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise error(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); give one example per line") from exc
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _read_jsonl(path: Path, error):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise error(f"'{path}' is not UTF-8 ({exc.reason} at byte {exc.start}); JSON lines must be UTF-8") from exc
+    texts, feeds = [], {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise error(f"{path}:{number}: not valid JSON ({getattr(exc, 'msg', exc)})") from exc
+        if not isinstance(record, dict):
+            raise error(f"{path}:{number}: each line must be a JSON object")
+        if "text" in record:
+            if not isinstance(record["text"], str):
+                raise error(f"{path}:{number}: 'text' must be a string")
+            texts.append(record["text"])
+        else:
+            for key, value in record.items():
+                feeds.setdefault(key, []).append(value)
+    if texts and feeds:
+        raise error(f"{path}: mixes 'text' records with raw input records; use one kind")
+    if texts or not feeds:
+        return "text", texts
+    arrays = {}
+    for key, values in feeds.items():
+        try:
+            array = np.asarray(values)
+        except ValueError as exc:
+            raise error(f"{path}: records of '{key}' have different shapes ({exc})") from exc
+        if array.dtype.kind not in "biuf":
+            raise error(f"{path}: '{key}' must hold numbers in rectangular arrays")
+        arrays[key] = array
+    return "feeds", arrays
+
+
+def _read_npz(path: Path, error) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            feeds = {k: archive[k] for k in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise error(f"cannot read '{path}' as .npz ({exc})") from exc
+    if not feeds:
+        raise error(f"'{path}' holds no arrays")
+    for name, value in feeds.items():
+        if value.ndim == 0:
+            raise error(f"'{path}': '{name}' is a single number; arrays need the batch on axis 0")
+        if value.dtype.kind not in "biuf":
+            raise error(f"'{path}': '{name}' holds {value.dtype}, not numbers")
+    lengths = {len(v) for v in feeds.values()}
+    if len(lengths) > 1:
+        raise error(f"'{path}': arrays differ in batch size {sorted(lengths)}")
+    return feeds
+
+
+def _read_image_folder(path: Path, error) -> np.ndarray:
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise error(f"folder '{path}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise error("reading an image folder needs Pillow: pip install pillow") from exc
+    arrays = []
+    for file in files:
+        arrays.append(_read_image(file, Image, error))
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise error(f"images in '{path}' differ in size {sorted(shapes)}; resize them to one size")
+    return np.stack(arrays).transpose(0, 3, 1, 2)
+
+
+def _read_image(file: Path, Image, error) -> np.ndarray:
+    """One image as float32 [H, W, 3] in [0, 1]; refuses files that are not images and
+    decompression bombs (a small file that claims billions of pixels)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise error(f"image '{file}' claims {width}x{height} pixels, over the {MAX_IMAGE_PIXELS} "
+                                "pixel limit (a decompression bomb, or far larger than any model input)")
+                return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise error(f"image '{file}' is a decompression bomb ({exc})") from exc
+    except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise error(f"'{file}' is not a readable image ({exc})") from exc

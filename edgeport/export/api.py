@@ -1,0 +1,31 @@
+"""The export command's one library call: merge adapters on the way if asked, then export."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from ..artifact import Artifact
+from ..outputs import ARTIFACT, check_output
+from .onnx import ExportOptions, export_onnx
+from .source import is_callable_source
+
+
+def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
+                         adapters: list[str], weights: list[float], progress=None) -> Artifact:
+    """``export onnx SOURCE --adapter A``: merge (verified) into a temporary folder, then
+    export that; the merge record goes into the artifact's lineage."""
+    if str(source).endswith(".keras"):
+        from .keras import export_keras
+
+        return export_keras(source, out, options, progress=progress)
+    if not adapters:
+        return export_onnx(source, out, options, progress=progress)
+    from .lora import MergeOptions, merge
+
+    inputs = () if is_callable_source(str(source)) else (source, *adapters)
+    check_output(out, options.force, inputs, ARTIFACT)
+    with tempfile.TemporaryDirectory(prefix="edgeport-merged-") as work:
+        merged = merge(source, f"{work}/merged", MergeOptions(list(adapters), list(weights),
+                                                               allow_pickle=options.allow_pickle), progress=progress)
+        return export_onnx(merged, out, options, progress=progress, extra_inputs=(source, *adapters))

@@ -1,0 +1,52 @@
+"""The PyTorch source model as a runner: the baseline ``bench --baseline torch`` measures
+every artifact against.  It lives in export (which may import torch) and is handed to the
+bench by the CLI; the bench never imports export."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..errors import AcceleratorUnavailableError, InvalidOptionError, require
+from ..runtime.runner import Runner
+from .prepare import HfSource
+
+
+class TorchRunner(Runner):
+    """The Hugging Face model an artifact was exported from, eager, in FP32."""
+
+    def __init__(self, reference: Artifact, device: str = "cpu"):
+        require("torch", "export")
+        import torch
+
+        export = reference.manifest.export_parameters()
+        source = export.get("source")
+        if not source or not Path(source).is_dir():
+            raise InvalidOptionError("--baseline torch needs the Hugging Face folder the reference was exported "
+                                     f"from; its lineage names '{source}', which is not there")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise AcceleratorUnavailableError("--baseline-device cuda: PyTorch sees no CUDA device on this machine")
+        self._work = tempfile.TemporaryDirectory(prefix="edgeport-baseline-")
+        model = HfSource(Path(source), export.get("task"), False, 128, Path(self._work.name))
+        variant = model.variants(False)[0]
+        job = model.job(variant)
+        self.module = job.module.to(device)
+        self.torch_device = torch.device(device)
+        self.input_names = job.input_names
+        super().__init__(reference.manifest.inputs, job.output_names, f"torch-{device}")
+        self.source = source
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.no_grad():
+            out = self.module(*[torch.from_numpy(feeds[n]).to(self.torch_device) for n in self.input_names])
+        return {name: value.detach().float().cpu().numpy() for name, value in zip(self.output_names, out)}
+
+    def close(self) -> None:
+        super().close()
+        self.module = None
+        self._work.cleanup()

@@ -1,0 +1,228 @@
+"""Where results are written: every writer checks its output before the work starts, writes
+into a temporary sibling, and renames it into place, so nothing is lost or half-written.
+
+The rules, the same for every command that writes:
+
+- an output that equals, contains or lies inside one of the command's inputs is refused
+  (``-o`` onto the source folder with ``--force`` would otherwise delete the source);
+- an existing output is replaced only with ``--force``, and only when it is edgeport's own
+  kind of output (an artifact folder, a merged model, a bundle, a report): ``--force``
+  never deletes a folder or file edgeport did not make;
+- the place must be writable, and the name legal, before any work is done; parent folders
+  created for the output are removed again if the stage fails;
+- the result gets the permissions a new file or folder gets under the umask (a temporary
+  folder is private, 0700, which a service running as another user could not read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .errors import InvalidOptionError, OutputExistsError
+from .manifest import MANIFEST_NAME
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    """What a command writes, and how to recognise an earlier output of the same kind."""
+
+    noun: str
+    is_folder: bool
+    recognise: Callable[[Path], bool]
+
+
+def _has(name: str) -> Callable[[Path], bool]:
+    return lambda path: path.is_dir() and (path / name).is_file()
+
+
+def _json_with(*keys: str) -> Callable[[Path], bool]:
+    def recognise(path: Path) -> bool:
+        import json
+
+        try:
+            data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        except (OSError, ValueError):
+            return False
+        return isinstance(data, dict) and all(key in data for key in keys)
+    return recognise
+
+
+def _bundle(path: Path) -> bool:
+    import tarfile
+
+    try:
+        with tarfile.open(path, "r:*") as archive:
+            return any(m.name.endswith("bundle.json") for m in archive.getmembers()[:4])
+    except (OSError, tarfile.TarError):
+        return False
+
+
+def _html_report(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return "edgeport bench report" in handle.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+ARTIFACT = OutputKind("edgeport artifact", True, _has(MANIFEST_NAME))
+MERGED_MODEL = OutputKind("merged model folder (edgeport merge)", True, _has("edgeport-merge.json"))
+TRITON_REPOSITORY = OutputKind("Triton model repository (edgeport package)", True, _has(".edgeport-triton.json"))
+SHIP_FOLDER = OutputKind("ship output folder", True, _has("ship-summary.json"))
+BUNDLE = OutputKind("edgeport bundle", False, _bundle)
+JSON_REPORT = OutputKind("edgeport bench report (JSON)", False, _json_with("schema_version", "variants", "results"))
+HTML_REPORT = OutputKind("edgeport HTML report", False, _html_report)
+
+
+def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = (),
+                 kind: OutputKind = ARTIFACT, option: str = "-o") -> Path:
+    """Refuse an output that would lose data or cannot be written; return it as a Path."""
+    out = Path(out)
+    if not str(out) or out.name in ("", ".", ".."):
+        raise InvalidOptionError(f"{option} '{out}' does not name a {'folder' if kind.is_folder else 'file'}")
+    target = out.resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        source_path = Path(source).resolve()
+        if target == source_path or target in source_path.parents or source_path in target.parents:
+            relation = ("is" if target == source_path else "contains" if target in source_path.parents
+                        else "lies inside")
+            raise InvalidOptionError(f"{option} '{out}' {relation} the input '{source}'; write the result "
+                                     "somewhere outside the input, it would be overwritten or deleted")
+    if out.is_symlink() or out.exists():
+        if not force:
+            raise OutputExistsError(f"'{out}' already exists; choose another {option} or pass --force to replace it")
+        if out.is_symlink() and not out.exists():
+            pass  # a dangling link: replacing it loses nothing
+        elif kind.is_folder != out.is_dir():
+            raise InvalidOptionError(f"'{out}' exists and is a {'folder' if out.is_dir() else 'file'}; "
+                                     f"{option} must name a {'folder' if kind.is_folder else 'file'}")
+        elif not kind.recognise(out) and not _empty_folder(out):
+            raise OutputExistsError(f"'{out}' exists and is not an {kind.noun}; --force only replaces edgeport's own "
+                                    "outputs. Remove it yourself or choose another " + option)
+    _check_writable(out, option)
+    return out
+
+
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def _check_writable(out: Path, option: str) -> None:
+    parent = out.absolute().parent
+    existing = parent
+    while not existing.exists():
+        if existing.is_symlink():
+            raise InvalidOptionError(f"{option} '{out}': '{existing}' is a broken link")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InvalidOptionError(f"{option} '{out}': '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InvalidOptionError(f"{option} '{out}': cannot write in '{existing}' (permission denied)")
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    # The staging name adds a dot, a random part and '.tmp' to the output's name.
+    too_long = [part for part in out.absolute().relative_to(existing).parts if len(part.encode()) + 20 > limit]
+    if too_long:
+        raise InvalidOptionError(f"{option} '{out}': the name '{too_long[0][:40]}...' is too long for this file "
+                                 f"system (at most {limit - 20} bytes)")
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _give_default_permissions(path: Path) -> None:
+    mask = _umask()
+    if path.is_dir():
+        for folder, dirs, files in os.walk(path):
+            os.chmod(folder, 0o777 & ~mask)
+    else:
+        os.chmod(path, 0o666 & ~mask)
+
+
+def _make_parents(parent: Path) -> list[Path]:
+    created = []
+    for folder in reversed([parent, *parent.parents]):
+        if not folder.exists():
+            folder.mkdir()
+            created.append(folder)
+    return created
+
+
+def _remove_created(created: list[Path]) -> None:
+    for folder in reversed(created):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@contextlib.contextmanager
+def staged_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = (),
+                  kind: OutputKind = ARTIFACT, option: str = "-o") -> Iterator[Path]:
+    """Yield a temporary sibling of ``out`` (a folder, or a file path for file kinds); when
+    the block succeeds, rename it to ``out``.  On any exception, remove it and any parent
+    folder made for it, leaving ``out`` as it was."""
+    out = check_output(out, force, inputs, kind, option)
+    parent = out.absolute().parent
+    created = _make_parents(parent)
+    try:
+        if kind.is_folder:
+            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+        else:
+            handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
+            os.close(handle)
+            staging = Path(name)
+    except BaseException:
+        _remove_created(created)
+        raise
+    try:
+        yield staging
+        _give_default_permissions(staging)
+        _replace(staging, out, force, kind)
+    except BaseException:
+        if staging.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                staging.unlink()
+        _remove_created(created)
+        raise
+
+
+def _replace(new: Path, out: Path, force: bool, kind: OutputKind) -> None:
+    if out.is_symlink():
+        if not force:
+            raise OutputExistsError(f"'{out}' appeared while writing; pass --force to replace it")
+        out.unlink()               # replace the link itself, never what it points to
+        os.replace(new, out)
+    elif out.exists():
+        if not force:  # appeared while we worked
+            raise OutputExistsError(f"'{out}' appeared while writing; pass --force to replace it")
+        if not kind.is_folder:
+            os.replace(new, out)
+            return
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)

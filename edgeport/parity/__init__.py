@@ -1,0 +1,8 @@
+"""Parity: how faithful a candidate is to its reference, measured on real data.  Below
+every stage (export, merge, quantize, bench and verify all gate on it), above the runtime."""
+
+from .compare import OutputParity, ParityReport, compare_output, compare_outputs, merge_reports
+from .measure import ParityBudget, measure, reference_outputs, verify
+
+__all__ = ["OutputParity", "ParityBudget", "ParityReport", "compare_output", "compare_outputs", "measure",
+           "merge_reports", "reference_outputs", "verify"]

@@ -1,0 +1,97 @@
+"""Measuring a candidate against a reference on the same real data — the gate every stage
+after export ends with — and ``edgeport verify``, which is that measurement for two
+artifacts.  Both sides are runners; a reference already run is passed as its outputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..data import ExampleSet, examples_for
+from ..errors import InvalidOptionError, ParityError
+from ..runtime.onnxrt import OnnxRuntimeRunner, run_all
+from ..runtime.runner import Runner
+from .compare import ParityReport, compare_outputs, merge_reports
+
+
+@dataclass(frozen=True)
+class ParityBudget:
+    """Thresholds a candidate must meet; None means not checked.  Non-finite thresholds are
+    refused: ``x < nan`` is always false, so a NaN threshold would switch a gate off."""
+
+    min_cosine: float | None = None
+    max_abs_error: float | None = None
+    min_top1_agreement: float | None = None
+    min_p01_cosine: float | None = None
+
+    def __post_init__(self):
+        for option, value in (("--min-cosine", self.min_cosine), ("--max-abs-error", self.max_abs_error),
+                              ("--min-top1-agreement", self.min_top1_agreement),
+                              ("--min-p01-cosine", self.min_p01_cosine)):
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise InvalidOptionError(f"{option} must be a finite number (got {value!r})")
+        for option, value in (("--min-cosine", self.min_cosine), ("--min-p01-cosine", self.min_p01_cosine)):
+            if value is not None and not -1 <= value <= 1:
+                raise InvalidOptionError(f"{option} must be between -1 and 1")
+        if self.min_top1_agreement is not None and not 0 <= self.min_top1_agreement <= 1:
+            raise InvalidOptionError("--min-top1-agreement must be between 0 and 1")
+        if self.max_abs_error is not None and self.max_abs_error < 0:
+            raise InvalidOptionError("--max-abs-error must be >= 0")
+
+    @property
+    def given(self) -> bool:
+        return bool(self.thresholds())
+
+    def thresholds(self) -> dict[str, float]:
+        names = {"min_cosine": self.min_cosine, "max_abs_err": self.max_abs_error,
+                 "min_top1_agreement": self.min_top1_agreement, "min_p01_cosine": self.min_p01_cosine}
+        return {k: v for k, v in names.items() if v is not None}
+
+
+def reference_outputs(reference: Runner, examples: ExampleSet) -> list[dict[str, np.ndarray]]:
+    """The reference's outputs for every batch: computed once, compared against many candidates."""
+    return run_all(reference, examples.batches)
+
+
+def measure(candidate: Runner, expected: Sequence[dict[str, np.ndarray]], examples: ExampleSet, task: str,
+            budget: ParityBudget | None = None, reference_name: str = "reference") -> ParityReport:
+    """Run the candidate on every example batch and compare with the reference's outputs."""
+    reports = []
+    thresholds = (budget or ParityBudget()).thresholds()
+    for feeds, reference in zip(examples.batches, expected):
+        got = candidate.run(feeds)
+        reports.append(compare_outputs(reference, got, task=task, token_mask=feeds.get("attention_mask"),
+                                       data=examples.description, reference_name=reference_name,
+                                       thresholds=thresholds))
+    return merge_reports(reports)
+
+
+def verify(candidate: str | Artifact, reference: str | Artifact, data: str | None = None,
+           budget: ParityBudget | None = None, limit: int | None = None) -> ParityReport:
+    """Compare two artifacts (or bundles) on ``data`` (default: the task's bundled real data)."""
+    from ..runtime.model import open_artifact
+
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise InvalidOptionError(f"--limit must be a whole number >= 1 (got {limit!r})")
+    candidate = candidate if isinstance(candidate, Artifact) else open_artifact(candidate)
+    reference = reference if isinstance(reference, Artifact) else open_artifact(reference)
+    ref_inputs = [(s["name"], s["dtype"]) for s in reference.manifest.graph["inputs"]]
+    cand_inputs = [(s["name"], s["dtype"]) for s in candidate.manifest.graph["inputs"]]
+    if ref_inputs != cand_inputs:
+        raise ParityError(f"the candidate takes {cand_inputs} but the reference takes {ref_inputs}: "
+                          "they are not the same model")
+    if candidate.task != reference.task:
+        raise ParityError(f"the candidate is a {candidate.task} model, the reference a {reference.task} model")
+    examples = examples_for(reference, data, role="eval", limit=limit)
+    with OnnxRuntimeRunner(reference.model_path, inputs=reference.manifest.inputs) as reference_runner:
+        expected = reference_outputs(reference_runner, examples)
+    with OnnxRuntimeRunner(candidate.model_path, inputs=candidate.manifest.inputs) as candidate_runner:
+        return measure(candidate_runner, expected, examples, reference.task, budget,
+                       reference_name=f"reference artifact '{reference.path}'")

@@ -1,0 +1,54 @@
+"""``QuantizeOptions``: what the user asked for.  ``None`` means "the recipe's default",
+resolved once by the recipe (the CLI passes None for anything not given)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import InvalidOptionError
+from ..vocabulary import CALIBRATION_METHODS, QUANTIZE_MODES, TARGETS
+
+
+@dataclass
+class QuantizeOptions:
+    mode: str
+    target: str | None = None              # None: detect the host
+    per_channel: bool | None = None        # None: the target's default
+    calib: str | None = None               # calibration data (required for int8-static)
+    calibration_method: str = "minmax"
+    data: str | None = None                # evaluation data (default: bundled real data)
+    min_cosine: float | None = None
+    max_abs_error: float | None = None
+    min_top1_agreement: float | None = None
+    min_p01_cosine: float | None = None
+    smooth: bool = True                    # INT8: activation smoothing (SmoothQuant)
+    smooth_alpha: float | None = None      # None: the recipe's measured default
+    optimize: bool = True                  # ONNX Runtime transformer fusions first (int8-dynamic)
+    fp16_fallback: bool = True
+    keep_io_types: bool = True
+    block_size: int = 32                   # int4 / int8-weight-only: weights per scale
+    accuracy_level: int = 4                # int4: MatMulNBits compute precision (4 = int8 activations)
+    max_token_disagreement: float | None = None   # causal LMs: budget on greedy tokens that differ
+    max_perplexity_increase: float | None = None  # causal LMs: budget on relative perplexity increase
+    force: bool = False
+
+    def check(self) -> None:
+        if self.mode not in QUANTIZE_MODES:
+            raise InvalidOptionError(f"unknown mode '{self.mode}'; choose one of {', '.join(QUANTIZE_MODES)}")
+        if self.target is not None and self.target not in TARGETS:
+            raise InvalidOptionError(f"unknown target '{self.target}'; choose one of {', '.join(TARGETS)}")
+        if self.calibration_method not in CALIBRATION_METHODS:
+            raise InvalidOptionError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)} "
+                                     f"(got '{self.calibration_method}')")
+        if self.smooth_alpha is not None and not (isinstance(self.smooth_alpha, (int, float)) and
+                                                  math.isfinite(self.smooth_alpha) and 0 < self.smooth_alpha < 1):
+            raise InvalidOptionError("--smooth-alpha must be between 0 and 1")
+        if not isinstance(self.block_size, int) or self.block_size < 16 or self.block_size & (self.block_size - 1):
+            raise InvalidOptionError("--block-size must be a power of two >= 16 (e.g. 32, 64, 128)")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise InvalidOptionError("--accuracy-level must be 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
+        for name, value in (("--max-token-disagreement", self.max_token_disagreement),
+                            ("--max-perplexity-increase", self.max_perplexity_increase)):
+            if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
+                raise InvalidOptionError(f"{name} must be a finite number >= 0")

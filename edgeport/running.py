@@ -1,0 +1,53 @@
+"""What ``edgeport run`` does: load, run on texts / feeds / images, return JSON-ready data.
+
+Non-finite outputs are an error rather than ``NaN`` in the JSON (which JSON does not
+allow and most readers refuse): a model that produces them is broken for that input.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ModelInputError
+from .runtime import load
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ModelInputError("the model produced NaN or infinite values for these inputs")
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ModelInputError("the model produced NaN or infinite values for these inputs")
+    return value
+
+
+def run_artifact(path, texts: list[str], input_file: str | None, device: str = "auto", threads: int | None = None,
+                 batch_size: int = 8) -> dict[str, Any]:
+    """Run an artifact (or bundle) on ``texts`` or on the examples in ``input_file``."""
+    from .data import read_examples
+
+    model = load(path, device=device, threads=threads)
+    with model:
+        result: dict[str, Any] = {"task": model.task, "provider": model.provider}
+        if texts:
+            result["predictions"] = jsonable(model.predict(texts, batch_size=batch_size))
+            return result
+        kind, data = read_examples(Path(input_file), error=ModelInputError)
+        if kind == "feeds":
+            result["outputs"] = jsonable(model.run(data))
+        elif kind == "images":
+            result["predictions"] = jsonable(model.predict(data, batch_size=batch_size, layout="NCHW"))
+        else:
+            result["predictions"] = jsonable(model.predict(data, batch_size=batch_size))
+        return result

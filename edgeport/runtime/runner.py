@@ -1,0 +1,108 @@
+"""The one shape every engine that runs a model has (after Polygraphy's runners and httpx's
+transports): a public ``run()`` that checks the feeds against the model's declared
+inputs, a private ``_infer()`` that only executes, ``close()``, and ``with`` support.
+``device`` says what it runs on.  ONNX Runtime, the PyTorch baseline (in export, which
+may import torch), TensorRT and ONNX Runtime GenAI are runners; a new backend is a new
+subclass, nothing else changes.  Runners never time themselves: the bench does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ModelInputError
+from ..manifest import TensorSpec
+
+
+class Runner:
+    """Base class: feed checking and the lifecycle; subclasses implement ``_infer``."""
+
+    def __init__(self, inputs: Sequence[TensorSpec], output_names: Sequence[str], device: str):
+        self.inputs = {spec.name: spec for spec in inputs}
+        self.output_names = list(output_names)
+        self.device = device
+        self._closed = False
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Run the model on ``feeds`` (input name → array), checked first."""
+        if self._closed:
+            raise ModelInputError(f"this {type(self).__name__} was closed; load the model again to run it")
+        return self._infer(self.check(feeds))
+
+    def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def check(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Validate names, dtypes, ranks, fixed dims, shared symbolic dims and declared value
+        limits; return contiguous arrays."""
+        if not isinstance(feeds, dict):
+            raise ModelInputError(f"feeds must be a dict of input name to array, got {type(feeds).__name__}")
+        missing = [name for name in self.inputs if name not in feeds]
+        unknown = [str(name) for name in feeds if name not in self.inputs]
+        if missing or unknown:
+            expected = "; ".join(spec.describe() for spec in self.inputs.values())
+            problem = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                                  f"unknown {', '.join(unknown)}" if unknown else "") if part)
+            raise ModelInputError(f"wrong inputs ({problem}); the model takes {expected}")
+        checked = {}
+        symbols: dict[str, tuple[str, int]] = {}
+        for name, spec in self.inputs.items():
+            value = _as_array(name, feeds[name])
+            if value.dtype != spec.dtype:
+                raise ModelInputError(f"input '{name}' is {value.dtype.name}, expected {spec.describe()}")
+            if value.ndim != len(spec.shape):
+                raise ModelInputError(f"input '{name}' has rank {value.ndim} {list(value.shape)}, "
+                                      f"expected {spec.describe()}")
+            for axis, (got, want) in enumerate(zip(value.shape, spec.shape)):
+                if isinstance(want, int) and want > 0 and got != want:
+                    raise ModelInputError(f"input '{name}' has size {got} on axis {axis}, expected {spec.describe()}")
+                if isinstance(want, str):
+                    seen = symbols.setdefault(want, (name, got))
+                    if seen[1] != got:
+                        raise ModelInputError(f"inputs '{seen[0]}' and '{name}' disagree on '{want}' "
+                                              f"({seen[1]} and {got}); they must have the same {want} size")
+            if value.size == 0:
+                raise ModelInputError(f"input '{name}' is empty {list(value.shape)}")
+            _check_limits(name, value, spec)
+            checked[name] = value if value.flags.c_contiguous else np.ascontiguousarray(value)
+        return checked
+
+
+def _as_array(name: str, value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise ModelInputError(f"input '{name}' cannot be made into an array: {exc}") from exc
+    if array.dtype == object:
+        raise ModelInputError(f"input '{name}' is ragged or holds non-numbers; give a rectangular numeric array")
+    return array
+
+
+def _check_limits(name: str, value: np.ndarray, spec: TensorSpec) -> None:
+    if spec.max_shape:
+        for axis, (got, limit) in enumerate(zip(value.shape, spec.max_shape)):
+            if limit is not None and got > limit:
+                raise ModelInputError(f"input '{name}' has size {got} on axis {axis}; the model supports at most "
+                                      f"{limit} there (its position embeddings end at {limit})")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
+        raise ModelInputError(f"input '{name}' holds NaN or infinite values")
+    if spec.value_range is not None:
+        low, high = spec.value_range
+        smallest, largest = value.min(), value.max()
+        if smallest < low or largest > high:
+            bad = smallest if smallest < low else largest
+            raise ModelInputError(f"input '{name}' holds {bad}, outside the model's range [{low:g}, {high:g}] "
+                                  f"(for token ids: the vocabulary has {int(high) + 1} entries)")

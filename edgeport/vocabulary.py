@@ -1,0 +1,50 @@
+"""The words edgeport's commands, options and manifests share, and their defaults, defined
+once.  The CLI's choices, the library's checks and the manifest's schema all import them
+from here; nothing in this module imports anything heavy, so ``edgeport --help`` stays
+instant.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------ tasks
+
+ENCODER_TEXT_TASKS = ("feature-extraction", "text-classification", "token-classification")
+VISION_TASKS = ("feature-extraction", "image-classification")
+CLASSIFICATION_TASKS = ("text-classification", "token-classification", "image-classification")
+TASKS = ENCODER_TEXT_TASKS + ("image-classification", "text-generation", "custom")
+# What ``export onnx --task`` accepts (custom is what a module:callable source becomes).
+EXPORT_TASKS = ENCODER_TEXT_TASKS + ("image-classification", "text-generation")
+
+# Symbolic dimension names written into every graph and manifest.
+BATCH, SEQUENCE, HEIGHT, WIDTH = "batch", "sequence", "height", "width"
+
+# ------------------------------------------------------------------ graphs and precision
+
+GRAPH_FORMATS = ("onnx", "tensorrt")
+EXPORTERS = ("auto", "torchscript", "dynamo", "static")
+INT8_MODES = ("int8-dynamic", "int8-static")
+WEIGHT_ONLY_MODES = ("int4", "int8-weight-only")          # causal LMs (MatMulNBits)
+QUANTIZE_MODES = INT8_MODES + ("fp16",) + WEIGHT_ONLY_MODES
+PRECISIONS = ("fp32",) + QUANTIZE_MODES
+TARGETS = ("x86-avx2", "x86-avx512-vnni", "arm64", "gpu")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+# ------------------------------------------------------------------ merge
+
+COMBINATIONS = ("cat", "linear", "svd")       # cat is exact: the weighted sum of every update
+WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
+
+# ------------------------------------------------------------------ running, benchmarking, packaging
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+SCENARIOS = ("single-stream", "offline", "server", "sweep")
+PACKAGE_FORMATS = ("bundle", "triton")
+PLATFORMS = ("linux/arm64",)
+
+# ------------------------------------------------------------------ defaults (the library resolves them; the CLI passes None)
+
+DEFAULT_OPSET = 17
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+DEFAULT_SEQUENCE_LENGTH = 128            # for --static-shapes
+DEFAULT_SMOOTH_ALPHA = {"int8-dynamic": 0.7, "int8-static": 0.25}

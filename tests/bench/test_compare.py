@@ -1,0 +1,131 @@
+"""bench compare: exit codes, rows that vanished, interrupted reports, malformed reports
+(table-driven, and a fuzz over every field of a valid report)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import jsonschema
+import pytest
+
+from edgeport.bench.compare import compare
+from edgeport.bench.report import REPORT_SCHEMA
+from edgeport.errors import InvalidOptionError, RegressionError
+from fuzzing import mutations
+
+
+def _report(p50: float, throughput: float, min_cos: float, version: int = 2) -> dict:
+    latency = {"count": 10, "mean_ms": p50, "std_ms": 0.1, "min_ms": p50, "max_ms": p50, "p50_ms": p50,
+               "p90_ms": p50, "p99_ms": p50, "median_ci95_ms": [p50, p50]}
+    return {"schema_version": version, "created": "t", "machine": {"cpu": "x", "cores": 2, "versions": {}},
+            "reference": "r", "interrupted": False,
+            "variants": [{"name": "int8", "kind": "onnx", "precision": "int8-dynamic", "provider": "cpu",
+                          "session_create_ms": 1.0}],
+            "results": [{"variant": "int8", "scenario": "single-stream", "params": {"batch": 1}, "latency": latency,
+                         "throughput_per_s": 1000 / p50},
+                        {"variant": "int8", "scenario": "offline", "params": {"batch": 8}, "latency": latency,
+                         "throughput_per_s": throughput}],
+            "parity": {"int8": {"passed": True, "outputs": {"y": {"min_cosine": min_cos, "mean_cosine": min_cos,
+                                                                  "max_abs_err": 0.1}}}}}
+
+
+def _write(tmp_path, old, new):
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    return tmp_path / "old.json", tmp_path / "new.json"
+
+
+@pytest.mark.parametrize("new,code,phrase", [
+    (_report(10.3, 98.0, 0.9950), 0, "+3.0%"),                 # within 5%
+    (_report(11.0, 100.0, 0.9950), 16, "p50_ms 10 -> 11"),     # latency +10%
+    (_report(10.0, 90.0, 0.9950), 16, "throughput_per_s 100 -> 90"),
+    (_report(10.0, 100.0, 0.9900), 16, "min_cosine 0.995 -> 0.99"),
+])
+def test_compare_exit_codes(cli, tmp_path, new, code, phrase):
+    old = _report(10.0, 100.0, 0.9950)
+    jsonschema.validate(old, REPORT_SCHEMA)
+    result = cli("bench", "compare", *_write(tmp_path, old, new), "--max-regression", "5%")
+    assert result.exit_code == code, result.output
+    assert phrase in result.output
+
+
+def test_version_1_reports_are_still_read(cli, tmp_path):
+    result = cli("bench", "compare", *_write(tmp_path, _report(10, 100, 0.99, version=1), _report(10, 100, 0.99)))
+    assert result.exit_code == 0, result.output
+
+
+def test_a_renamed_variant_does_not_pass_the_gate(cli, tmp_path):
+    old, new = _report(10, 100, 0.99), _report(10, 100, 0.99)
+    for row in new["results"]:
+        row["variant"] = "int8-renamed"
+    new["parity"] = {"int8-renamed": new["parity"]["int8"]}
+    result = cli("bench", "compare", *_write(tmp_path, old, new))
+    assert result.exit_code == RegressionError.exit_code
+    assert "no match in the new one" in result.output and "no measurement of the new report" in result.output
+
+
+def test_an_interrupted_new_report_does_not_pass_the_gate(cli, tmp_path):
+    new = _report(10, 100, 0.99)
+    new["interrupted"] = True
+    result = cli("bench", "compare", *_write(tmp_path, _report(10, 100, 0.99), new))
+    assert result.exit_code == RegressionError.exit_code and "interrupted" in result.output
+
+
+def test_compare_lists_unmatched_rows(tmp_path):
+    old, new = _report(10, 100, 0.99), _report(10, 100, 0.99)
+    new["results"][0]["params"] = {"batch": 2}
+    comparison = compare(old, new, 0.05, 0.001)
+    assert len(comparison.only_old) == 1 and len(comparison.only_new) == 1
+    assert all(not d.regressed for d in comparison.deltas)
+    with pytest.raises(RegressionError, match="no match"):
+        comparison.raise_for_failure()
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (("--max-regression", "lots"), "not a percentage"), (("--max-regression", "nan%"), "finite"),
+    (("--max-regression", "-5%"), ">= 0"), (("--max-parity-drop", "nan"), "finite"),
+])
+def test_bad_thresholds(cli, tmp_path, args, phrase):
+    result = cli("bench", "compare", *_write(tmp_path, _report(10, 100, 0.99), _report(10, 100, 0.99)), *args)
+    assert result.exit_code == InvalidOptionError.exit_code and phrase in result.output, result.output
+
+
+@pytest.mark.parametrize("edit,phrase", [
+    (lambda r: r["results"][0].pop("variant"), "'results[0].variant' is missing"),
+    (lambda r: r.update(results={"a": 1}), "'results' must be array"),
+    (lambda r: r["results"][0]["latency"].update(p50_ms="fast"), "'results[0].latency.p50_ms' must be number"),
+    (lambda r: r["results"][0].update(throughput_per_s=float("nan")), "finite"),
+    (lambda r: r.update(schema_version=99), "schema versions"),
+    (lambda r: r.clear(), "schema versions"),
+])
+def test_malformed_reports_are_refused_with_the_field_named(cli, tmp_path, edit, phrase):
+    bad = _report(10, 100, 0.99)
+    edit(bad)
+    result = cli("bench", "compare", *_write(tmp_path, _report(10, 100, 0.99), bad))
+    assert result.exit_code == InvalidOptionError.exit_code, result.output
+    assert phrase in result.output and "Traceback" not in result.output
+
+
+def test_a_folder_or_a_missing_file_as_a_report(cli, tmp_path):
+    (tmp_path / "old.json").write_text(json.dumps(_report(10, 100, 0.99)))
+    result = cli("bench", "compare", tmp_path / "old.json", tmp_path)
+    assert result.exit_code == InvalidOptionError.exit_code and "is a folder" in result.output
+    result = cli("bench", "compare", tmp_path / "old.json", tmp_path / "none.json")
+    assert result.exit_code == InvalidOptionError.exit_code and "does not exist" in result.output
+
+
+def test_every_mutation_of_a_valid_report_gets_a_clean_answer(cli, tmp_path):
+    """Each field of a valid report, changed in type, removed, made non-finite, or joined by an
+    unknown key: compare answers with an exit code and a message, never a traceback."""
+    valid = _report(10, 100, 0.99)
+    (tmp_path / "old.json").write_text(json.dumps(valid))
+    count = 0
+    for label, mutated in mutations(valid):
+        (tmp_path / "new.json").write_text(json.dumps(mutated, allow_nan=True))
+        result = cli("bench", "compare", tmp_path / "old.json", tmp_path / "new.json")
+        assert "Traceback" not in result.output, label
+        assert result.exit_code in (0, InvalidOptionError.exit_code, RegressionError.exit_code), (label, result.output)
+        count += 1
+    assert count > 60
+    assert copy.deepcopy(valid) == _report(10, 100, 0.99)          # the generator never touched the original

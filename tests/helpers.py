@@ -1,0 +1,23 @@
+"""Assertions the tests share: a CLI failure that speaks to a person, and what is on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def folder_names(path: Path) -> set[str]:
+    return {p.name for p in path.iterdir()} if path.exists() else set()
+
+
+def assert_fails(result, exit_code: int, *phrases: str, absent: Path | None = None) -> None:
+    """The command failed with ``exit_code``, printed ``error: ...`` with every phrase and no
+    traceback, and (when given) ``absent`` does not exist."""
+    assert result.exit_code == exit_code, result.output
+    assert result.output.startswith("error: ") or "\nerror: " in result.output, result.output
+    assert "Traceback" not in result.output
+    for phrase in phrases:
+        assert phrase in result.output, result.output
+    if absent is not None:
+        assert not absent.exists(), f"{absent} was written"
+
+TESTS_DIR = Path(__file__).parent
