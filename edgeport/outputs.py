@@ -86,6 +86,7 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
     out = Path(out)
     if not str(out) or out.name in ("", ".", ".."):
         raise InvalidOptionError(f"{option} '{out}' does not name a {'folder' if kind.is_folder else 'file'}")
+    _check_name_lengths(out, option)
     target = out.resolve()
     for source in inputs:
         if source is None:
@@ -111,6 +112,22 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
     return out
 
 
+def _check_name_lengths(out: Path, option: str) -> None:
+    """Before anything touches the path: a name past the file system's limit fails every
+    call with ENAMETOOLONG.  The staging name adds a dot, a random part and '.tmp'."""
+    existing = out.absolute().parent
+    while not os.path.isdir(existing) and existing != existing.parent:
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    too_long = [part for part in out.parts if len(part.encode()) + 20 > limit]
+    if too_long:
+        raise InvalidOptionError(f"{option} '{str(out)[:60]}...': the name '{too_long[0][:40]}...' is too long for "
+                                 f"this file system (at most {limit - 20} bytes)")
+
+
 def _empty_folder(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
@@ -124,17 +141,14 @@ def _check_writable(out: Path, option: str) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise InvalidOptionError(f"{option} '{out}': '{existing}' is a file, not a folder")
+    try:
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        read_only = False
+    if read_only:
+        raise InvalidOptionError(f"{option} '{out}': '{existing}' is on a read-only file system")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InvalidOptionError(f"{option} '{out}': cannot write in '{existing}' (permission denied)")
-    try:
-        limit = os.pathconf(existing, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    # The staging name adds a dot, a random part and '.tmp' to the output's name.
-    too_long = [part for part in out.absolute().relative_to(existing).parts if len(part.encode()) + 20 > limit]
-    if too_long:
-        raise InvalidOptionError(f"{option} '{out}': the name '{too_long[0][:40]}...' is too long for this file "
-                                 f"system (at most {limit - 20} bytes)")
 
 
 def _umask() -> int:

@@ -91,6 +91,31 @@ def onnx_artifacts(tmp_path_factory):
             "classifier": onnx_models.classifier_artifact(root / "classifier")}
 
 
+@pytest.fixture(scope="session")
+def digits_setup(tmp_path_factory):
+    import numpy as np
+
+    from edgeport.data import digits_images
+    from edgeport.export.onnx import ExportOptions, export_onnx
+    from factories.digits import TRAIN
+
+    root = tmp_path_factory.mktemp("digits")
+    fp32 = export_onnx("factories.digits:trained_digits_cnn", root / "fp32",
+                       ExportOptions(inputs=["images:1x1x8x8:float32"], output_names=["logits"]))
+    images, labels = digits_images()
+    np.savez(root / "calib.npz", images=images[:200])
+    np.savez(root / "heldout.npz", images=images[TRAIN:])
+    return root, fp32, images[TRAIN:], labels[TRAIN:]
+
+
+@pytest.fixture(scope="session")
+def overflow_fp32(tmp_path_factory):
+    from edgeport.export.onnx import ExportOptions, export_onnx
+
+    return export_onnx("factories.digits:overflowing", tmp_path_factory.mktemp("ovf") / "fp32",
+                       ExportOptions(inputs=["features:8x16:float32"]))
+
+
 @pytest.fixture()
 def cli():
     """Invoke the real click command in-process; returns click's Result."""

@@ -21,3 +21,10 @@ def assert_fails(result, exit_code: int, *phrases: str, absent: Path | None = No
         assert not absent.exists(), f"{absent} was written"
 
 TESTS_DIR = Path(__file__).parent
+
+
+def cosines(a, b):
+    """Row-wise cosine similarity of two [N, D] arrays."""
+    import numpy as np
+
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))

@@ -9,6 +9,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+_SMALL = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+              max_position_embeddings=128)
+
 TEXT_CONFIGS = {
     "bert": ("BertConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                 intermediate_size=64, max_position_embeddings=128)),
@@ -31,8 +34,27 @@ TEXT_CONFIGS = {
                                            max_position_embeddings=128)),
     "gpt2": ("GPT2Config", dict(vocab_size=1000, n_embd=32, n_layer=2, n_head=2, n_positions=128,
                                 pad_token_id=0)),
+    "camembert": ("CamembertConfig", dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                          intermediate_size=64, max_position_embeddings=130, type_vocab_size=1,
+                                          pad_token_id=1)),
+    "deberta": ("DebertaConfig", dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, max_position_embeddings=128)),
+    # Architectures outside the registry edgeport used to gate on: exported through the generic path.
+    "modernbert": ("ModernBertConfig", dict(_SMALL, global_attn_every_n_layers=1, local_attention=16, pad_token_id=0)),
+    "roformer": ("RoFormerConfig", dict(_SMALL, embedding_size=32)),
+    "mobilebert": ("MobileBertConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                            intermediate_size=64, embedding_size=16, intra_bottleneck_size=32,
+                                            true_hidden_size=32, num_feedforward_networks=1,
+                                            max_position_embeddings=128)),
+    "convbert": ("ConvBertConfig", dict(_SMALL, embedding_size=32)),
+    "squeezebert": ("SqueezeBertConfig", dict(_SMALL, embedding_size=32, q_groups=2, k_groups=2, v_groups=2,
+                                              post_attention_groups=2, intermediate_groups=2, output_groups=2)),
+    "ernie": ("ErnieConfig", dict(_SMALL)),
+    "megatron-bert": ("MegatronBertConfig", dict(_SMALL)),
+    "rembert": ("RemBertConfig", dict(_SMALL, input_embedding_size=16, output_embedding_size=16)),
 }
-BERT_TOKENIZER_TYPES = ("bert", "distilbert", "electra")
+BERT_TOKENIZER_TYPES = ("bert", "distilbert", "electra", "modernbert", "roformer", "mobilebert", "convbert",
+                        "squeezebert", "ernie", "megatron-bert", "rembert")
 
 VISION_CONFIGS = {
     "vit": ("ViTConfig", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
@@ -46,7 +68,26 @@ VISION_CONFIGS = {
                                     num_attention_heads=2, intermediate_size=64)),
     "beit": ("BeitConfig", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
                                 num_attention_heads=2, intermediate_size=64)),
+    "deit": ("DeiTConfig", dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2,
+                                num_attention_heads=2, intermediate_size=64)),
+    # Outside the old registry: convolutional ones export with dynamic height and width.
+    "regnet": ("RegNetConfig", dict(embedding_size=16, hidden_sizes=[16, 32], depths=[1, 1], groups_width=8)),
+    "convnextv2": ("ConvNextV2Config", dict(num_stages=2, hidden_sizes=[16, 32], depths=[1, 1], image_size=64)),
+    "poolformer": ("PoolFormerConfig", dict(image_size=32, hidden_sizes=[16, 32, 48, 64], depths=[1, 1, 1, 1])),
+    "focalnet": ("FocalNetConfig", dict(image_size=32, embed_dim=16, depths=[1, 1], focal_levels=[2, 2],
+                                        focal_windows=[3, 3])),
+    "mobilenet_v1": ("MobileNetV1Config", dict(image_size=32, depth_multiplier=0.25)),
+    "bit": ("BitConfig", dict(embedding_size=16, hidden_sizes=[32, 64], depths=[1, 1], num_groups=8)),
+    "levit": ("LevitConfig", dict(image_size=64, hidden_sizes=[16, 32, 48], num_attention_heads=[1, 2, 3],
+                                  depths=[1, 1, 1], key_dim=[8, 8, 8])),
+    "swinv2": ("Swinv2Config", dict(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1], num_heads=[1, 2],
+                                    window_size=4)),
 }
+# transformers 5.24's Auto classes trip over these configs built in code (architectures None).
+DIRECT_CLASSES = {("deit", "image-classification"): "DeiTForImageClassification",
+                  ("deit", "feature-extraction"): "DeiTModel",
+                  ("levit", "image-classification"): "LevitForImageClassification",
+                  ("levit", "feature-extraction"): "LevitModel"}
 
 TASK_CLASSES = {
     "feature-extraction": "AutoModel",
@@ -79,7 +120,11 @@ def build_tiny(folder: Path, model_type: str, task: str, num_labels: int = 3, se
         kwargs["label2id"] = {v: k for k, v in kwargs["id2label"].items()}
     config = getattr(transformers, config_name)(**kwargs)
     torch.manual_seed(seed)
-    model = getattr(transformers, TASK_CLASSES[task]).from_config(config).eval()
+    direct = DIRECT_CLASSES.get((model_type, task))
+    if direct:
+        model = getattr(transformers, direct)(config).eval()
+    else:
+        model = getattr(transformers, TASK_CLASSES[task]).from_config(config).eval()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     if with_tokenizer:

@@ -49,9 +49,12 @@ def quantize(artifact_path, out, options: QuantizeOptions, progress=None, calibr
     calibration = examples_for(source, options.calib, role="calib")
     evaluation = examples_for(source, options.data, role="eval")
     say(f"calibration: {calibration.description}; evaluation: {evaluation.description}")
-    with OnnxRuntimeRunner(source.model_path) as reference:   # one session serves both checks
+    with OnnxRuntimeRunner(source.model_path, inputs=source.manifest.inputs) as reference:   # serves both checks
         _check_calibration_runs(reference, calibration)
-        expected = reference_outputs(reference, evaluation)
+        try:
+            expected = reference_outputs(reference, evaluation)
+        except ModelInputError as exc:
+            raise CalibrationDataError(f"the evaluation data does not fit the model: {exc}") from exc
     per_channel = target.per_channel if options.per_channel is None else options.per_channel
 
     with tempfile.TemporaryDirectory(prefix="edgeport-quantize-") as work_dir:

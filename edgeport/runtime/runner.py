@@ -85,7 +85,8 @@ def _as_array(name: str, value: Any) -> np.ndarray:
     try:
         array = np.asarray(value)
     except (ValueError, TypeError) as exc:
-        raise ModelInputError(f"input '{name}' cannot be made into an array: {exc}") from exc
+        raise ModelInputError(f"input '{name}' is ragged or not numeric ({str(exc).splitlines()[0]}); give a "
+                              "rectangular array of numbers") from exc
     if array.dtype == object:
         raise ModelInputError(f"input '{name}' is ragged or holds non-numbers; give a rectangular numeric array")
     return array

@@ -58,57 +58,6 @@ def test_minilm_manifest_describes_the_model(minilm_onnx):
     assert outputs["last_hidden_state"].shape[:2] == inputs["input_ids"].shape
 
 
-TEXT_CASES = [(m, t) for m in ("bert", "distilbert", "roberta", "gpt2", "electra", "albert", "xlm-roberta",
-                               "mpnet", "deberta-v2")
-              for t in ("feature-extraction", "text-classification", "token-classification")]
-VISION_CASES = [(m, t) for m in ("vit", "resnet", "convnext", "swin", "mobilenet_v2", "dinov2", "beit")
-                for t in ("feature-extraction", "image-classification")]
-
-
-def _torch_reference(folder, task, feeds, output):
-    from tiny_models import TASK_CLASSES
-    import transformers
-
-    model = getattr(transformers, TASK_CLASSES[task]).from_pretrained(folder).eval()
-    kwargs = {k: torch.from_numpy(v) for k, v in feeds.items()}
-    if "gpt2" in str(folder):
-        kwargs["use_cache"] = False
-    with torch.no_grad():
-        return model(**kwargs)[output].numpy()
-
-
-@pytest.mark.parametrize("model_type,task", TEXT_CASES + VISION_CASES)
-def test_tiny_architectures_export_with_working_dynamic_axes(tmp_path, tiny_models, model_type, task):
-    folder = tiny_models(model_type, task)
-    artifact = export_onnx(folder, tmp_path / "out")     # task detected from config.json
-    manifest = artifact.manifest
-    assert manifest.task == task
-    assert manifest.parity["export"]["passed"]
-    names = [i["name"] for i in manifest.graph["inputs"]]
-    output = manifest.graph["outputs"][0]["name"]
-    assert manifest.graph["inputs"][0]["shape"][0] == "batch"
-    rng = np.random.default_rng(1)
-    # Shapes neither the trace (batch 2) nor the validation used.
-    if "pixel_values" in names:
-        size = manifest.processing["image"]["size"]
-        feeds = {"pixel_values": rng.standard_normal((5, 3, *size)).astype(np.float32)}
-    else:
-        assert manifest.graph["inputs"][0]["shape"][1] == "sequence"
-        ids = rng.integers(5, 900, size=(4, 19)).astype(np.int64)
-        mask = np.ones_like(ids)
-        mask[1, 12:] = 0
-        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        feeds = {k: v for k, v in feeds.items() if k in names}
-    session = ort.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
-    got = session.run([output], feeds)[0]
-    expected = _torch_reference(folder, task, feeds, output)
-    assert got.shape == expected.shape
-    if "attention_mask" in feeds and got.ndim == 3:
-        keep = feeds["attention_mask"].astype(bool)
-        got, expected = got[keep], expected[keep]
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
-
-
 def test_classifier_labels_come_from_config(tmp_path, tiny_models):
     artifact = export_onnx(tiny_models("bert", "text-classification"), tmp_path / "out")
     assert artifact.manifest.processing["labels"] == ["LABEL_A", "LABEL_B", "LABEL_C"]

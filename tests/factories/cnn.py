@@ -45,3 +45,12 @@ def not_a_module():
 
 def broken_factory():
     raise RuntimeError("the factory fell over")
+
+
+class ReturnsString(nn.Module):
+    def forward(self, x):
+        return "not a tensor"
+
+
+def returns_a_string():
+    return ReturnsString()

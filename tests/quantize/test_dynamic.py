@@ -1,0 +1,53 @@
+"""int8-dynamic (the default INT8 recipe) on the real MiniLM, and the accuracy-aware fallback."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeport.artifact import Artifact
+from edgeport.errors import ArtifactError, CalibrationDataError, InvalidOptionError, ParityError
+from edgeport.export.onnx import ExportOptions, export_onnx
+from edgeport.quantize import QuantizeOptions, quantize
+from edgeport.runtime import load
+from helpers import cosines as _cosines, folder_names
+
+
+@pytest.mark.slow
+def test_minilm_int8_default_recipe_is_faithful_and_small(minilm_int8, minilm_onnx, sentences):
+    assert len(sentences) >= 100
+    cos = _cosines(load(minilm_int8.path).predict(sentences), load(minilm_onnx.path).predict(sentences))
+    # Stock tools reach mean 0.962 / min 0.927 (per-tensor) and 0.993 / 0.984 (per-channel) here.
+    assert cos.mean() >= 0.994, cos.mean()
+    assert cos.min() >= 0.985, cos.min()
+    assert minilm_int8.size_bytes() <= 0.30 * minilm_onnx.size_bytes()
+    manifest = minilm_int8.manifest
+    assert manifest.precision["mode"] == "int8-dynamic" and manifest.precision["per_channel"] is True
+    assert manifest.precision["calibration"]["sha256"] and manifest.precision["smoothing_alpha"] == 0.7
+    # Attention fused (QKV in one QAttention per layer); output, FFN1 and FFN2 MatMuls in int8.
+    assert manifest.precision["operators"]["QAttention"] == 6
+    assert manifest.precision["operators"]["MatMulInteger"] >= 18
+    parity = manifest.parity["quantize"]
+    assert parity["passed"] and parity["samples"] >= 100
+    assert parity["sentence_embedding"]["min_cosine"] >= 0.985
+    assert manifest.parity["quantize-vs-pytorch"]["outputs"]["last_hidden_state"]["nonfinite"] == 0
+    assert [e["stage"] for e in manifest.lineage] == ["export", "quantize"]
+    assert "tokenizer.json" in manifest.files and "golden.npz" in manifest.files
+
+
+
+def test_accuracy_aware_mode_keeps_nodes_until_the_budget_holds(tmp_path, tiny_models, sentences):
+    fp32 = export_onnx(tiny_models("bert", "feature-extraction"), tmp_path / "fp32")
+    plain = quantize(fp32.path, tmp_path / "plain", QuantizeOptions(mode="int8-dynamic", smooth=False))
+    plain_min = plain.manifest.parity["quantize"]["sentence_embedding"]["min_cosine"]
+    budget = 1 - (1 - plain_min) / 10          # ten times closer than the plain recipe
+    strict = quantize(fp32.path, tmp_path / "strict",
+                      QuantizeOptions(mode="int8-dynamic", smooth=False, min_cosine=budget))
+    kept = strict.manifest.precision["kept_fp32_nodes"]
+    assert kept and strict.manifest.precision["sensitivity"]
+    reached = strict.manifest.parity["quantize"]["sentence_embedding"]["min_cosine"]
+    assert reached >= budget > plain_min
+    # The budget is met on held-out data too, not only where it was measured.
+    cos = _cosines(load(strict.path).predict(sentences), load(fp32.path).predict(sentences))
+    assert cos.min() >= 1 - 3 * (1 - budget)
+
