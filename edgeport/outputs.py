@@ -76,6 +76,7 @@ MERGED_MODEL = OutputKind("merged model folder (edgeport merge)", True, _has("ed
 TRITON_REPOSITORY = OutputKind("Triton model repository (edgeport package)", True, _has(".edgeport-triton.json"))
 SHIP_FOLDER = OutputKind("ship output folder", True, _has("ship-summary.json"))
 BUNDLE = OutputKind("edgeport bundle", False, _bundle)
+ADAPTER_FILE = OutputKind("ONNX Runtime adapter file (.onnx_adapter)", False, lambda p: p.suffix == ".onnx_adapter")
 JSON_REPORT = OutputKind("edgeport bench report (JSON)", False, _json_with("schema_version", "variants", "results"))
 HTML_REPORT = OutputKind("edgeport HTML report", False, _html_report)
 

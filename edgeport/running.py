@@ -39,6 +39,8 @@ def run_artifact(path, texts: list[str], input_file: str | None, device: str = "
 
     model = load(path, device=device, threads=threads)
     with model:
+        if model.task == "text-generation":
+            raise ModelInputError(f"'{path}' is a causal language model: give --prompt, not --text or --input")
         result: dict[str, Any] = {"task": model.task, "provider": model.provider}
         if texts:
             result["predictions"] = jsonable(model.predict(texts, batch_size=batch_size))
@@ -51,3 +53,23 @@ def run_artifact(path, texts: list[str], input_file: str | None, device: str = "
         else:
             result["predictions"] = jsonable(model.predict(data, batch_size=batch_size))
         return result
+
+
+def stream_generation(path, prompts: list[str], max_new_tokens: int | None = None, temperature: float | None = None,
+                      top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                      adapter: str | None = None, device: str = "auto", threads: int | None = None):
+    """What ``edgeport run --prompt`` prints: each prompt, then its continuation token by
+    token as it is generated."""
+    model = load(path, device=device, threads=threads)
+    with model:
+        if model.task != "text-generation":
+            raise ModelInputError(f"'{path}' is a {model.task} model; --prompt is for causal language models "
+                                  "(task text-generation): use --text or --input")
+        streams = [model.stream(prompt, max_new_tokens or 32, temperature, top_k, top_p, seed, adapter=adapter)
+                   for prompt in prompts]          # every prompt checked before the first is printed
+        for index, (prompt, pieces) in enumerate(zip(prompts, streams)):
+            if index:
+                yield "\n"
+            yield prompt
+            for piece in pieces:
+                yield piece.text

@@ -37,7 +37,7 @@ WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 # ------------------------------------------------------------------ running, benchmarking, packaging
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
-SCENARIOS = ("single-stream", "offline", "server", "sweep")
+SCENARIOS = ("single-stream", "offline", "server", "sweep", "generation")   # generation: causal LMs
 PACKAGE_FORMATS = ("bundle", "triton")
 PLATFORMS = ("linux/arm64",)
 

@@ -116,6 +116,28 @@ def overflow_fp32(tmp_path_factory):
                        ExportOptions(inputs=["features:8x16:float32"]))
 
 
+@pytest.fixture(scope="session")
+def lms(tmp_path_factory):
+    """Tiny trained causal LMs per family, with a trained LoRA merged and exported (GenAI)."""
+    from edgeport.export.lora import MergeOptions, merge
+    from edgeport.export.onnx import export_onnx
+    from llm_models import build_lm, train_lora
+
+    root = tmp_path_factory.mktemp("lms")
+    cache = {}
+
+    def get(family: str) -> dict:
+        if family not in cache:
+            base = build_lm(root / family / "base", family)
+            adapter = train_lora(base, root / family / "lora")
+            merged = merge(base, root / family / "merged", MergeOptions([str(adapter)]))
+            cache[family] = {"base": base, "lora": adapter, "merged": merged,
+                             "onnx": export_onnx(merged, root / family / "onnx")}
+        return cache[family]
+
+    return get
+
+
 @pytest.fixture()
 def cli():
     """Invoke the real click command in-process; returns click's Result."""

@@ -108,6 +108,27 @@ def speedup_plot(report: BenchReport, names: list[str]) -> str | None:
     return _svg(figure, "speed-up per variant")
 
 
+def generation_plot(report: BenchReport, names: list[str]) -> str | None:
+    """Causal LMs: decode tokens per second and time to first token per variant, bars from zero."""
+    rows = [r for r in report.results if r["scenario"] == "generation"]
+    if not rows:
+        return None
+    figure = _figure(7.0, 0.8 + 0.5 * len(rows))[0]
+    figure.clear()
+    left, right = figure.subplots(1, 2, sharey=True)
+    labels = [r["variant"] for r in rows]
+    colors = [_color(names, label) for label in labels]
+    left.barh(range(len(rows)), [r.get("decode_tokens_per_s") or 0 for r in rows], color=colors, alpha=0.8)
+    left.set_xlabel("decode tokens / s")
+    right.barh(range(len(rows)), [r["ttft_ms"]["p50_ms"] for r in rows], color=colors, alpha=0.8)
+    right.set_xlabel("time to first token, p50 (ms)")
+    left.set_yticks(range(len(rows)), labels)
+    left.invert_yaxis()
+    for axes in (left, right):
+        axes.set_xlim(left=0)
+    return _svg(figure, "generation speed per variant")
+
+
 def parity_plot(report: BenchReport, names: list[str]) -> str | None:
     """Mean and min cosine (or top-1 agreement) per variant as dots: a dot's position, not a
     bar's length, carries the value, so the axis can show the small differences honestly."""
@@ -129,6 +150,7 @@ def parity_plot(report: BenchReport, names: list[str]) -> str | None:
     axes.set_yticks(range(len(values)), list(values))
     axes.invert_yaxis()
     axes.margins(x=0.08, y=0.25)
+    axes.ticklabel_format(axis="x", useOffset=False)
     axes.set_xlabel("cosine similarity to the reference (1 = identical)")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     return _svg(figure, "parity per variant")
@@ -163,6 +185,11 @@ def variants_table(report: BenchReport) -> str:
         figures = headline_figures(parity) if parity else {}
         size = info["size_bytes"] / 1e6 if info.get("size_bytes") else None
         passed = "-" if not parity else ("passed" if parity.get("passed") else "FAILED")
+        generation = parity.get("generation") if parity else None
+        if generation:
+            increase = generation.get("perplexity_increase")
+            passed += (f" · tokens {generation['token_agreement']:.1%} predicted, {generation['exact']:.0%} of prompts "
+                       "identical" + (f", perplexity {increase:+.1%}" if increase is not None else ""))
         body.append("<tr>" + f"<td>{html.escape(info['name'])}</td><td>{html.escape(info['precision'])}</td>"
                     f"<td>{html.escape(str(info['provider']))}</td>" + _cell(size, 1) +
                     _cell(info.get("peak_rss_mb"), 1) + _cell(info.get("session_create_ms"), 1) +
@@ -180,6 +207,7 @@ def render(report: BenchReport) -> str:
          line_plot(report, names, "offline", "batch", "samples / s", "throughput against batch size", True)),
         ("Latency against sequence length (batch 1)",
          line_plot(report, names, "sweep", "sequence", "p50 latency (ms)", "latency against sequence length", False)),
+        ("Generation (causal LMs)", generation_plot(report, names)),
         ("Parity against the reference", parity_plot(report, names)),
     ]
     sections = "\n".join(f'<section class="plot"><h2>{html.escape(title)}</h2>{svg}</section>'

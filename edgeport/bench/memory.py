@@ -31,17 +31,24 @@ def status(key):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 artifact = Artifact.load(sys.argv[1], check_files=False)
-examples = examples_for(artifact, None if sys.argv[2] == '-' else sys.argv[2], limit=8, batch_size=1)
+if artifact.task == 'text-generation':
+    from edgeport.data import generation_prompts
+    work = [[p] for p in generation_prompts(4)]
+    call = lambda model, prompts: model.generate(prompts, max_new_tokens=16)
+else:
+    examples = examples_for(artifact, None if sys.argv[2] == '-' else sys.argv[2], limit=8, batch_size=1)
+    work = list(examples.batches)
+    call = lambda model, feeds: model.run(feeds)
 from edgeport.runtime import load
 before = status('VmRSS')
 start = time.perf_counter()
 model = load(sys.argv[1], device='cpu', check_files=False)
 created = time.perf_counter() - start
 first = time.perf_counter()
-model.run(examples.batches[0])
+call(model, work[0])
 cold = created + time.perf_counter() - first
-for feeds in examples.batches[1:]:
-    model.run(feeds)
+for item in work[1:]:
+    call(model, item)
 print(json.dumps({'peak_rss_mb': status('VmHWM'), 'rss_before_load_mb': before, 'cold_start_ms': cold * 1000}))
 """
 

@@ -139,6 +139,11 @@ class BenchReport:
                 extra += "  bound " + ("held" if row["bound_held"] else "MISSED")
             if "max_qps" in row:
                 extra += f"  max qps {row['max_qps']:.1f}"
+            if "ttft_ms" in row:
+                decode = row.get("decode_tokens_per_s")
+                extra += (f"  TTFT p50 {row['ttft_ms']['p50_ms']:.2f} ms, prefill {row['prefill_tokens_per_s']:.0f} tok/s"
+                          + (f", decode {decode:.0f} tok/s" if decode else "")
+                          + (f", ITL p99 {row['itl_ms']['p99_ms']:.2f} ms" if "itl_ms" in row else ""))
             speedup = row.get("speedup")
             speed = f"{speedup['value']:.2f}x ({speedup['ci95'][0]:.2f}-{speedup['ci95'][1]:.2f})" if speedup else "-"
             lines.append(f"{row['variant'][:28]:<28} {row['scenario']:<14} {params[:24]:<24} {lat['p50_ms']:>9.2f} "

@@ -58,6 +58,7 @@ class BenchOptions:
     measure_memory: bool = True
     threads: int | None = None
     reports: ReportFiles = field(default_factory=ReportFiles)
+    max_new_tokens: int = 32              # generation: tokens per request
 
     def check(self, paths: list[str]) -> None:
         if not paths:
@@ -69,6 +70,8 @@ class BenchOptions:
             raise InvalidOptionError(f"--batch-sizes must be between 1 and {MAX_BATCH}")
         if not self.sequence_lengths or any(s < 2 for s in self.sequence_lengths):
             raise InvalidOptionError("--sequence-lengths must be >= 2")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise InvalidOptionError(f"--max-new-tokens must be a whole number >= 1 (got {self.max_new_tokens!r})")
         if not isinstance(self.server_queries, int) or self.server_queries < 1:
             raise InvalidOptionError(f"--queries must be a whole number >= 1 (got {self.server_queries!r})")
         for name, value in (("--rate", self.server_rate), ("--p99-bound-ms", self.p99_bound_ms)):
@@ -164,6 +167,15 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
     options.check(paths)
     meter = meter or _NoMeter()
     artifacts = [Artifact.load(p) for p in paths]
+    generative = [a.task == "text-generation" for a in artifacts]
+    if any(generative):
+        if not all(generative):
+            raise InvalidOptionError("bench measures causal LMs (task text-generation) and other models separately")
+        from .generation_runner import run_generation_bench
+
+        return run_generation_bench(artifacts, options, extra, progress, meter)
+    if "generation" in options.scenarios:
+        raise InvalidOptionError("the generation scenario is for causal LMs (task text-generation)")
     reference = Artifact.load(options.reference) if options.reference else artifacts[0]
     inputs = _Inputs(reference, options.data)
     variants: list[Variant] = []

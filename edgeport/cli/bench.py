@@ -54,13 +54,16 @@ def _numbers(text: str, name: str) -> list[int]:
 @click.option("--min-p01-cosine", type=float)
 @click.option("--max-abs-error", type=float)
 @click.option("--min-top1-agreement", type=float)
+@click.option("--max-new-tokens", type=int, default=32, show_default=True,
+              help="Causal LMs: new tokens per request of the generation scenario.")
 @click.option("--no-memory", is_flag=True, help="Skip the fresh-process memory and cold-start probe.")
 @click.option("--json", "json_path", type=click.Path(), help="Write the report as JSON.")
 @click.option("--html", "html_path", type=click.Path(), help="Write a self-contained HTML report.")
 @click.option("--force", is_flag=True, help="Replace existing report files.")
 def bench_run_command(artifacts, scenarios, baseline, baseline_device, reference, data, batch_sizes, sequence_lengths,
                       rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration, min_count, threads, min_cosine,
-                      min_p01_cosine, max_abs_error, min_top1_agreement, no_memory, json_path, html_path, force):
+                      min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens, no_memory, json_path,
+                      html_path, force):
     """Measure ARTIFACTS side by side: latency, throughput, size, memory, start-up and parity."""
     from ..bench.runner import BenchOptions, ReportFiles, run_bench
     from ..bench.scenarios import Settings
@@ -73,7 +76,8 @@ def bench_run_command(artifacts, scenarios, baseline, baseline_device, reference
         server_rate=rate, server_queries=queries, p99_bound_ms=p99_bound_ms, find_max_qps=find_max_qps,
         budget=ParityBudget(min_cosine, max_abs_error, min_top1_agreement, min_p01_cosine),
         settings=Settings(rounds=rounds, min_duration=min_duration, min_count=min_count),
-        measure_memory=not no_memory, threads=threads, reports=ReportFiles(json_path, html_path, force))
+        measure_memory=not no_memory, threads=threads, reports=ReportFiles(json_path, html_path, force),
+        max_new_tokens=max_new_tokens)
     options.check(list(artifacts))
     extra = []
     if baseline == "torch":
@@ -87,14 +91,15 @@ def bench_run_command(artifacts, scenarios, baseline, baseline_device, reference
 
 
 def _torch_baseline(reference: str, device: str):
-    from ..artifact import Artifact
-    from ..bench.runner import Variant
-    from ..export.baseline import TorchRunner
-
     import time
 
+    from ..artifact import Artifact
+    from ..bench.runner import Variant
+    from ..export.baseline import TorchGenerator, TorchRunner
+
+    artifact = Artifact.load(reference)
     start = time.perf_counter()
-    runner = TorchRunner(Artifact.load(reference), device)
+    runner = (TorchGenerator if artifact.task == "text-generation" else TorchRunner)(artifact, device)
     created = (time.perf_counter() - start) * 1000
     name = f"torch (eager FP32, {device})"
     return Variant(name, runner, {"name": name, "path": runner.source, "kind": "torch", "precision": "fp32",

@@ -42,10 +42,12 @@ def export() -> None:
 @click.option("--adapter", "adapters", multiple=True, type=click.Path(),
               help="peft adapter to merge into SOURCE first (repeatable; see 'edgeport merge').")
 @click.option("--weight", "weights", multiple=True, type=float, help="Weight of each --adapter when combining.")
+@click.option("--runtime-adapter", "runtime_adapters", multiple=True, metavar="NAME=PATH",
+              help="Causal LMs: a peft LoRA adapter kept separate and switched at run time (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export_onnx_command(source, out, task, opset, static_shapes, sequence_length, inputs, output_names, exporter,
                         atol, rtol, precision, no_validate, external_data, allow_pickle, force, adapters, weights,
-                        as_json):
+                        runtime_adapters, as_json):
     """Export SOURCE (a Hugging Face model folder, a .keras file or module:callable) to an ONNX artifact."""
     from ..export.api import export_with_adapters
     from ..export.onnx import ExportOptions
@@ -54,10 +56,36 @@ def export_onnx_command(source, out, task, opset, static_shapes, sequence_length
                                     atol=atol, rtol=rtol, precision=precision),
                             static_shapes=static_shapes, validate=not no_validate, force=force,
                             allow_pickle=allow_pickle, inputs=list(inputs), output_names=list(output_names),
-                            external_data=external_data)
+                            external_data=external_data, runtime_adapters=_named(runtime_adapters))
     artifact = export_with_adapters(source, out, options, list(adapters), list(weights),
                                     progress=None if as_json else say)
     show_artifact(artifact.path, as_json)
+
+
+@export.command("adapter")
+@click.argument("adapter", type=click.Path())
+@click.option("--base", required=True, type=click.Path(), help="The causal-LM artifact exported with --runtime-adapter.")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="The .onnx_adapter file to write.")
+@click.option("--force", is_flag=True, help="Replace an existing adapter file.")
+def export_adapter_command(adapter, base, out, force):
+    """Convert a peft LoRA ADAPTER into a runtime adapter file for a causal-LM artifact."""
+    from ..export.adapters import export_runtime_adapter
+
+    click.echo(f"wrote {export_runtime_adapter(base, adapter, out, force, progress=say)}")
+
+
+def _named(pairs) -> dict[str, str]:
+    from ..errors import InvalidOptionError
+
+    named = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise InvalidOptionError(f"--runtime-adapter '{pair}' must look like NAME=PATH")
+        if name in named:
+            raise InvalidOptionError(f"--runtime-adapter names '{name}' twice")
+        named[name] = path
+    return named
 
 
 @main.command("merge")

@@ -2,9 +2,9 @@
 the files users pass, and examples turned into feeds for one artifact.  Above the runtime:
 feeds are made with the runtime's own processing."""
 
-from .bundled import digits_images, stdlib_sentences
+from .bundled import digits_images, generation_prompts, stdlib_sentences
 from .examples import CalibrationReader, ExampleSet, concat_padded, examples_for, hash_values
 from .readers import read_examples
 
 __all__ = ["CalibrationReader", "ExampleSet", "concat_padded", "digits_images", "examples_for", "hash_values",
-           "read_examples", "stdlib_sentences"]
+           "generation_prompts", "read_examples", "stdlib_sentences"]

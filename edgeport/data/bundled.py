@@ -46,3 +46,17 @@ def digits_images(count: int | None = None, offset: int = 0) -> tuple[np.ndarray
     labels = digits.target.astype(np.int64)
     end = None if count is None else offset + count
     return images[offset:end], labels[offset:end]
+
+
+def generation_prompts(count: int = 8, words: int = 5, split: str = "eval") -> list[str]:
+    """Real prompts for causal LMs: the opening words of docstring sentences, of varied length
+    (``words`` to ``words + 3``), so batched generation meets ragged prompts."""
+    sentences = stdlib_sentences(max(count * 3, 16), split=split)
+    prompts = []
+    for index, sentence in enumerate(sentences):
+        cut = sentence.split()[:words + index % 4]
+        if len(cut) >= 2:
+            prompts.append(" ".join(cut))
+        if len(prompts) == count:
+            break
+    return prompts

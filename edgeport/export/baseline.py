@@ -50,3 +50,47 @@ class TorchRunner(Runner):
         super().close()
         self.module = None
         self._work.cleanup()
+
+
+class TorchGenerator:
+    """The transformers causal LM an artifact was exported (or merged) from, eager FP32, greedy
+    with its KV cache: the baseline of ``bench`` for generation."""
+
+    def __init__(self, reference: Artifact, device: str = "cpu"):
+        require("torch", "export")
+        import torch
+        import transformers
+
+        from .quiet import quiet_transformers
+
+        source = reference.manifest.export_parameters().get("source")
+        if not source or not (Path(source) / "config.json").is_file():
+            raise InvalidOptionError("--baseline torch needs the Hugging Face folder the reference was exported "
+                                     f"from; its lineage names '{source}', which is not there")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise AcceleratorUnavailableError("--baseline-device cuda: PyTorch sees no CUDA device on this machine")
+        with quiet_transformers():
+            self.model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).to(device).eval()
+        eos = self.model.generation_config.eos_token_id
+        self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.torch_device = torch.device(device)
+        self.device = f"torch-{device}"
+        self.source = source
+
+    def stream_ids(self, prompt_ids, max_new_tokens: int):
+        import torch
+
+        with torch.no_grad():
+            ids = torch.tensor([list(prompt_ids)], device=self.torch_device)
+            out = self.model(ids, use_cache=True)
+            for step in range(max_new_tokens):
+                token = int(out.logits[0, -1].argmax())
+                if token in self.eos:
+                    return
+                yield token
+                if step + 1 < max_new_tokens:
+                    out = self.model(torch.tensor([[token]], device=self.torch_device),
+                                     past_key_values=out.past_key_values, use_cache=True)
+
+    def close(self) -> None:
+        self.model = None

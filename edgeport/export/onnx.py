@@ -62,6 +62,7 @@ class ExportOptions:
     output_names: list[str] = field(default_factory=list)
     external_data: bool | None = None   # None: only when the model is too big for one file
     precision: str = "fp32"             # causal LMs: the builder's fp32 | fp16 | int4
+    runtime_adapters: dict[str, str] = field(default_factory=dict)   # causal LMs: name -> peft adapter folder
 
     def check(self) -> None:
         import math
@@ -105,7 +106,11 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: Expo
     if not callable_source and _is_causal_lm(Path(source_text), options.task):
         from .llm import export_causal_lm
 
-        return export_causal_lm(Path(source_text), out, options, progress=say)
+        return export_causal_lm(Path(source_text), out, options, progress=say,
+                                runtime_adapters=options.runtime_adapters or None)
+    if options.runtime_adapters:
+        raise InvalidOptionError("--runtime-adapter is for causal LMs (task text-generation); merge encoder "
+                                 "adapters with --adapter")
     with tempfile.TemporaryDirectory(prefix="edgeport-export-") as work_dir:
         work = Path(work_dir)
         if callable_source:

@@ -109,6 +109,17 @@ def check_safetensors(path: Path) -> None:
         )
 
 
+def safetensors_shapes(paths: list[Path]) -> dict[str, list[int]]:
+    """Tensor name -> shape, from safetensors headers only (no weights read, no torch)."""
+    shapes = {}
+    for path in paths:
+        with open(path, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+        shapes.update({k: list(v["shape"]) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)})
+    return shapes
+
+
 def _declared_end(header) -> int:
     """The last byte the header's tensors claim, after checking the header's shape."""
     if not isinstance(header, dict):

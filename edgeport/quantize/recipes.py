@@ -86,7 +86,7 @@ def register(recipe: type[Recipe]) -> type[Recipe]:
 
 
 def recipe_for(mode: str) -> Recipe:
-    from . import dynamic, fp16, static  # noqa: F401  (each registers its recipes)
+    from . import dynamic, fp16, static, weight_only  # noqa: F401  (each registers its recipes)
 
     if mode not in _RECIPES:
         raise InvalidOptionError(f"unknown mode '{mode}'; choose one of {', '.join(sorted(_RECIPES))}")

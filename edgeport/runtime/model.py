@@ -20,13 +20,14 @@ from .runner import Runner
 
 
 def load(path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-         check_files: bool = True, **settings: Any):
+         check_files: bool = True, adapters: dict[str, str] | None = None, **settings: Any):
     """Load an artifact folder or a bundle (``.tar.gz`` from ``edgeport package``) for inference.
 
     ``device``: auto (TensorRT → CUDA → CPU, whichever ONNX Runtime offers), cpu, cuda or
     tensorrt (an explicit device that is not available is an error, never a fallback).
     ``settings``: optimization, inter_op_threads, memory_arena, spinning (SessionSettings).
-    A causal language model (task text-generation) loads as a ``GenerativeModel``.
+    A causal language model (task text-generation) loads as a ``GenerativeModel``;
+    ``adapters`` (name -> .onnx_adapter file) adds LoRA adapters to switch at run time.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ArtifactError(f"load() takes the path of an artifact folder or bundle, not {type(path).__name__}")
@@ -38,7 +39,9 @@ def load(path: str | os.PathLike, device: str = "auto", threads: int | None = No
     if artifact.task == "text-generation":
         from .genai import GenerativeModel
 
-        return GenerativeModel(artifact, session_settings)
+        return GenerativeModel(artifact, session_settings, adapters)
+    if adapters:
+        raise InvalidOptionError("runtime adapters are for causal language models (task text-generation)")
     return Model(artifact, make_runner(artifact, session_settings))
 
 

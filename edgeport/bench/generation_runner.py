@@ -1,0 +1,86 @@
+"""The bench run for causal LMs: every artifact (and the transformers baseline, when handed
+in) generates for the same real prompts, interleaved by round; parity of each artifact is
+measured against the first as token agreement and perplexity."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..data import generation_prompts, stdlib_sentences
+from ..errors import InvalidOptionError
+from ..manifest import now_iso
+from ..parity.generation import measure_generation
+from ..runtime import load
+from .generation import interleaved_generation, summarize
+from .machine import machine_info
+from .memory import measure_memory
+from .report import BenchReport
+from .scenarios import Interrupted
+
+PROMPTS = 4
+
+
+def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Callable[[str], None], meter
+                         ) -> BenchReport:
+    unsupported = [s for s in options.scenarios if s not in ("generation", "single-stream")]
+    if unsupported:
+        raise InvalidOptionError(f"scenario {', '.join(unsupported)} does not apply to causal LMs; they are measured "
+                                 "with the generation scenario (time to first token, tokens per second)")
+    models, variants = {}, []
+    for artifact in artifacts:
+        start = time.perf_counter()
+        model = load(artifact.path, device="cpu", check_files=False)
+        name = artifact.path.name if artifact.path.name not in models else f"{artifact.path.name} ({len(models) + 1})"
+        info = {"name": name, "path": str(artifact.path), "kind": "genai", "manifest_sha256": artifact.manifest_sha256,
+                "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
+                "provider": model.provider, "session_create_ms": round((time.perf_counter() - start) * 1000, 1)}
+        if options.measure_memory:
+            progress(f"memory and cold start of {name} (fresh process)...")
+            info.update(measure_memory(str(artifact.path), None))
+        models[name] = model
+        variants.append(info)
+    streamers = dict(models)
+    for variant in extra:
+        streamers[variant.name] = variant.runner
+        variants.append(variant.info)
+    reference = next(iter(models.values()))
+    prompts = [reference.encode(p) for p in generation_prompts(PROMPTS)]
+    report = BenchReport(created=now_iso(), machine=machine_info(), variants=variants, results=[], parity={},
+                         reference=str(artifacts[0].path),
+                         data=f"{len(prompts)} docstring prompts, up to {options.max_new_tokens} new tokens each",
+                         thresholds={})
+    try:
+        meter.start(options.settings.rounds * len(streamers))
+        progress(f"generation: {len(prompts)} prompts x {options.max_new_tokens} tokens, "
+                 f"{options.settings.rounds} interleaved rounds...")
+        timings = interleaved_generation(streamers, prompts, options.max_new_tokens, options.settings.rounds,
+                                         tick=lambda name: meter.step(name, "generation"))
+        report.results.extend(summarize(name, values, options.max_new_tokens) for name, values in timings.items())
+        progress("measuring parity (greedy tokens, perplexity)...")
+        _parity(report, models, prompts, options.max_new_tokens)
+    except Interrupted:
+        report.interrupted = True
+    finally:
+        meter.finish()
+        for model in models.values():
+            model.close()
+        for variant in extra:
+            variant.runner.close()
+    report.write(options.reports)
+    return report
+
+
+def _parity(report: BenchReport, models: dict, prompts: list[list[int]], new_tokens: int) -> None:
+    texts = stdlib_sentences(24)
+    reference = next(iter(models.values()))
+    tokens = [g.tokens for g in reference.generate(prompts, max_new_tokens=new_tokens)]
+    logits = np.stack([reference.logits(ids)[-1] for ids in prompts])
+    perplexity = reference.perplexity(texts)
+    for name, model in models.items():
+        report.parity[name] = measure_generation(
+            model, prompts, tokens, logits, texts, perplexity, reference=f"'{report.reference}'",
+            data=report.data, new_tokens=new_tokens, thresholds={}).to_dict()

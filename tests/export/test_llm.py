@@ -1,0 +1,175 @@
+"""Causal LMs, adapter to device: LoRA merged, exported with a KV cache through ONNX Runtime
+GenAI's builder, generating without torch exactly what transformers generates; runtime
+adapters; INT4; and the refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeport.errors import AdapterError, InvalidOptionError, ModelInputError, UnsupportedModelError
+from edgeport.export.lora import MergeOptions, merge
+from edgeport.export.onnx import ExportOptions, export_onnx
+from edgeport.runtime import load
+from helpers import assert_fails
+from llm_models import build_lm, train_lora, transformers_generate
+
+pytest.importorskip("onnxruntime_genai", reason="the llm extra (onnxruntime-genai) is not installed")
+
+PROMPTS = ["The socket", "Return the number of items in", "Create a new", "If the object is a generator then the"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_merged_lora_model_generates_what_transformers_generates(lms, family):
+    setup = lms(family)
+    artifact = setup["onnx"]
+    manifest = artifact.manifest
+    assert manifest.task == "text-generation" and [e["stage"] for e in manifest.lineage] == ["merge", "export"]
+    assert manifest.lineage[0]["parity"]["unmerged_vs_merged"]["max_abs_err"] <= 1e-4
+    assert manifest.parity["export"]["generation"]["exact"] == 1.0
+    assert {"genai_config.json", "tokenizer.json", "model.onnx", "golden.npz"} <= set(manifest.files)
+    expected = transformers_generate(setup["merged"], PROMPTS, 12)
+    model = load(artifact.path)
+    one_by_one = [model.generate(p, max_new_tokens=12)[0].tokens for p in PROMPTS]
+    batched = [g.tokens for g in model.generate(PROMPTS, max_new_tokens=12)]
+    assert one_by_one == expected
+    assert batched == expected
+    assert len({tuple(e) for e in expected}) > 1          # different prompts, different continuations
+    base = transformers_generate(setup["base"], PROMPTS, 12)
+    assert base != expected                               # the adapter changed what the model says
+
+
+def test_llama_quick(lms):
+    """The quick loop's share: one family, merged and exported, token for token."""
+    setup = lms("llama")
+    model = load(setup["onnx"].path)
+    assert [g.tokens for g in model.generate(PROMPTS[:2], max_new_tokens=8)] == \
+        transformers_generate(setup["merged"], PROMPTS[:2], 8)
+
+
+def test_generation_api(lms):
+    model = load(lms("llama")["onnx"].path)
+    greedy = model.generate(["Return the number of"], max_new_tokens=10)[0]
+    assert greedy.finish_reason in ("length", "stop") and greedy.text == model.decode(greedy.tokens)
+    streamed = list(model.stream("Return the number of", max_new_tokens=10))
+    assert [p.token for p in streamed] == greedy.tokens and "".join(p.text for p in streamed) == greedy.text
+    by_ids = model.generate([model.encode("Return the number of")], max_new_tokens=10)[0]
+    assert by_ids.tokens == greedy.tokens
+    sampled = [model.generate("Return the", max_new_tokens=10, temperature=1.5, top_k=50, seed=s)[0].tokens
+               for s in (1, 1, 2)]
+    assert sampled[0] == sampled[1]                       # a seed makes sampling reproducible
+    cut = model.generate("Return the number of", max_new_tokens=10, stop=[greedy.text[2:5]])[0]
+    assert cut.finish_reason == "stop" and greedy.text[2:5] not in cut.text
+    logits = model.runner.run({"input_ids": np.array([model.encode("Return the")], np.int64)})["logits"]
+    assert logits.shape[:2] == (1, len(model.encode("Return the"))) and np.isfinite(logits).all()
+    assert 1 < model.perplexity(["Return the number of items in the container."]) < 600
+
+
+def test_chat_template_is_applied_when_the_tokenizer_has_one(tmp_path):
+    base = build_lm(tmp_path / "chat", steps=20, chat=True)
+    model = load(export_onnx(base, tmp_path / "onnx").path)
+    assert model.chat_template
+    messages = [{"role": "user", "content": "hello"}]
+    assert model.format_chat(messages) == "<|user|>hello\n<|assistant|>"
+    assert model.generate([messages], max_new_tokens=4)[0].prompt_tokens == model.encode("<|user|>hello\n<|assistant|>")
+
+
+@pytest.mark.slow
+def test_runtime_adapters_give_the_merged_models_tokens(lms, tmp_path):
+    setup = lms("llama")
+    second = train_lora(setup["base"], tmp_path / "lora2", seed=1, steps=30)
+    artifact = export_onnx(setup["base"], tmp_path / "slots",
+                           ExportOptions(runtime_adapters={"first": str(setup["lora"]), "second": str(second)}))
+    assert set(artifact.manifest.processing["generation"]["adapters"]) == {"first", "second"}
+    model = load(artifact.path)
+    merged_second = merge(setup["base"], tmp_path / "merged2", MergeOptions([str(second)]))
+    for adapter, merged in ((None, setup["base"]), ("first", setup["merged"]), ("second", merged_second)):
+        got = [g.tokens for g in model.generate(PROMPTS, max_new_tokens=10, adapter=adapter)]
+        assert got == transformers_generate(merged, PROMPTS, 10), adapter
+    # One more adapter, converted later for the same base and loaded beside the packaged ones.
+    from edgeport.export.adapters import export_runtime_adapter
+
+    third = export_runtime_adapter(artifact.path, str(train_lora(setup["base"], tmp_path / "lora3", seed=2)),
+                                   tmp_path / "third.onnx_adapter")
+    with_third = load(artifact.path, adapters={"third": str(third)})
+    assert with_third.adapter_names == ["first", "second", "third"]
+    assert with_third.generate(PROMPTS[0], max_new_tokens=6, adapter="third")[0].tokens != \
+        with_third.generate(PROMPTS[0], max_new_tokens=6)[0].tokens
+
+
+@pytest.mark.slow
+def test_int4_of_a_trained_model_is_smaller_and_close(lms, tmp_path):
+    """Stated bounds: INT4 at most 45% of the FP32 size (embeddings stay FP32), at least 60% of
+    greedy tokens equal, perplexity within 25% (the recipe's default budget)."""
+    from edgeport.quantize import QuantizeOptions, quantize
+
+    base = build_lm(tmp_path / "wide", "llama", steps=200, hidden=128)
+    fp32 = export_onnx(base, tmp_path / "fp32")
+    int4 = quantize(fp32.path, tmp_path / "int4", QuantizeOptions(mode="int4"))
+    ratio = int4.size_bytes() / fp32.size_bytes()
+    generation = int4.manifest.parity["quantize"]["generation"]
+    print(f"int4: size {ratio:.2f} of fp32, token agreement {generation['token_agreement']:.3f}, "
+          f"perplexity {generation['perplexity_reference']:.2f} -> {generation['perplexity']:.2f}")
+    assert ratio <= 0.45
+    assert generation["token_agreement"] >= 0.6
+    assert generation["perplexity_increase"] <= 0.25
+    import onnx
+
+    weight_matmuls = sum(n.op_type == "MatMul" for n in onnx.load(str(fp32.model_path)).graph.node)
+    operators = int4.manifest.precision["operators"]
+    assert int4.manifest.precision["bits"] == 4
+    assert operators["MatMulNBits"] == weight_matmuls and "MatMul" not in operators      # every weight in 4 bits
+    with pytest.raises(Exception, match="perplexity rose|greedy tokens differ"):
+        quantize(fp32.path, tmp_path / "strict", QuantizeOptions(mode="int4", max_perplexity_increase=0.0,
+                                                                 max_token_disagreement=0.0, block_size=128))
+    assert not (tmp_path / "strict").exists()
+
+
+# ------------------------------------------------------------------------ refusals
+
+
+def test_bad_generation_inputs(lms):
+    model = load(lms("llama")["onnx"].path)
+    with pytest.raises(ModelInputError, match="empty"):
+        model.generate([""])
+    with pytest.raises(ModelInputError, match="past the model's context of 256"):
+        model.generate(["Return the"], max_new_tokens=300)
+    with pytest.raises(InvalidOptionError, match="temperature"):
+        model.generate(["Return the"], temperature=float("nan"))
+    with pytest.raises(AdapterError, match="no adapter named 'ghost'"):
+        model.generate(["Return the"], adapter="ghost")
+    with pytest.raises(ModelInputError, match="token ids must be in"):
+        model.generate([[10**6]])
+
+
+def test_an_encoder_artifact_cannot_generate(cli, onnx_artifacts):
+    assert_fails(cli("run", onnx_artifacts["encoder"].path, "--prompt", "hello"), ModelInputError.exit_code,
+                 "--prompt is for causal language models")
+
+
+def test_an_adapter_for_another_base_is_refused(lms, tmp_path):
+    setup = lms("llama")
+    artifact = export_onnx(setup["base"], tmp_path / "slots", ExportOptions(runtime_adapters={"a": str(setup["lora"])}))
+    other = build_lm(tmp_path / "other", "llama", steps=5, hidden=128)
+    foreign = train_lora(other, tmp_path / "foreign", steps=2)
+    with pytest.raises(AdapterError, match="another base|other modules|expects"):
+        from edgeport.export.adapters import export_runtime_adapter
+
+        export_runtime_adapter(artifact.path, str(foreign), tmp_path / "x.onnx_adapter")
+    assert not (tmp_path / "x.onnx_adapter").exists()
+    other_slots = export_onnx(other, tmp_path / "other-slots", ExportOptions(runtime_adapters={"f": str(foreign)}))
+    with pytest.raises(AdapterError, match="another base"):
+        load(artifact.path, adapters={"f": str(other_slots.path / "adapters" / "f.onnx_adapter")})
+
+
+def test_families_the_builder_does_not_cover_are_refused(cli, tmp_path):
+    import transformers
+
+    folder = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=512, n_embd=32, n_layer=1, n_head=2)).save_pretrained(folder)
+    from llm_models import tokenizer
+
+    tokenizer(folder)
+    assert_fails(cli("export", "onnx", folder, "-o", tmp_path / "out"), UnsupportedModelError.exit_code,
+                 "'GPT2LMHeadModel' is not a family", "Llama", "Qwen2", absent=tmp_path / "out")
