@@ -7,8 +7,6 @@ else is a bug and surfaces as one.  Heavy modules are imported inside the comman
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from ..errors import INTERRUPTED_EXIT_CODE, EdgeportError
@@ -37,7 +35,4 @@ def main(debug: bool) -> None:
     """edgeport: take a trained model to a deployable artifact that is proven fast and faithful."""
 
 
-from . import artifacts, bench, export, quantize  # noqa: E402,F401  (each adds its commands to main)
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+from . import artifacts, bench, export, package, quantize, serve  # noqa: E402,F401  (each adds its commands to main)

@@ -65,7 +65,11 @@ def open_bundle(path: str | os.PathLike, into: Path | None = None,
     target = into or cache_root() / sha256_of(path)
     if not (target / BUNDLE_META).is_file():
         extract_bundle(path, target, limits)
-    return verify_extracted(target)
+    try:
+        return verify_extracted(target)
+    except ArtifactError:
+        shutil.rmtree(target, ignore_errors=True)     # a damaged bundle leaves nothing in the cache
+        raise
 
 
 def extract_bundle(path: Path, target: Path, limits: ExtractionLimits = ExtractionLimits()) -> None:

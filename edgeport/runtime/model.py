@@ -150,7 +150,7 @@ class Model:
             chunk = [encodings[i] for i in index]
             feeds = processor.feeds(chunk, pad_to=self.static_length)
             outputs = self.run(feeds)
-            for row, item in zip(index, self._postprocess_text(outputs, feeds, chunk)):
+            for row, item in zip(index, self.postprocess_text(outputs, feeds, chunk)):
                 results[row] = item
         if self.task == "feature-extraction":
             return np.stack(results)
@@ -162,7 +162,7 @@ class Model:
             return np.zeros((0, width if isinstance(width, int) else 0), dtype=np.float32)
         return []
 
-    def _postprocess_text(self, outputs, feeds, encodings):
+    def postprocess_text(self, outputs, feeds, encodings):
         mask = feeds["attention_mask"]
         if self.task == "feature-extraction":
             hidden = outputs[self.output_names[0]]

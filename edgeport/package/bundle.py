@@ -1,0 +1,135 @@
+"""``edgeport package --format bundle``: one reproducible archive to copy onto a device.
+
+The layout and the reader (safe extraction, checksum verification) are
+``edgeport.runtime.bundle``: a device opens bundles with the runtime alone.  The same
+artifact always gives the same bytes: members sorted, times, owners and modes fixed, and
+the gzip header without a time or a name.
+
+``--target ort-mobile`` adds ONNX Runtime's mobile format (``mobile/model.ort``) and the
+operator list a reduced ONNX Runtime build needs (``mobile/required_operators.config``),
+made by onnxruntime's own converter.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+from ..artifact import Artifact
+from ..errors import InvalidOptionError, QuantizationError
+from ..outputs import BUNDLE, staged_output
+from ..runtime.bundle import (ARTIFACT_DIR, BUNDLE_FORMAT, BUNDLE_META, BUNDLE_VERSION, CHECKSUMS, REQUIREMENTS,
+                              format_checksums, sha256_of)
+
+BUNDLE_TARGETS = ("portable", "ort-mobile")
+
+
+def runtime_requirements(artifact: Artifact) -> list[str]:
+    """The runtime's pip requirements, pinned to the versions this bundle was built and checked with."""
+    names = ["edgeport", "numpy", "onnxruntime", "tokenizers", "click"]
+    if artifact.task == "text-generation":
+        names.append("onnxruntime-genai")
+    pins = []
+    for name in names:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def _mobile_files(artifact: Artifact, work: Path) -> dict[str, Path]:
+    """model.ort and required_operators.config from onnxruntime's converter."""
+    source = work / "model.onnx"
+    source.write_bytes(artifact.model_path.read_bytes())
+    data = artifact.file(artifact.manifest.graph["file"] + ".data")
+    if data is not None:
+        (work / data.name).write_bytes(data.read_bytes())
+    proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(source),
+                           "--output_dir", str(work / "ort")], capture_output=True, text=True)
+    model, operators = work / "ort" / "model.ort", work / "ort" / "model.required_operators.config"
+    if proc.returncode != 0 or not model.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise QuantizationError(f"onnxruntime could not convert the model to its mobile format: {tail[0]}")
+    # The converter writes its temporary path in a comment: drop comments, keep the bundle reproducible.
+    operators.write_text("".join(line for line in operators.read_text().splitlines(keepends=True)
+                                 if not line.startswith("#")))
+    return {"mobile/model.ort": model, "mobile/required_operators.config": operators}
+
+
+def _add(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(payload), 0, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    archive.addfile(info, io.BytesIO(payload))
+
+
+def _add_folder(archive: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type, info.mtime, info.mode = tarfile.DIRTYPE, 0, 0o755
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    archive.addfile(info)
+
+
+def bundle_bytes(artifact: Artifact, name: str, target: str = "portable") -> bytes:
+    """The bundle for ``artifact`` as bytes (deterministic for a given artifact and target)."""
+    if target not in BUNDLE_TARGETS:
+        raise InvalidOptionError(f"--target must be one of {', '.join(BUNDLE_TARGETS)} (got '{target}')")
+    files: dict[str, bytes] = {}
+    for member in sorted(artifact.manifest.files):
+        files[f"{ARTIFACT_DIR}/{member}"] = artifact.member(member).read_bytes()
+    files[f"{ARTIFACT_DIR}/edgeport.json"] = (artifact.path / "edgeport.json").read_bytes()
+    with tempfile.TemporaryDirectory(prefix="edgeport-bundle-") as work:
+        if target == "ort-mobile":
+            for member, path in _mobile_files(artifact, Path(work)).items():
+                files[member] = path.read_bytes()
+    requirements = runtime_requirements(artifact)
+    files[REQUIREMENTS] = ("\n".join(requirements) + "\n").encode()
+    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name, "task": artifact.task,
+            "precision": artifact.manifest.precision.get("mode", "fp32"), "manifest_sha256": artifact.manifest_sha256,
+            "target": target, "runtime_requirements": requirements}
+    meta_bytes = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
+    import hashlib
+
+    checksums = {member: hashlib.sha256(payload).hexdigest() for member, payload in files.items()}
+    checksums[BUNDLE_META] = hashlib.sha256(meta_bytes).hexdigest()
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        _add_folder(archive, name)
+        _add(archive, f"{name}/{BUNDLE_META}", meta_bytes)
+        _add(archive, f"{name}/{CHECKSUMS}", format_checksums(checksums).encode())
+        folders = sorted({str(Path(m).parent) for m in files if str(Path(m).parent) != "."}
+                         | {str(p) for m in files for p in Path(m).parents if str(p) != "."})
+        for folder in folders:
+            _add_folder(archive, f"{name}/{folder}")
+        for member in sorted(files):
+            _add(archive, f"{name}/{member}", files[member])
+    compressed = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as handle:
+        handle.write(raw.getvalue())
+    return compressed.getvalue()
+
+
+def package_bundle(artifact_path, out, target: str = "portable", force: bool = False) -> Path:
+    artifact = Artifact.load(artifact_path)
+    out = Path(out)
+    if not out.name.endswith((".tar.gz", ".tgz")):
+        raise InvalidOptionError(f"-o '{out}': a bundle is a .tar.gz file")
+    name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
+    payload = bundle_bytes(artifact, name, target)
+    with staged_output(out, force, (artifact_path,), BUNDLE) as staging:
+        staging.write_bytes(payload)
+    return out
+
+
+def bundle_sha256(path: Path) -> str:
+    return sha256_of(path)

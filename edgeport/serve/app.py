@@ -1,0 +1,240 @@
+"""The ASGI app of ``edgeport serve``: Open Inference Protocol v2 for every model, a raw-text
+endpoint for text models, OpenAI-compatible completions for causal LMs, Prometheus metrics,
+bearer-token access control, body limits.  Errors are JSON with the right status, and the
+server keeps serving."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+
+from ..errors import EdgeportError, ModelInputError
+from .batching import DynamicBatcher, QueueFull
+from .metrics import Metrics
+from .protocol import HEADER_LENGTH, ProtocolError, datatype_of, encode_infer, parse_infer
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_batch: int = 32
+    max_delay_ms: float = 2.0
+    max_queue: int = 256
+    max_body_bytes: int = 16 << 20
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge()
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class AuthMiddleware:
+    """Every endpoint but the health checks needs ``Authorization: Bearer <token>``; the
+    comparison takes the same time whatever the guess, and the token is never logged."""
+
+    def __init__(self, app, token: str | None):
+        self.app = app
+        self.token = token.encode() if token else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or self.token is None or scope["path"].startswith("/v2/health"):
+            return await self.app(scope, receive, send)
+        header = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self.token):
+            response = JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                    headers={"www-authenticate": "Bearer"})
+            return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class ModelServer:
+    """One loaded model and its endpoints."""
+
+    def __init__(self, model, name: str, limits: Limits):
+        self.model = model
+        self.name = name
+        self.limits = limits
+        self.generative = model.task == "text-generation"
+        self.metrics = Metrics(name)
+        self.ready = False
+        self.batcher = None if self.generative else DynamicBatcher(
+            model.run, limits.max_batch, limits.max_delay_ms / 1000, limits.max_queue, self.metrics.batch)
+        if self.batcher:
+            self.metrics.queue_depth = lambda: self.batcher.depth
+
+    async def startup(self) -> None:
+        if self.batcher:
+            await self.batcher.start()
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        if self.batcher:
+            await self.batcher.stop()
+
+    # ------------------------------------------------------------------ metadata
+
+    def metadata(self) -> dict:
+        inputs = [{"name": s.name, "datatype": datatype_of(s.dtype), "shape": [d if isinstance(d, int) else -1
+                                                                                for d in s.shape]}
+                  for s in self.model.artifact.manifest.inputs]
+        outputs = [{"name": s.name, "datatype": datatype_of(s.dtype), "shape": [d if isinstance(d, int) else -1
+                                                                                  for d in s.shape]}
+                   for s in self.model.artifact.manifest.outputs]
+        return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": inputs,
+                "outputs": outputs, "parameters": {"task": self.model.task,
+                                                    "manifest_sha256": self.model.artifact.manifest_sha256}}
+
+    # ------------------------------------------------------------------ handlers
+
+    async def infer(self, request: Request) -> Response:
+        if self.generative:
+            return error(400, "this is a causal LM: use /v1/completions or /v1/chat/completions")
+        body = await read_body(request, self.limits.max_body_bytes)
+        parsed = parse_infer(body, request.headers.get(HEADER_LENGTH))
+        feeds = self.model.runner.check(parsed.inputs)
+        try:
+            outputs = await self.batcher.submit(feeds)
+        except QueueFull as exc:
+            return error(503, f"server busy: {exc}; retry later")
+        wanted = parsed.outputs or list(outputs)
+        unknown = [n for n in wanted if n not in outputs]
+        if unknown:
+            return error(400, f"unknown output {', '.join(unknown)}; the model has {', '.join(outputs)}")
+        payload, headers = encode_infer(self.name, {n: outputs[n] for n in wanted}, parsed.binary_outputs,
+                                        parsed.request_id)
+        return Response(payload, headers=headers)
+
+    async def text(self, request: Request) -> Response:
+        if self.generative or not self.model.takes_text():
+            return error(400, "this model does not take raw text; use /v2/models/{name}/infer")
+        body = await read_body(request, self.limits.max_body_bytes)
+        try:
+            request_json = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+        texts = request_json.get("texts") if isinstance(request_json, dict) else None
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ProtocolError("give {\"texts\": [\"...\", ...]} with at least one string")
+        processor = self.model.text_processor
+        encodings = processor.tokenize(texts)
+        results = []
+        for encoding in encodings:      # one request per text: the batcher joins texts of one length
+            feeds = processor.feeds([encoding])
+            try:
+                outputs = await self.batcher.submit(self.model.runner.check(feeds))
+            except QueueFull as exc:
+                return error(503, f"server busy: {exc}; retry later")
+            results.extend(self.model.postprocess_text(outputs, feeds, [encoding]))
+        return JSONResponse({"model_name": self.name, "predictions": _jsonable(results)})
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def build_app(model, name: str, limits: Limits = Limits(), token: str | None = None):
+    """The ASGI application serving ``model`` (a loaded Model or GenerativeModel) as ``name``."""
+    server = ModelServer(model, name, limits)
+
+    def endpoint(label: str, handler, model_route: bool = True):
+        async def wrapped(request: Request) -> Response:
+            start = time.perf_counter()
+            if model_route and request.path_params.get("name") != name:
+                response = error(404, f"no model named '{request.path_params.get('name')}' (this server has '{name}')")
+            else:
+                try:
+                    response = await handler(request)
+                except BodyTooLarge:
+                    response = error(413, f"request body over {limits.max_body_bytes} bytes")
+                except ProtocolError as exc:
+                    response = error(400, str(exc))
+                except EdgeportError as exc:
+                    response = error(400 if isinstance(exc, ModelInputError) or exc.exit_code in (2, 12) else 500,
+                                     str(exc))
+            server.metrics.request(label, response.status_code, time.perf_counter() - start)
+            return response
+        return wrapped
+
+    async def live(request):
+        return JSONResponse({"live": True})
+
+    async def ready(request):
+        return JSONResponse({"ready": server.ready}, status_code=200 if server.ready else 503)
+
+    async def model_ready(request):
+        return JSONResponse({"name": name, "ready": server.ready}, status_code=200 if server.ready else 503)
+
+    async def server_metadata(request):
+        from importlib import metadata
+
+        return JSONResponse({"name": "edgeport", "version": metadata.version("edgeport"),
+                             "extensions": ["binary_tensor_data", "model_repository_health"]})
+
+    async def model_metadata(request):
+        return JSONResponse(server.metadata())
+
+    async def metrics(request):
+        return PlainTextResponse(server.metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    routes = [
+        Route("/v2", endpoint("metadata", server_metadata, False), methods=["GET"]),
+        Route("/v2/health/live", live, methods=["GET"]),
+        Route("/v2/health/ready", ready, methods=["GET"]),
+        Route("/v2/models/{name}", endpoint("model_metadata", model_metadata), methods=["GET"]),
+        Route("/v2/models/{name}/versions/1", endpoint("model_metadata", model_metadata), methods=["GET"]),
+        Route("/v2/models/{name}/ready", endpoint("model_ready", model_ready), methods=["GET"]),
+        Route("/v2/models/{name}/versions/1/ready", endpoint("model_ready", model_ready), methods=["GET"]),
+        Route("/v2/models/{name}/infer", endpoint("infer", server.infer), methods=["POST"]),
+        Route("/v2/models/{name}/versions/1/infer", endpoint("infer", server.infer), methods=["POST"]),
+        Route("/v2/models/{name}/text", endpoint("text", server.text), methods=["POST"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    if server.generative:
+        from .openai import openai_routes
+
+        routes += openai_routes(server, lambda label, handler: endpoint(label, handler, False))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await server.startup()
+        yield
+        await server.shutdown()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.server = server
+    return AuthMiddleware(app, token)

@@ -1,0 +1,129 @@
+"""Open Inference Protocol v2 (KServe / Triton HTTP): tensors in JSON, and the binary tensor
+data extension (a JSON header of ``Inference-Header-Content-Length`` bytes, then the raw
+tensors back to back), which tritonclient uses by default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DATATYPES = {"BOOL": "bool", "UINT8": "uint8", "INT8": "int8", "INT16": "int16", "INT32": "int32",
+             "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64"}
+TO_DATATYPE = {np.dtype(v).name: k for k, v in DATATYPES.items()}
+HEADER_LENGTH = "inference-header-content-length"
+
+
+class ProtocolError(Exception):
+    """A request the protocol cannot accept: answered with 400 and a JSON error."""
+
+
+@dataclass
+class InferRequest:
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None            # None: every output
+    binary_outputs: set[str]
+    request_id: str | None
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    return TO_DATATYPE.get(np.dtype(dtype).name, "FP32")
+
+
+def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
+    if header_length is not None:
+        try:
+            length = int(header_length)
+        except ValueError:
+            raise ProtocolError("Inference-Header-Content-Length must be a whole number") from None
+        if not 0 < length <= len(body):
+            raise ProtocolError("Inference-Header-Content-Length is past the end of the body")
+        header, binary = body[:length], body[length:]
+    else:
+        header, binary = body, b""
+    try:
+        request = json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise ProtocolError("the request must be an object with a non-empty 'inputs' list")
+    inputs, offset = {}, 0
+    for index, item in enumerate(request["inputs"]):
+        tensor, offset = _tensor(item, index, binary, offset)
+        inputs[item["name"]] = tensor
+    if offset != len(binary):
+        raise ProtocolError(f"the body has {len(binary) - offset} bytes of binary data no input claims")
+    outputs, binary_outputs = None, set()
+    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    if "outputs" in request:
+        if not isinstance(request["outputs"], list):
+            raise ProtocolError("'outputs' must be a list")
+        outputs = []
+        for item in request["outputs"]:
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise ProtocolError("each requested output needs a 'name'")
+            outputs.append(item["name"])
+            if (item.get("parameters") or {}).get("binary_data", default_binary):
+                binary_outputs.add(item["name"])
+    elif default_binary:
+        binary_outputs = {"*"}
+    request_id = request.get("id")
+    return InferRequest(inputs, outputs, binary_outputs, request_id if isinstance(request_id, str) else None)
+
+
+def _tensor(item: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise ProtocolError(f"input #{index} needs a 'name'")
+    name = item["name"]
+    shape, datatype = item.get("shape"), item.get("datatype")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ProtocolError(f"input '{name}': 'shape' must be a list of whole numbers >= 0")
+    if datatype not in DATATYPES:
+        raise ProtocolError(f"input '{name}': datatype '{datatype}' is not one of {', '.join(DATATYPES)}")
+    dtype = np.dtype(DATATYPES[datatype])
+    count = int(np.prod(shape)) if shape else 1
+    size = (item.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
+            raise ProtocolError(f"input '{name}': binary_data_size does not match its shape and datatype")
+        array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+        return array.copy(), offset + size
+    data = item.get("data")
+    if data is None:
+        raise ProtocolError(f"input '{name}' has no 'data'")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise ProtocolError(f"input '{name}': data is not {datatype}: {exc}") from None
+    if array.size != count:
+        raise ProtocolError(f"input '{name}': {array.size} values for shape {shape}")
+    return array.reshape(shape), offset
+
+
+def encode_infer(model_name: str, outputs: dict[str, np.ndarray], binary_outputs: set[str],
+                 request_id: str | None) -> tuple[bytes, dict[str, str]]:
+    """The response body and its extra headers."""
+    tensors, chunks = [], []
+    for name, value in outputs.items():
+        value = np.ascontiguousarray(value)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(value.dtype), "shape": list(value.shape)}
+        if name in binary_outputs or "*" in binary_outputs:
+            raw = value.tobytes()
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise ProtocolError(f"output '{name}' holds NaN or infinite values, which JSON cannot carry; "
+                                    "ask for it as binary data")
+            entry["data"] = value.reshape(-1).tolist()
+        tensors.append(entry)
+    response: dict[str, Any] = {"model_name": model_name, "model_version": "1", "outputs": tensors}
+    if request_id is not None:
+        response["id"] = request_id
+    header = json.dumps(response, separators=(",", ":")).encode()
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(chunks), {"content-type": "application/octet-stream",
+                                       HEADER_LENGTH: str(len(header))}
