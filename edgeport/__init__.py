@@ -28,6 +28,7 @@ _LAZY = {
     "package": ".package",
     "PackageOptions": ".package",
     "ship": ".pipeline",
+    "Recipe": ".pipeline",
 }
 __all__ = sorted(_LAZY)
 

@@ -74,7 +74,8 @@ def _html_report(path: Path) -> bool:
 ARTIFACT = OutputKind("edgeport artifact", True, _has(MANIFEST_NAME))
 MERGED_MODEL = OutputKind("merged model folder (edgeport merge)", True, _has("edgeport-merge.json"))
 TRITON_REPOSITORY = OutputKind("Triton model repository (edgeport package)", True, _has(".edgeport-triton.json"))
-SHIP_FOLDER = OutputKind("ship output folder", True, _has("ship-summary.json"))
+SHIP_FOLDER = OutputKind("ship output folder", True,
+                         lambda p: _has("ship-summary.json")(p) or (p / ".ship-cache").is_dir())
 BUNDLE = OutputKind("edgeport bundle", False, _bundle)
 ADAPTER_FILE = OutputKind("ONNX Runtime adapter file (.onnx_adapter)", False, lambda p: p.suffix == ".onnx_adapter")
 JSON_REPORT = OutputKind("edgeport bench report (JSON)", False, _json_with("schema_version", "variants", "results"))

@@ -35,4 +35,4 @@ def main(debug: bool) -> None:
     """edgeport: take a trained model to a deployable artifact that is proven fast and faithful."""
 
 
-from . import artifacts, bench, export, package, quantize, serve  # noqa: E402,F401  (each adds its commands to main)
+from . import artifacts, bench, export, package, quantize, serve, ship  # noqa: E402,F401  (each adds its commands to main)

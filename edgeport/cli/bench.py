@@ -81,30 +81,15 @@ def bench_run_command(artifacts, scenarios, baseline, baseline_device, reference
     options.check(list(artifacts))
     extra = []
     if baseline == "torch":
-        extra.append(_torch_baseline(reference or artifacts[0], baseline_device))
+        from ..pipeline.baseline import torch_baseline
+
+        extra.append(torch_baseline(reference or artifacts[0], baseline_device))
     report = run_bench(list(artifacts), options, extra, progress=say, meter=TerminalMeter.create("measuring"))
     click.echo(report.table())
     for path in (json_path, html_path):
         if path:
             click.echo(f"wrote {path}")
     report.raise_for_failure()
-
-
-def _torch_baseline(reference: str, device: str):
-    import time
-
-    from ..artifact import Artifact
-    from ..bench.runner import Variant
-    from ..export.baseline import TorchGenerator, TorchRunner
-
-    artifact = Artifact.load(reference)
-    start = time.perf_counter()
-    runner = (TorchGenerator if artifact.task == "text-generation" else TorchRunner)(artifact, device)
-    created = (time.perf_counter() - start) * 1000
-    name = f"torch (eager FP32, {device})"
-    return Variant(name, runner, {"name": name, "path": runner.source, "kind": "torch", "precision": "fp32",
-                                  "size_bytes": None, "provider": runner.device,
-                                  "session_create_ms": round(created, 1)})
 
 
 @bench.command("compare")

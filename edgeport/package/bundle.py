@@ -7,7 +7,9 @@ the gzip header without a time or a name.
 
 ``--target ort-mobile`` adds ONNX Runtime's mobile format (``mobile/model.ort``) and the
 operator list a reduced ONNX Runtime build needs (``mobile/required_operators.config``),
-made by onnxruntime's own converter.
+made by onnxruntime's own converter.  That converter's output is not byte-stable (it wrote
+one of two layouts, alternating over six runs on one model), so only portable bundles are
+byte-reproducible.
 """
 
 from __future__ import annotations

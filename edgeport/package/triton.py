@@ -166,28 +166,43 @@ def _tokenizer_models(repo: Path, artifact: Artifact, name: str, options: Triton
         f"output [\n{ensemble_outputs}\n]\nensemble_scheduling {{\n{steps}}}\n")
 
 
-def package_triton(artifact_path, out, options: TritonOptions = TritonOptions(), force: bool = False) -> Path:
-    options.check()
-    artifact = Artifact.load(artifact_path)
+def write_model(repo: Path, artifact: Artifact, name: str, options: TritonOptions) -> None:
+    """Add ``artifact`` to the repository folder ``repo`` as model ``name`` (version 1)."""
     if artifact.task == "text-generation":
         raise InvalidOptionError("causal LMs are served by edgeport serve (OpenAI endpoints) or Triton's "
                                  "TensorRT-LLM / vLLM backends; a plain onnxruntime_onnx repository would lose the KV "
                                  "cache loop")
-    name = options.name or artifact.path.name.replace(".", "_")
-    if options.with_tokenizer and (artifact.task not in ENCODER_TEXT_TASKS or not artifact.manifest.processing.get("tokenizer")):
+    if options.with_tokenizer and (artifact.task not in ENCODER_TEXT_TASKS or
+                                   not artifact.manifest.processing.get("tokenizer")):
         raise InvalidOptionError("--with-tokenizer needs a text model with a tokenizer")
-    graph_file = artifact.manifest.graph["file"]
-    with staged_output(out, force, (artifact_path,), TRITON_REPOSITORY) as repo:
-        version = repo / name / "1"
-        version.mkdir(parents=True)
-        target = "model.plan" if artifact.manifest.graph["format"] == "tensorrt" else "model.onnx"
-        shutil.copyfile(artifact.model_path, version / target)
-        data = artifact.file(graph_file + ".data")
-        if data is not None:
-            shutil.copyfile(data, version / data.name)
-        (repo / name / "config.pbtxt").write_text(model_config(artifact, name, options))
-        if options.with_tokenizer:
-            _tokenizer_models(repo, artifact, name, options)
-        (repo / MARKER).write_text(json.dumps({"models": [name], "manifest_sha256": artifact.manifest_sha256,
-                                               "source": str(artifact.path)}, indent=2) + "\n")
+    version = repo / name / "1"
+    version.mkdir(parents=True)
+    target = "model.plan" if artifact.manifest.graph["format"] == "tensorrt" else "model.onnx"
+    shutil.copyfile(artifact.model_path, version / target)
+    data = artifact.file(artifact.manifest.graph["file"] + ".data")
+    if data is not None:
+        shutil.copyfile(data, version / data.name)
+    (repo / name / "config.pbtxt").write_text(model_config(artifact, name, options))
+    if options.with_tokenizer:
+        _tokenizer_models(repo, artifact, name, options)
+
+
+def package_triton(artifact_path, out, options: TritonOptions = TritonOptions(), force: bool = False) -> Path:
+    return package_triton_models({options.name or Path(artifact_path).name.replace(".", "_"): artifact_path}, out,
+                                 options, force)
+
+
+def package_triton_models(models: dict[str, str], out, options: TritonOptions = TritonOptions(),
+                          force: bool = False) -> Path:
+    """One repository holding several artifacts (name -> artifact path)."""
+    options.check()
+    artifacts = {name: Artifact.load(path) for name, path in models.items()}
+    for name in artifacts:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise InvalidOptionError(f"model name '{name}' must be letters, digits, '-' and '_'")
+    with staged_output(out, force, tuple(models.values()), TRITON_REPOSITORY) as repo:
+        for name, artifact in artifacts.items():
+            write_model(repo, artifact, name, options)
+        (repo / MARKER).write_text(json.dumps({"models": {name: a.manifest_sha256 for name, a in artifacts.items()}},
+                                              indent=2) + "\n")
     return Path(out)

@@ -1,0 +1,58 @@
+"""Steps cached by content: a step's key is the hash of everything its result depends on
+(input file hashes or manifest digests, parameters, tool versions).  A step whose key and
+output are unchanged is not run again, so editing the benchmark section of a recipe does
+not re-export the model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from ..manifest import tool_versions
+
+CACHE_FOLDER = ".ship-cache"
+VERSIONS = tool_versions("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai", "peft")
+
+
+def folder_digest(path: Path) -> str:
+    """sha256 over every file of a folder (names and contents), or of one file."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with open(file, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+class StepCache:
+    def __init__(self, root: Path, force: bool = False):
+        self.folder = root / CACHE_FOLDER
+        self.force = force
+
+    @staticmethod
+    def key(step: str, **inputs: Any) -> str:
+        payload = json.dumps({"step": step, "inputs": inputs, "versions": VERSIONS}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def _record(self, step: str) -> Path:
+        return self.folder / f"{step}.json"
+
+    def hit(self, step: str, key: str, output: Path) -> bool:
+        """The step ran with this very key and its output is still there."""
+        if self.force or not output.exists():
+            return False
+        try:
+            return json.loads(self._record(step).read_text(encoding="utf-8")).get("key") == key
+        except (OSError, ValueError):
+            return False
+
+    def store(self, step: str, key: str, output: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._record(step).write_text(json.dumps({"key": key, "output": str(output)}) + "\n", encoding="utf-8")
+
+    def forget(self, step: str) -> None:
+        self._record(step).unlink(missing_ok=True)

@@ -1,0 +1,336 @@
+"""``edgeport ship``: a recipe becomes stages — merge adapters → export → quantize each variant
+→ parity gates → benchmark → package → (verify on other platforms) — every step cached by
+content.  A variant that fails its gate stops there with its figures; the others go on;
+the run ends non-zero when anything failed.  Stages are called as library functions; this
+module only sequences them and writes the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..artifact import Artifact
+from ..errors import EdgeportError, ParityError, RegressionError
+from ..outputs import SHIP_FOLDER, check_output
+from .cache import StepCache, folder_digest
+from .recipe import BUNDLED_DOCSTRINGS, Recipe, Variant
+
+SUMMARY = "ship-summary.json"
+EXPORT = "export"
+
+
+@dataclass
+class VariantResult:
+    name: str
+    precision: str
+    artifact: str | None = None
+    passed: bool = False
+    failure: str | None = None
+    parity: dict = field(default_factory=dict)
+    size_bytes: int | None = None
+    p50_ms: float | None = None
+    speedup_vs_pytorch: float | None = None
+    size_vs_pytorch: float | None = None
+    bundle: str | None = None
+    platforms: dict = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ShipResult:
+    recipe: str
+    output: str
+    variants: list[VariantResult]
+    bench_json: str | None = None
+    bench_html: str | None = None
+    triton: str | None = None
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    plan: list[tuple[str, bool]] = field(default_factory=list)     # (step, cached), what --dry-run reports
+
+    def to_dict(self) -> dict:
+        return {"recipe": self.recipe, "output": self.output, "seconds": round(self.seconds, 1),
+                "variants": [asdict(v) for v in self.variants], "bench_json": self.bench_json,
+                "bench_html": self.bench_html, "triton": self.triton, "failures": self.failures}
+
+    def raise_for_failure(self) -> None:
+        if self.failures:
+            error = RegressionError if all("regress" in f for f in self.failures) else ParityError
+            raise error(f"{len(self.failures)} step(s) failed: " + "; ".join(self.failures))
+
+
+def _gate_failures(gates: dict, parity: dict) -> list[str]:
+    """The recipe's gates against the parity a stage recorded."""
+    figures = parity.get("sentence_embedding") or next(iter(parity.get("outputs", {}).values()), {})
+    generation = parity.get("generation") or {}
+    checks = [("min_cosine", figures.get("min_cosine"), lambda v, t: v >= t),
+              ("min_p01_cosine", figures.get("p01_cosine"), lambda v, t: v >= t),
+              ("max_abs_error", figures.get("max_abs_err"), lambda v, t: v <= t),
+              ("min_top1_agreement", figures.get("top1_agreement"), lambda v, t: v >= t),
+              ("max_token_disagreement", None if "token_agreement" not in generation
+               else 1 - generation["token_agreement"], lambda v, t: v <= t),
+              ("max_perplexity_increase", generation.get("perplexity_increase"), lambda v, t: v <= t)]
+    failures = []
+    for name, value, ok in checks:
+        if name in gates and value is not None and not ok(value, gates[name]):
+            failures.append(f"{name} {gates[name]:g} not met ({value:.6g})")
+    return failures
+
+
+class Shipment:
+    """One run of a recipe."""
+
+    def __init__(self, recipe: Recipe, force: bool, progress: Callable[[str], None]):
+        self.recipe = recipe
+        self.root = recipe.output
+        self.cache = StepCache(self.root, force)
+        self.say = progress
+        self.plan: list[tuple[str, bool]] = []      # (step, cached) for --dry-run
+
+    def step(self, name: str, key: str, output: Path, run: Callable[[], None], dry_run: bool) -> bool:
+        """Run ``run`` unless cached; returns whether it was a cache hit."""
+        cached = self.cache.hit(name, key, output)
+        self.plan.append((name, cached))
+        if dry_run:
+            return cached
+        if cached:
+            self.say(f"[cached] {name}")
+            return True
+        self.say(f"[run] {name}")
+        self.cache.forget(name)
+        run()
+        self.cache.store(name, key, output)
+        return False
+
+    # ------------------------------------------------------------------ stages
+
+    def source(self, dry_run: bool) -> Path:
+        recipe = self.recipe
+        model = recipe.source_model
+        if not recipe.adapters:
+            return model
+        from ..export.lora import MergeOptions, merge
+
+        merged = self.root / "merged"
+        key = self.cache.key("merge", base=folder_digest(model), adapters=[folder_digest(Path(a)) for a in recipe.adapters],
+                             weights=recipe.weights)
+        self.step("merge", key, merged,
+                  lambda: merge(model, merged, MergeOptions(list(recipe.adapters), list(recipe.weights), force=True),
+                                progress=self.say), dry_run)
+        return merged
+
+    def export(self, source: Path, dry_run: bool) -> Path:
+        from ..export.onnx import ExportOptions, export_onnx
+
+        out = self.root / EXPORT
+        options = ExportOptions(task=self.recipe.task, force=True,
+                                **({"opset": self.recipe.opset} if self.recipe.opset else {}))
+        key = self.cache.key("export", source=folder_digest(source), task=options.task, opset=options.opset)
+        self.step("export", key, out, lambda: export_onnx(source, out, options, progress=self.say), dry_run)
+        return out
+
+    def variant(self, variant: Variant, fp32: Path, dry_run: bool) -> VariantResult:
+        result = VariantResult(variant.name, variant.precision)
+        if variant.precision == "fp32":
+            result.artifact = str(fp32)
+            result.passed = dry_run
+            return result if dry_run else self._gate(variant, result, "export")
+        from ..quantize import QuantizeOptions, quantize
+
+        out = self.root / variant.name
+        calibration = self._calibration(variant, fp32)
+        budget = variant.gates if variant.accuracy_aware else {}
+        options = QuantizeOptions(mode=variant.precision, target=variant.target, calib=calibration,
+                                  calibration_method=variant.calibration_method, force=True,
+                                  min_cosine=budget.get("min_cosine"), min_p01_cosine=budget.get("min_p01_cosine"),
+                                  max_abs_error=budget.get("max_abs_error"),
+                                  min_top1_agreement=budget.get("min_top1_agreement"),
+                                  max_token_disagreement=variant.gates.get("max_token_disagreement"),
+                                  max_perplexity_increase=variant.gates.get("max_perplexity_increase"))
+        manifest = _digest(fp32)
+        key = self.cache.key(f"quantize-{variant.name}", input=manifest, options=asdict(options),
+                             calibration=folder_digest(Path(calibration)) if calibration else None)
+        try:
+            hit = self.step(f"quantize {variant.name}", key, out,
+                            lambda: quantize(fp32, out, options, progress=self.say), dry_run)
+        except EdgeportError as exc:
+            result.failure = f"{variant.name}: {exc}"
+            return result
+        if hit:
+            result.cached.append("quantize")
+        result.artifact = str(out)
+        if dry_run:
+            result.passed = True          # planned as if it passes: the plan lists what follows it
+            return result
+        return self._gate(variant, result, "quantize")
+
+    def _calibration(self, variant: Variant, fp32: Path) -> str | None:
+        if variant.calibration != BUNDLED_DOCSTRINGS:
+            return variant.calibration
+        from ..data import stdlib_sentences
+
+        path = self.root / ".ship-cache" / "stdlib-docstrings.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = "\n".join(stdlib_sentences(200, split="calib")) + "\n"
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    def _gate(self, variant: Variant, result: VariantResult, stage: str) -> VariantResult:
+        artifact = Artifact.load(result.artifact)
+        parity = artifact.manifest.parity.get(stage, {})
+        result.parity = parity
+        result.size_bytes = artifact.size_bytes()
+        failures = _gate_failures(variant.gates, parity)
+        if failures:
+            result.failure = f"{variant.name}: gate failed: {'; '.join(failures)}"
+            self.say(f"  {result.failure}")
+        else:
+            result.passed = True
+        return result
+
+    def bench(self, passed: list[VariantResult], dry_run: bool) -> tuple[Path, Path] | None:
+        if not passed:
+            return None
+        from ..bench.runner import BenchOptions, ReportFiles, run_bench
+        from ..bench.scenarios import Settings
+
+        config = self.recipe.bench
+        json_path, html_path = self.root / "bench.json", self.root / "bench.html"
+        key = self.cache.key("bench", variants={v.name: _digest(Path(v.artifact)) for v in passed}, config=config)
+
+        def run():
+            extra = []
+            if config.get("baseline") == "torch":
+                from .baseline import torch_baseline
+
+                extra.append(torch_baseline(passed[0].artifact, "cpu"))
+            options = BenchOptions(scenarios=config.get("scenarios", ["single-stream"]),
+                                   batch_sizes=config.get("batch_sizes", [1, 8, 32]),
+                                   settings=Settings(rounds=config.get("rounds", 3),
+                                                     min_duration=config.get("min_duration", 0.5)),
+                                   reports=ReportFiles(str(json_path), str(html_path), force=True))
+            run_bench([v.artifact for v in passed], options, extra, progress=self.say)
+
+        self.step("bench", key, json_path, run, dry_run)
+        return json_path, html_path
+
+    def package(self, passed: list[VariantResult], dry_run: bool) -> str | None:
+        from ..package import TritonOptions
+        from ..package.bundle import package_bundle
+        from ..package.triton import package_triton_models
+
+        triton = None
+        for variant in passed:
+            if "bundle" in self.recipe.formats:
+                path = self.root / "bundles" / f"{variant.name}.tar.gz"
+                self.step(f"bundle {variant.name}", self.cache.key("bundle", manifest=_digest(Path(variant.artifact))), path,
+                          lambda v=variant, p=path: package_bundle(v.artifact, p, force=True), dry_run)
+                variant.bundle = str(path)
+        generative = any(_task(Path(v.artifact)) == "text-generation" for v in passed)
+        if "triton" in self.recipe.formats and passed and not generative:
+            triton_path = self.root / "triton"
+            models = {v.name.replace("-", "_"): v.artifact for v in passed}
+            self.step("triton", self.cache.key("triton", models={n: _digest(Path(p)) for n, p in models.items()}),
+                      triton_path,
+                      lambda: package_triton_models(models, triton_path, TritonOptions(), force=True), dry_run)
+            triton = str(triton_path)
+        return triton
+
+    def platforms(self, passed: list[VariantResult]) -> list[str]:
+        failures = []
+        if not self.recipe.platforms:
+            return failures
+        from ..platforms import verify_on_platform
+
+        for variant in passed:
+            if not variant.bundle:
+                failures.append(f"{variant.name}: verify on {', '.join(self.recipe.platforms)} needs a bundle "
+                                "(add 'bundle' to package.formats)")
+                continue
+            for platform in self.recipe.platforms:
+                self.say(f"[run] verify {variant.name} on {platform} (emulated)")
+                report = verify_on_platform(variant.bundle, platform)
+                variant.platforms[platform] = report.to_dict()
+                if not report.passed:
+                    failures.append(f"{variant.name}: parity on {platform} failed: {'; '.join(report.failures)}")
+        return failures
+
+
+def _digest(artifact: Path) -> str:
+    """The artifact's manifest digest, or "" when it is not made yet (a --dry-run plan)."""
+    if not (artifact / "edgeport.json").is_file():
+        return ""
+    return Artifact.load(artifact, check_files=False).manifest_sha256
+
+
+def _task(artifact: Path) -> str | None:
+    if not (artifact / "edgeport.json").is_file():
+        return None
+    return Artifact.load(artifact, check_files=False).task
+
+
+def _speed_and_size(result: ShipResult, recipe: Recipe, bench_json: Path | None) -> None:
+    source_bytes = sum(p.stat().st_size for p in recipe.source_model.glob("*.safetensors"))
+    rows = json.loads(bench_json.read_text())["results"] if bench_json and bench_json.is_file() else []
+    single = {r["variant"]: r["latency"]["p50_ms"] for r in rows if r["scenario"] in ("single-stream", "generation")}
+    torch_ms = next((ms for name, ms in single.items() if name.startswith("torch")), None)
+    for variant in result.variants:
+        name = Path(variant.artifact).name if variant.artifact else None
+        variant.p50_ms = single.get(name)
+        if torch_ms and variant.p50_ms:
+            variant.speedup_vs_pytorch = torch_ms / variant.p50_ms
+        if source_bytes and variant.size_bytes:
+            variant.size_vs_pytorch = variant.size_bytes / source_bytes
+
+
+def ship(recipe: Recipe, force: bool = False, dry_run: bool = False,
+         progress: Callable[[str], None] = lambda message: None) -> ShipResult:
+    """Run ``recipe`` (or, with ``dry_run``, only say which steps would run)."""
+    start = time.perf_counter()
+    check_output(recipe.output, True, _inputs(recipe), SHIP_FOLDER, option="the recipe's output")
+    shipment = Shipment(recipe, force, progress)
+    if not dry_run:
+        recipe.output.mkdir(parents=True, exist_ok=True)
+    source = shipment.source(dry_run)
+    fp32 = shipment.export(source, dry_run)
+    results = [shipment.variant(v, fp32, dry_run) for v in recipe.variants]
+    result = ShipResult(recipe.where, str(recipe.output), results)
+    passed = [r for r in results if r.passed]
+    result.failures = [r.failure for r in results if r.failure]
+    bench = shipment.bench(passed, dry_run)
+    result.triton = shipment.package(passed, dry_run)
+    if dry_run:
+        result.plan = shipment.plan + [(f"verify on {p}", False) for p in recipe.platforms]
+        return result
+    if bench:
+        result.bench_json, result.bench_html = (str(p) for p in bench)
+        result.failures += _regressions(recipe, bench[0])
+    result.failures += shipment.platforms(passed)
+    _speed_and_size(result, recipe, bench[0] if bench else None)
+    result.seconds = time.perf_counter() - start
+    (recipe.output / SUMMARY).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _inputs(recipe: Recipe) -> tuple:
+    sources = [] if recipe.model.startswith("bundled:") else [recipe.model]
+    return tuple(sources + list(recipe.adapters))
+
+
+def _regressions(recipe: Recipe, bench_json: Path) -> list[str]:
+    if not recipe.previous_report:
+        return []
+    from ..bench.compare import compare, load_report, parse_percent
+
+    comparison = compare(load_report(recipe.previous_report), load_report(bench_json),
+                         parse_percent(recipe.max_regression), 0.001)
+    try:
+        comparison.raise_for_failure()
+    except RegressionError as exc:
+        return [f"regression against {recipe.previous_report}: {exc}"]
+    return []

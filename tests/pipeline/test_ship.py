@@ -1,0 +1,126 @@
+"""edgeport ship: the demo recipe end to end, the cache, failing gates, regressions, and
+recipe validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgeport.errors import ParityError, RecipeError, RegressionError
+from edgeport.pipeline import load_recipe
+from helpers import assert_fails
+
+
+@pytest.mark.slow
+def test_demo_recipe_end_to_end_then_from_the_cache(cli, tmp_path):
+    out = tmp_path / "demo"
+    result = cli("ship", "-o", out)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "ship-summary.json").read_text())
+    variants = {v["name"]: v for v in summary["variants"]}
+    assert set(variants) == {"fp32", "int8", "int8-static", "fp16"}
+    report = json.loads((out / "bench.json").read_text())
+    gates = {"fp32": 0.9999, "int8": 0.98, "int8-static": 0.98, "fp16": 0.999}
+    for name, variant in variants.items():
+        assert variant["passed"], variant
+        parity = report["parity"][out.joinpath(name).name if name != "fp32" else "export"]
+        assert parity["sentence_embedding"]["min_cosine"] >= gates[name] - 1e-3      # the bench's own check agrees
+        assert variant["bundle"] and (out / "bundles" / f"{name}.tar.gz").is_file()
+        assert variant["speedup_vs_pytorch"] > 0 and variant["size_vs_pytorch"] > 0
+    assert variants["int8"]["size_vs_pytorch"] < 0.35 and variants["fp16"]["size_vs_pytorch"] < 0.6
+    assert {r["variant"] for r in report["results"]} >= {"export", "int8", "int8-static", "fp16", "torch (eager FP32, cpu)"}
+    assert (out / "triton" / "int8_static" / "config.pbtxt").is_file() and (out / "bench.html").is_file()
+    assert "vs PyTorch" in result.output and "passed" in result.output
+
+    before = {p: p.stat().st_mtime for p in out.rglob("*") if p.is_file() and ".ship-cache" not in str(p)
+              and p.name != "ship-summary.json"}
+    again = cli("ship", "-o", out)
+    assert again.exit_code == 0, again.output
+    assert again.output.count("[cached]") == 10 and "[run]" not in again.output
+    assert {p: p.stat().st_mtime for p in before} == before                # nothing was rewritten
+    plan = cli("ship", "-o", out, "--dry-run")
+    assert plan.exit_code == 0 and "will run" not in plan.output and plan.output.count("cached") == 10
+
+
+def _recipe(tmp_path, model, **extra) -> str:
+    import yaml
+
+    data = {"name": "tiny", "output": str(tmp_path / "out"), "source": {"model": str(model)},
+            "variants": [{"name": "fp32", "precision": "fp32"},
+                         {"name": "int8", "precision": "int8-dynamic", "gates": {"min_cosine": 0.9999999}}],
+            "bench": {"scenarios": ["single-stream"], "rounds": 1, "min_duration": 0.01},
+            "package": {"formats": ["bundle"]}}
+    data.update(extra)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_a_failing_gate_stops_that_variant_and_keeps_the_others(cli, tmp_path, tiny_models):
+    recipe = _recipe(tmp_path, tiny_models("bert", "feature-extraction"))
+    result = cli("ship", recipe)
+    assert result.exit_code == ParityError.exit_code, result.output
+    assert "int8: gate failed: min_cosine 1 not met" in result.output
+    summary = json.loads((tmp_path / "out" / "ship-summary.json").read_text())
+    variants = {v["name"]: v for v in summary["variants"]}
+    assert variants["fp32"]["passed"] and (tmp_path / "out" / "bundles" / "fp32.tar.gz").is_file()
+    assert not variants["int8"]["passed"] and not (tmp_path / "out" / "bundles" / "int8.tar.gz").exists()
+    assert {v["name"] for v in json.loads((tmp_path / "out" / "bench.json").read_text())["variants"]} == {"export"}
+
+
+def test_adapters_are_merged_and_a_regression_fails_the_run(cli, tmp_path, tiny_models):
+    from adapters import train_adapter
+
+    base = tiny_models("bert", "feature-extraction")
+    adapter = train_adapter(base, tmp_path / "lora", steps=2)
+    first = _recipe(tmp_path, base, variants=[{"name": "fp32", "precision": "fp32"}],
+                    source={"model": str(base), "adapters": [str(adapter)]})
+    assert cli("ship", first).exit_code == 0
+    from edgeport.artifact import Artifact
+
+    assert [e["stage"] for e in Artifact.load(tmp_path / "out" / "export").manifest.lineage] == ["merge", "export"]
+    previous = json.loads((tmp_path / "out" / "bench.json").read_text())
+    for row in previous["results"]:                           # a previous run 100x faster than anything possible
+        row["latency"] = {k: (v / 100 if isinstance(v, float) else [x / 100 for x in v] if isinstance(v, list) else v)
+                          for k, v in row["latency"].items()}
+    (tmp_path / "previous.json").write_text(json.dumps(previous))
+    second = _recipe(tmp_path, base, variants=[{"name": "fp32", "precision": "fp32"}],
+                     source={"model": str(base), "adapters": [str(adapter)]},
+                     gates={"previous_report": str(tmp_path / "previous.json"), "max_regression": "5%"},
+                     bench={"scenarios": ["single-stream"], "rounds": 1, "min_duration": 0.02})
+    result = cli("ship", second)
+    assert result.exit_code == RegressionError.exit_code, result.output
+    assert "[cached] merge" in result.output and "[cached] export" in result.output and "[run] bench" in result.output
+
+
+@pytest.mark.parametrize("recipe,phrase", [
+    ({"source": {"model": "x"}}, "'variants' is missing"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "int9"}]}, "'variants[0].precision'"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "fp32", "gatez": {}}]},
+     "'variants[0].gatez' is not a known field"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "int8-static"}]},
+     "'variants[0].calibration' is needed"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "fp32"}, {"name": "a", "precision": "fp16"}]},
+     "names 'a' twice"),
+    ({"source": {"model": "x", "adapters": ["a"], "weights": [1, 2]}, "variants": [{"name": "a", "precision": "fp32"}]},
+     "one weight per adapter"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "fp32", "gates": {"min_cosine": 2}}]},
+     "'variants[0].gates.min_cosine' must be <= 1"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "fp32"}], "bench": {"rounds": 0}},
+     "'bench.rounds' must be >= 1"),
+])
+def test_recipe_errors_point_at_the_key(tmp_path, cli, recipe, phrase):
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(RecipeError, match=phrase.replace("[", r"\[").replace("]", r"\]")):
+        load_recipe(str(path))
+    assert_fails(cli("ship", path), RecipeError.exit_code, phrase)
+
+
+def test_unreadable_recipes(tmp_path, cli):
+    (tmp_path / "bad.yaml").write_text("variants: [unclosed")
+    assert_fails(cli("ship", tmp_path / "bad.yaml"), 2, "not valid YAML")
+    assert_fails(cli("ship", tmp_path / "missing.yaml"), 2, "does not exist")
