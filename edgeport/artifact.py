@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,3 +131,12 @@ def finalize_manifest(folder: Path, manifest: Manifest) -> None:
         files[name] = {"sha256": sha256_file(file), "size": file.stat().st_size}
     manifest.files = files
     (folder / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+
+
+def copy_companions(source: Artifact, folder: Path) -> None:
+    """The source artifact's files other than the graph (tokenizer, golden data, configs)."""
+    graph_file = source.manifest.graph["file"]
+    for name in source.manifest.files:
+        if not name.startswith(graph_file) and name != MANIFEST_NAME:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source.member(name), folder / name)

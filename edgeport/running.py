@@ -35,7 +35,7 @@ def jsonable(value: Any) -> Any:
 def run_artifact(path, texts: list[str], input_file: str | None, device: str = "auto", threads: int | None = None,
                  batch_size: int = 8) -> dict[str, Any]:
     """Run an artifact (or bundle) on ``texts`` or on the examples in ``input_file``."""
-    from .data import read_examples
+    from .data import raw_images, read_examples
 
     model = load(path, device=device, threads=threads)
     with model:
@@ -46,7 +46,9 @@ def run_artifact(path, texts: list[str], input_file: str | None, device: str = "
             result["predictions"] = jsonable(model.predict(texts, batch_size=batch_size))
             return result
         kind, data = read_examples(Path(input_file), error=ModelInputError)
-        if kind == "feeds":
+        if kind == "feeds" and raw_images(data, model.processing) is not None:
+            result["predictions"] = jsonable(model.predict(raw_images(data, model.processing), batch_size=batch_size))
+        elif kind == "feeds":
             result["outputs"] = jsonable(model.run(data))
         elif kind == "images":
             result["predictions"] = jsonable(model.predict(data, batch_size=batch_size, layout="NCHW"))

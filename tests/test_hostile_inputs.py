@@ -17,7 +17,7 @@ import pytest
 
 from edgeport.artifact import Artifact
 from edgeport.errors import (AdapterError, ArtifactError, CalibrationDataError, InvalidOptionError, ModelInputError,
-                             OutputExistsError, SourceError, UnsafeFileError, UnsupportedModelError)
+                             SourceError, UnsafeFileError, UnsupportedModelError)
 from edgeport.export.onnx import ExportOptions, export_onnx
 from helpers import TESTS_DIR, assert_fails, folder_names
 

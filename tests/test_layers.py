@@ -21,8 +21,10 @@ LAYERS = [
     {"data"},
     {"parity"},
     {"export", "quantize", "bench", "package", "serve", "platforms", "running", "inspection"},
+    {"engines"},
     {"pipeline"},
     {"cli"},
+    {"__main__"},
 ]
 HEAVY = ("torch", "transformers", "optimum", "peft", "keras", "tensorflow")
 

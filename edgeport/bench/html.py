@@ -190,12 +190,32 @@ def variants_table(report: BenchReport) -> str:
             increase = generation.get("perplexity_increase")
             passed += (f" · tokens {generation['token_agreement']:.1%} predicted, {generation['exact']:.0%} of prompts "
                        "identical" + (f", perplexity {increase:+.1%}" if increase is not None else ""))
+        accuracy = parity.get("accuracy") if parity else None
+        if accuracy:
+            passed += f" · accuracy {accuracy['top1']:.2%} on {accuracy['samples']} labelled examples"
         body.append("<tr>" + f"<td>{html.escape(info['name'])}</td><td>{html.escape(info['precision'])}</td>"
                     f"<td>{html.escape(str(info['provider']))}</td>" + _cell(size, 1) +
                     _cell(info.get("peak_rss_mb"), 1) + _cell(info.get("session_create_ms"), 1) +
                     _cell(info.get("cold_start_ms"), 1) + _cell(figures.get("mean_cosine"), 5) +
                     _cell(figures.get("min_cosine"), 5) + f"<td>{passed}</td></tr>")
     return f'<table id="variants">{head}{"".join(body)}</table>'
+
+
+def domains_table(report: BenchReport) -> str:
+    """Worst-case parity per held-out text domain, when the bench measured it."""
+    domains = sorted({d for p in report.parity.values() for d in p.get("domains", {})})
+    if not domains:
+        return ""
+    head = "<tr><th>variant</th>" + "".join(f"<th>{html.escape(d)}: mean</th><th>p1</th><th>min</th>" for d in domains) \
+        + "</tr>"
+    rows = []
+    for name, parity in report.parity.items():
+        cells = []
+        for domain in domains:
+            figures = parity.get("domains", {}).get(domain, {})
+            cells += [_cell(figures.get(k), 5) for k in ("mean_cosine", "p01_cosine", "min_cosine")]
+        rows.append(f"<tr><td>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    return f'<h2>Parity on held-out text domains</h2><table id="domains">{head}{"".join(rows)}</table>'
 
 
 def render(report: BenchReport) -> str:
@@ -228,6 +248,7 @@ reference {html.escape(report.reference)} · data: {html.escape(report.data)}</p
 {sections}
 <h2>Variants</h2>
 {variants_table(report)}
+{domains_table(report)}
 <h2>All figures</h2>
 {results_table(report)}
 </body></html>

@@ -58,7 +58,10 @@ REPORT_SCHEMA: dict[str, Any] = {
             "type": "object", "required": ["passed"],
             "properties": {"passed": {"type": "boolean"}, "outputs": {"type": "object",
                                                                       "additionalProperties": _FIGURES},
-                           "sentence_embedding": _FIGURES}}},
+                           "sentence_embedding": _FIGURES,
+                           "accuracy": {"type": "object", "required": ["samples", "top1"],
+                                        "properties": {"samples": {"type": "integer", "minimum": 1},
+                                                       "top1": {"type": "number", "minimum": 0, "maximum": 1}}}}}},
         "reference": {"type": "string"},
         "interrupted": {"type": "boolean"},
     },
@@ -159,6 +162,16 @@ class BenchReport:
             cold = f"{info['cold_start_ms']:.0f}" if info.get("cold_start_ms") else "-"
             lines.append(f"{name[:28]:<28} {info['precision']:<13} {size:>8} {rss:>12} "
                          f"{info['session_create_ms']:>11.0f} {cold:>8}  {parity_text(self.parity.get(name))}")
+        domains = sorted({d for p in self.parity.values() for d in p.get("domains", {})})
+        if domains:
+            lines.append("")
+            lines.append(f"{'held-out domains: cosine mean / p1 / min':<42}" + "".join(f"{d:>28}" for d in domains))
+            for name, parity in self.parity.items():
+                cells = []
+                for domain in domains:
+                    f = parity.get("domains", {}).get(domain)
+                    cells.append(f"{f['mean_cosine']:.4f} / {f['p01_cosine']:.4f} / {f['min_cosine']:.4f}" if f else "-")
+                lines.append(f"{name[:42]:<42}" + "".join(f"{c:>28}" for c in cells))
         lines.append(f"\nmachine: {self.machine.get('cpu')}, {self.machine.get('cores')} cores, "
                      f"flags {' '.join(self.machine.get('cpu_flags', []))}")
         if self.interrupted:
@@ -182,6 +195,8 @@ def parity_text(parity: dict | None) -> str:
     text = f"cos mean {shown('mean_cosine', '.5f')} min {shown('min_cosine', '.5f')}, max abs {shown('max_abs_err', '.3g')}"
     if figures.get("top1_agreement") is not None:
         text += f", top-1 {figures['top1_agreement']:.4f}"
+    if parity.get("accuracy"):
+        text += f", accuracy {parity['accuracy']['top1']:.4f} ({parity['accuracy']['samples']} labelled)"
     return text + ("" if parity.get("passed", True) else "  FAILED")
 
 

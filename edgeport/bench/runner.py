@@ -18,14 +18,14 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..data import concat_padded, examples_for, stdlib_sentences
-from ..errors import InvalidOptionError
+from ..errors import CalibrationDataError, InvalidOptionError
 from ..manifest import now_iso
 from ..outputs import HTML_REPORT, JSON_REPORT, check_output
 from ..parity import ParityBudget, measure, reference_outputs
 from ..runtime import load
 from ..runtime.onnxrt import OnnxRuntimeRunner
 from ..runtime.runner import Runner
-from ..vocabulary import SCENARIOS
+from ..vocabulary import DEVICES, SCENARIOS
 from .machine import machine_info
 from .memory import measure_memory
 from .report import BenchReport
@@ -33,6 +33,7 @@ from .scenarios import Interrupted, Settings, find_max_qps, interleaved_latency,
 from .stats import latency_stats
 
 MAX_BATCH = 4096
+LABELLED_TASKS = ("text-classification", "image-classification")   # one class per example
 
 
 @dataclass
@@ -59,6 +60,9 @@ class BenchOptions:
     threads: int | None = None
     reports: ReportFiles = field(default_factory=ReportFiles)
     max_new_tokens: int = 32              # generation: tokens per request
+    domains: list[str] = field(default_factory=list)   # held-out text domains for worst-case parity
+    labels: str | None = None             # true classes of the --data examples: adds accuracy
+    device: str = "cpu"                   # where ONNX artifacts run (engines always run on TensorRT)
 
     def check(self, paths: list[str]) -> None:
         if not paths:
@@ -77,6 +81,15 @@ class BenchOptions:
         for name, value in (("--rate", self.server_rate), ("--p99-bound-ms", self.p99_bound_ms)):
             if value is not None and (not math.isfinite(value) or value <= 0):
                 raise InvalidOptionError(f"{name} must be a finite number > 0 (got {value!r})")
+        from ..data.domains import DOMAINS
+
+        unknown_domains = [d for d in self.domains if d not in DOMAINS]
+        if unknown_domains:
+            raise InvalidOptionError(f"unknown domain {', '.join(unknown_domains)}; choose from {', '.join(DOMAINS)}")
+        if self.device not in DEVICES:
+            raise InvalidOptionError(f"--device must be one of {', '.join(DEVICES)} (got {self.device!r})")
+        if self.labels and not self.data:
+            raise InvalidOptionError("--labels gives the classes of the --data examples; give --data too")
         if self.find_max_qps and self.p99_bound_ms is None:
             raise InvalidOptionError("--find-max-qps needs --p99-bound-ms")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
@@ -151,12 +164,14 @@ class _Inputs:
         return {k: np.ascontiguousarray(np.repeat(v[:, :length], size, axis=0)) for k, v in self._long.items()}
 
 
-def artifact_variant(artifact: Artifact, threads: int | None, taken) -> Variant:
+def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str = "cpu") -> Variant:
+    """An artifact loaded for the bench: ONNX graphs on ``device``, engines on TensorRT."""
     start = time.perf_counter()
-    model = load(artifact.path, device="cpu", threads=threads, check_files=False, spinning=False)
+    model = load(artifact.path, device=device, threads=threads, check_files=False, spinning=False)
     created = (time.perf_counter() - start) * 1000
     name = _unique(artifact.path.name, taken)
-    info = {"name": name, "path": str(artifact.path), "kind": "onnx", "manifest_sha256": artifact.manifest_sha256,
+    info = {"name": name, "path": str(artifact.path), "kind": artifact.manifest.graph["format"],
+            "manifest_sha256": artifact.manifest_sha256,
             "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
             "provider": model.provider, "session_create_ms": round(created, 1)}
     return Variant(name, model.runner, info)
@@ -177,10 +192,17 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
     if "generation" in options.scenarios:
         raise InvalidOptionError("the generation scenario is for causal LMs (task text-generation)")
     reference = Artifact.load(options.reference) if options.reference else artifacts[0]
+    if reference.manifest.graph["format"] != "onnx":
+        raise InvalidOptionError(f"parity is measured against an ONNX artifact, and '{reference.path}' holds a "
+                                 f"{reference.manifest.graph['format']} graph: list the ONNX artifact first, or give "
+                                 "--reference")
+    if options.domains and not reference.manifest.processing.get("tokenizer"):
+        raise InvalidOptionError("--domains measures text models on held-out text; this model takes no text")
     inputs = _Inputs(reference, options.data)
+    labels = _labels(reference, options, inputs.examples.count)
     variants: list[Variant] = []
     for artifact in artifacts:
-        variant = artifact_variant(artifact, options.threads, {v.name for v in variants})
+        variant = artifact_variant(artifact, options.threads, {v.name for v in variants}, options.device)
         if options.measure_memory:
             progress(f"memory and cold start of {variant.name} (fresh process)...")
             variant.info.update(measure_memory(str(artifact.path), options.data))
@@ -196,7 +218,7 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
         meter.start(_blocks(options, inputs, len(variants)))
         _measure(report, {v.name: v.runner.run for v in variants}, inputs, options, progress, meter)
         progress("measuring parity...")
-        _parity(report, variants, reference, options)
+        _parity(report, variants, reference, options, labels)
     except Interrupted:
         report.interrupted = True
         progress("interrupted: reporting what was measured")
@@ -208,7 +230,31 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
     return report
 
 
-def _parity(report: BenchReport, variants: list[Variant], reference: Artifact, options: BenchOptions) -> None:
+def _labels(reference: Artifact, options: BenchOptions, count: int) -> np.ndarray | None:
+    """The --labels, checked against the model and the data before anything is measured."""
+    if not options.labels:
+        return None
+    from ..data import read_labels
+
+    if reference.task not in LABELLED_TASKS:
+        raise InvalidOptionError(f"--labels measures the accuracy of classifiers (one class per example); this is "
+                                 f"a {reference.task} model")
+    labels = read_labels(options.labels, reference.manifest.processing.get("labels"))
+    if len(labels) != count:
+        raise CalibrationDataError(f"'{options.labels}' has {len(labels)} labels but '{options.data}' holds "
+                                   f"{count} examples")
+    return labels
+
+
+def _accuracy(runner: Runner, examples, labels: np.ndarray) -> dict:
+    """Top-1 accuracy of the classifier's first output (its logits) against the true classes."""
+    predicted = np.concatenate([np.asarray(next(iter(runner.run(feeds).values()))).argmax(-1)
+                                for feeds in examples.batches])
+    return {"samples": len(labels), "top1": round(float((predicted == labels).mean()), 6)}
+
+
+def _parity(report: BenchReport, variants: list[Variant], reference: Artifact, options: BenchOptions,
+            labels: np.ndarray | None = None) -> None:
     examples = examples_for(reference, options.data, role="eval")
     with OnnxRuntimeRunner(reference.model_path, inputs=reference.manifest.inputs) as runner:
         expected = reference_outputs(runner, examples)
@@ -216,8 +262,33 @@ def _parity(report: BenchReport, variants: list[Variant], reference: Artifact, o
         for variant in variants:
             report.parity[variant.name] = measure(variant.runner, expected, examples, reference.task, options.budget,
                                                   reference_name=f"'{reference.path}'").to_dict()
+            if labels is not None:
+                report.parity[variant.name]["accuracy"] = _accuracy(variant.runner, examples, labels)
+        _domain_parity(report, variants, reference, options)
     except KeyboardInterrupt:
         raise Interrupted({}) from None
+
+
+DOMAIN_SENTENCES = {"docstrings": 300, "legal": 300, "science": 140}
+
+
+def _domain_parity(report: BenchReport, variants: list[Variant], reference: Artifact, options: BenchOptions) -> None:
+    """Worst-case parity per held-out text domain: what a user sees on text unlike the
+    calibration data (figures of the pooled embedding for feature extraction)."""
+    if not options.domains:
+        return
+    from ..data.domains import domain_sentences
+
+    for domain in options.domains:
+        texts = domain_sentences(domain, DOMAIN_SENTENCES[domain])
+        examples = examples_for(reference, texts=texts, description=f"{len(texts)} {domain} sentences")
+        with OnnxRuntimeRunner(reference.model_path, inputs=reference.manifest.inputs) as runner:
+            expected = reference_outputs(runner, examples)
+        for variant in variants:
+            figures = measure(variant.runner, expected, examples, reference.task).headline()
+            report.parity[variant.name].setdefault("domains", {})[domain] = {
+                "samples": len(texts), "mean_cosine": figures.mean_cosine, "p01_cosine": figures.p01_cosine,
+                "min_cosine": figures.min_cosine}
 
 
 def _unique(name: str, taken) -> str:

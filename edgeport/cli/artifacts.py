@@ -8,7 +8,7 @@ import click
 from .. import vocabulary as v
 from ..errors import InvalidOptionError
 from . import main
-from .common import emit_json, show_artifact
+from .common import emit_json, say, show_artifact
 
 
 @main.command("inspect")
@@ -45,7 +45,7 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
     if platform:
         from ..platforms import verify_on_platform
 
-        report = verify_on_platform(candidate, platform, cpu=cpu, budget=budget)
+        report = verify_on_platform(candidate, platform, cpu=cpu, budget=budget, progress=say)
         emit_json(report.to_dict()) if as_json else click.echo(report.summary())
         report.raise_for_failure()
         return

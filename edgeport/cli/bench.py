@@ -35,11 +35,16 @@ def _numbers(text: str, name: str) -> list[int]:
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(v.SCENARIOS),
               help="Repeatable (default: single-stream).")
+@click.option("--device", type=click.Choice(v.DEVICES), default="cpu", show_default=True,
+              help="Where ONNX artifacts run (auto, cpu, cuda, tensorrt: ONNX Runtime's providers); engine "
+                   "artifacts always run on TensorRT.")
 @click.option("--baseline", type=click.Choice(["torch"]), help="Add the PyTorch source model as a row.")
 @click.option("--baseline-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where the PyTorch baseline runs.")
 @click.option("--reference", type=click.Path(), help="Artifact parity is measured against (default: the first).")
 @click.option("--data", type=click.Path(), help="Real inputs (default: bundled sentences, digits or golden inputs).")
+@click.option("--labels", type=click.Path(),
+              help="Classifiers: the true class of each --data example (.npy or .txt); adds accuracy.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="For offline and sweep.")
 @click.option("--sequence-lengths", default="16,64,128,256", show_default=True, help="For sweep (text models).")
 @click.option("--rate", type=float, help="Server scenario: requests per second (default: half one worker's capacity).")
@@ -56,28 +61,29 @@ def _numbers(text: str, name: str) -> list[int]:
 @click.option("--min-top1-agreement", type=float)
 @click.option("--max-new-tokens", type=int, default=32, show_default=True,
               help="Causal LMs: new tokens per request of the generation scenario.")
+@click.option("--domains", help="Text models: worst-case parity on held-out domains, e.g. docstrings,legal,science.")
 @click.option("--no-memory", is_flag=True, help="Skip the fresh-process memory and cold-start probe.")
 @click.option("--json", "json_path", type=click.Path(), help="Write the report as JSON.")
 @click.option("--html", "html_path", type=click.Path(), help="Write a self-contained HTML report.")
 @click.option("--force", is_flag=True, help="Replace existing report files.")
-def bench_run_command(artifacts, scenarios, baseline, baseline_device, reference, data, batch_sizes, sequence_lengths,
-                      rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration, min_count, threads, min_cosine,
-                      min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens, no_memory, json_path,
-                      html_path, force):
+def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, reference, data, labels, batch_sizes,
+                      sequence_lengths, rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration, min_count,
+                      threads, min_cosine, min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens, domains,
+                      no_memory, json_path, html_path, force):
     """Measure ARTIFACTS side by side: latency, throughput, size, memory, start-up and parity."""
     from ..bench.runner import BenchOptions, ReportFiles, run_bench
     from ..bench.scenarios import Settings
     from ..parity import ParityBudget
 
     options = BenchOptions(
-        scenarios=list(scenarios) or ["single-stream"], data=data, reference=reference,
+        scenarios=list(scenarios) or ["single-stream"], data=data, labels=labels, device=device, reference=reference,
         batch_sizes=_numbers(batch_sizes, "--batch-sizes"), sequence_lengths=_numbers(sequence_lengths,
                                                                                      "--sequence-lengths"),
         server_rate=rate, server_queries=queries, p99_bound_ms=p99_bound_ms, find_max_qps=find_max_qps,
         budget=ParityBudget(min_cosine, max_abs_error, min_top1_agreement, min_p01_cosine),
         settings=Settings(rounds=rounds, min_duration=min_duration, min_count=min_count),
         measure_memory=not no_memory, threads=threads, reports=ReportFiles(json_path, html_path, force),
-        max_new_tokens=max_new_tokens)
+        max_new_tokens=max_new_tokens, domains=[d.strip() for d in (domains or "").split(",") if d.strip()])
     options.check(list(artifacts))
     extra = []
     if baseline == "torch":

@@ -108,3 +108,43 @@ def merge_command(base, adapters, weights, combination, out, dtype, atol, allow_
                            allow_pickle=allow_pickle, force=force)
     path = merge(base, out, options, progress=say)
     click.echo(f"wrote {path}")
+
+
+@export.command("tensorrt")
+@click.argument("source", type=click.Path())
+@click.option("-o", "--output", "out", type=click.Path(), help="Engine artifact folder to write (not with --dry-run).")
+@click.option("--shapes", multiple=True, metavar="NAME:MIN,OPT,MAX",
+              help="Optimisation profile of an input, e.g. input_ids:1x16,8x128,32x512 (repeatable; inputs that "
+                   "share an axis share its range). Default: from the manifest's dynamic axes.")
+@click.option("--fp16", is_flag=True, help="Quantize to FP16 first (edgeport quantize --mode fp16).")
+@click.option("--int8", is_flag=True, help="Quantize to symmetric INT8 Q/DQ first (--mode int8-static --target gpu).")
+@click.option("--calib", type=click.Path(), help="Calibration data for --int8.")
+@click.option("--data", type=click.Path(), help="Parity data (default: bundled real sentences or digits).")
+@click.option("--via", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
+              help="Build with TensorRT itself, or keep ONNX for ONNX Runtime's TensorRT execution provider.")
+@click.option("--workspace-mb", type=int, default=4096, show_default=True, help="Builder workspace limit.")
+@click.option("--timing-cache", type=click.Path(), help="Timing cache file (default ~/.cache/edgeport/tensorrt).")
+@click.option("--dry-run", is_flag=True, help="Print the build plan and exit; needs no GPU.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")
+@click.option("--force", is_flag=True, help="Replace an existing output artifact.")
+def export_tensorrt_command(source, out, shapes, fp16, int8, calib, data, via, workspace_mb, timing_cache, dry_run,
+                            as_json, force):
+    """Build a TensorRT engine for this GPU from SOURCE (an ONNX artifact), with its parity measured."""
+    import json
+
+    from ..errors import InvalidOptionError
+    from ..engines import TensorRTOptions, export_tensorrt
+
+    if not dry_run and not out:
+        raise InvalidOptionError("give -o/--output (or --dry-run to see the plan)")
+    options = TensorRTOptions(shapes=list(shapes), fp16=fp16, int8=int8, calib=calib, data=data, via=via,
+                              workspace_mb=workspace_mb, timing_cache=timing_cache, dry_run=dry_run, force=force)
+    result = export_tensorrt(source, out, options, progress=None if as_json else say)
+    if not dry_run:
+        show_artifact(result.path, as_json)
+        return
+    click.echo(json.dumps(result.to_dict(), indent=1) if as_json else "\n".join(result.lines()))
+    if result.blocking:
+        from ..errors import UnsupportedModelError
+
+        raise UnsupportedModelError("the build would fail: " + "; ".join(result.blocking))

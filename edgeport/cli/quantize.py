@@ -28,6 +28,9 @@ from .export import given
                                                  f"(default {v.DEFAULT_SMOOTH_ALPHA}).")
 @click.option("--no-smooth", is_flag=True, help="INT8 without activation smoothing.")
 @click.option("--no-optimize", is_flag=True, help="Skip ONNX Runtime's transformer fusions.")
+@click.option("--no-worst-case-guard", is_flag=True,
+              help="INT8: keep no node in FP32 to hold the worst case on the calibration data (smaller, faster).")
+@click.option("--max-kept-nodes", type=int, help="With a budget or the guard: keep at most this many nodes in FP32.")
 @click.option("--no-fp16-fallback", is_flag=True, help="fp16: do not keep overflowing nodes in FP32.")
 @click.option("--block-size", type=int, help="int4 / int8-weight-only: weights per scale (default 32).")
 @click.option("--accuracy-level", type=int, help="int4: MatMulNBits compute precision, 4 = int8 (default 4).")
@@ -37,7 +40,7 @@ from .export import given
 @click.option("--json", "as_json", is_flag=True)
 def quantize_command(artifact, out, mode, target, per_channel, calib, calibration_method, data, min_cosine,
                      min_p01_cosine, max_abs_error, min_top1_agreement, smooth_alpha, no_smooth, no_optimize,
-                     no_fp16_fallback, block_size, accuracy_level, max_token_disagreement, max_perplexity_increase,
+                     no_worst_case_guard, max_kept_nodes, no_fp16_fallback, block_size, accuracy_level, max_token_disagreement, max_perplexity_increase,
                      force, as_json):
     """Quantize ARTIFACT (INT8, FP16, or INT4/INT8 weight-only for causal LMs), with a parity
     check against it on real data."""
@@ -47,6 +50,7 @@ def quantize_command(artifact, out, mode, target, per_channel, calib, calibratio
                               min_cosine=min_cosine, min_p01_cosine=min_p01_cosine, max_abs_error=max_abs_error,
                               min_top1_agreement=min_top1_agreement, smooth=not no_smooth, smooth_alpha=smooth_alpha,
                               optimize=not no_optimize, fp16_fallback=not no_fp16_fallback, force=force,
+                              worst_case_guard=not no_worst_case_guard, max_kept_nodes=max_kept_nodes,
                               max_token_disagreement=max_token_disagreement,
                               max_perplexity_increase=max_perplexity_increase,
                               **given(calibration_method=calibration_method, block_size=block_size,

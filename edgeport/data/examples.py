@@ -88,6 +88,19 @@ def hash_values(values) -> str:
     return digest.hexdigest()
 
 
+def raw_images(data: dict[str, np.ndarray], processing: dict):
+    """The pixels of an .npz that holds one uint8 array for an image model, else None.
+
+    Such a file holds raw images in the model's own layout (what Keras users keep:
+    [N, H, W, C] uint8), whatever the array is called; they get the model's
+    pre-processing.  A float array is taken as ready feeds."""
+    if processing.get("image") and len(data) == 1:
+        (array,) = data.values()
+        if np.asarray(array).dtype == np.uint8:
+            return array
+    return None
+
+
 def examples_for(artifact, path: str | Path | None = None, role: str = "eval", limit: int | None = None,
                  batch_size: int = 16, texts: Sequence[str] | None = None, description: str | None = None
                  ) -> ExampleSet:
@@ -115,6 +128,10 @@ def examples_for(artifact, path: str | Path | None = None, role: str = "eval", l
     else:
         kind, data = read_examples(path, limit)
         description, digest = f"{Path(path).name} ({kind})", _hash_path(Path(path))
+    layout = "NCHW"    # image folders are read as NCHW
+    if kind == "feeds" and raw_images(data, processing) is not None:
+        kind, data, layout = "images", raw_images(data, processing), processing["image"].get("layout", "NCHW")
+        description = f"{Path(path).name} (raw images)"
 
     if kind == "text":
         if not processing.get("tokenizer"):
@@ -127,7 +144,7 @@ def examples_for(artifact, path: str | Path | None = None, role: str = "eval", l
         if not processing.get("image"):
             raise CalibrationDataError(f"'{path}' holds images but this model takes {', '.join(specs)}; "
                                        "give an .npz with one array per input")
-        pixels = ImageProcessor.from_manifest(processing)(data, layout="NCHW")
+        pixels = ImageProcessor.from_manifest(processing)(data, layout=layout)
         name = next(iter(specs))
         batches = [{name: pixels[i:i + batch_size]} for i in range(0, len(pixels), batch_size)]
     else:

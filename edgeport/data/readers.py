@@ -157,3 +157,41 @@ def _read_image(file: Path, Image, error) -> np.ndarray:
         raise error(f"image '{file}' is a decompression bomb ({exc})") from exc
     except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise error(f"'{file}' is not a readable image ({exc})") from exc
+
+
+def read_labels(path: str | Path, names: list[str] | None, error: type[EdgeportError] = CalibrationDataError
+                ) -> np.ndarray:
+    """The true classes of evaluation examples, as class indices.
+
+    ``.npy``: one integer (class index) or string (label name) per example; ``.txt``: one
+    per line.  Names are looked up in the model's labels (``names``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"labels '{path}' do not exist" if not path.exists() else f"labels '{path}' is not a file")
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            values = np.array([line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()])
+    except PermissionError as exc:
+        raise error(f"cannot read '{path}': permission denied") from exc
+    except (OSError, ValueError, EOFError, UnicodeDecodeError) as exc:
+        raise error(f"cannot read labels from '{path}' ({exc}); give an .npy or a .txt with one label a line") from exc
+    if values.ndim != 1 or len(values) == 0:
+        raise error(f"'{path}' must hold one label per example (got shape {list(values.shape)})")
+    if values.dtype.kind in "iu" or (values.dtype.kind == "U" and all(v.lstrip("-").isdigit() for v in values)):
+        indices = values.astype(np.int64)
+        classes = len(names) if names else None
+        wrong = indices[(indices < 0) | (indices >= (classes or np.iinfo(np.int64).max))]
+        if len(wrong):
+            raise error(f"'{path}': class index {int(wrong[0])} is outside the model's classes "
+                        f"(0..{classes - 1 if classes else 'n'})")
+        return indices
+    if values.dtype.kind != "U":
+        raise error(f"'{path}' holds {values.dtype} labels; give class indices or label names")
+    index = {name: i for i, name in enumerate(names or [])}
+    unknown = sorted({v for v in values if v not in index})
+    if unknown:
+        raise error(f"'{path}': labels {', '.join(unknown[:5])} are not among the model's labels "
+                    f"({', '.join(list(index)[:10]) or 'none recorded'})")
+    return np.array([index[v] for v in values], dtype=np.int64)

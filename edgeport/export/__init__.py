@@ -1,2 +1,3 @@
-"""Export stages: merge adapters, export to ONNX (encoders, vision, causal LMs, Keras), build
-TensorRT engines, and the PyTorch baseline runner.  May import torch; the runtime never does."""
+"""Export stages: merge adapters, export to ONNX (encoders, vision, causal LMs, Keras), and
+the PyTorch baseline runner.  TensorRT engines are built a layer up, in ``edgeport.engines``.
+May import torch; the runtime never does."""

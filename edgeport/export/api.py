@@ -15,10 +15,6 @@ def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, opti
                          adapters: list[str], weights: list[float], progress=None) -> Artifact:
     """``export onnx SOURCE --adapter A``: merge (verified) into a temporary folder, then
     export that; the merge record goes into the artifact's lineage."""
-    if str(source).endswith(".keras"):
-        from .keras import export_keras
-
-        return export_keras(source, out, options, progress=progress)
     if not adapters:
         return export_onnx(source, out, options, progress=progress)
     from .lora import MergeOptions, merge

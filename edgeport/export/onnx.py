@@ -91,11 +91,15 @@ class RouteResult:
 
 def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: ExportOptions | None = None,
                 progress=None, extra_inputs: tuple = ()) -> Artifact:
-    """Export ``source`` (HF folder or ``module:callable``) to an ONNX artifact at ``out``.
-    ``extra_inputs``: paths the output must not overlap besides the source (e.g. adapters)."""
+    """Export ``source`` (HF folder, ``.keras`` file or ``module:callable``) to an ONNX artifact at
+    ``out``.  ``extra_inputs``: paths the output must not overlap besides the source (adapters)."""
     options = options or ExportOptions()
     options.check()
     source_text = str(source)
+    if source_text.endswith((".keras", ".h5")) or (Path(source_text) / "saved_model.pb").is_file():
+        from .keras import export_keras
+
+        return export_keras(source, out, options, progress=progress)
     callable_source = is_callable_source(source_text)
     check_output(out, options.force, () if callable_source else (source_text, *extra_inputs), ARTIFACT)
     require("torch", "export")

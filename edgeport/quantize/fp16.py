@@ -176,7 +176,7 @@ class Fp16(Recipe):
         # Rebuild the winner once more so the kept-node list matches the written model, then
         # check it node by node: ONNX Runtime's CPU graph optimizations run some FP16 nodes in
         # FP32, hiding overflows that a GPU would hit.
-        rebuilt = FallbackResult(build(result.kept), result.report, result.kept, result.ranking)
+        rebuilt = FallbackResult(build(result.kept), result.report, result.kept, result.steps, result.latency_ms)
         culprit = first_nonfinite_node(graph.load(rebuilt.model_file), job.evaluation,
                                        graph.load(job.source.model_path))
         if culprit:
@@ -191,6 +191,6 @@ class Fp16(Recipe):
                      "calibration": job.calibration.to_dict(), "operators": operators,
                      "keep_io_types": job.options.keep_io_types, "fp16_fallback": job.options.fp16_fallback,
                      "levers": ["overflowing nodes kept in FP32"] if job.options.fp16_fallback else []}
-        if result.ranking:
+        if result.steps:
             precision["sensitivity"] = result.ranking_records()
         return precision

@@ -76,6 +76,20 @@ def session_with_outputs(model, names: list[str]):
     return create_session(copy.SerializeToString(), INSPECTION)
 
 
+def basic_optimized(model_path: Path, dest: Path):
+    """``model_path`` after ONNX Runtime's basic rewrites (standard ONNX ops only, the same on
+    every provider): constant folding, redundant Transpose/Cast removal, Conv+Add/Mul/
+    BatchNormalization fusion.  Saved at ``dest`` and returned."""
+    import onnxruntime as ort
+
+    from ..runtime.onnxrt import SessionSettings, session_options
+
+    options = session_options(SessionSettings(device="cpu", spinning=False, optimization="basic"))
+    options.optimized_model_filepath = str(dest)
+    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    return load(dest)
+
+
 def save(model, path: Path) -> None:
     import onnx
 

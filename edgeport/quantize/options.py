@@ -29,6 +29,8 @@ class QuantizeOptions:
     keep_io_types: bool = True
     block_size: int = 32                   # int4 / int8-weight-only: weights per scale
     accuracy_level: int = 4                # int4: MatMulNBits compute precision (4 = int8 activations)
+    worst_case_guard: bool = True          # INT8 without a budget: hold the recipe's worst case on calibration data
+    max_kept_nodes: int | None = None      # with a budget or the guard: keep at most this many nodes in FP32
     max_token_disagreement: float | None = None   # causal LMs: budget on greedy tokens that differ
     max_perplexity_increase: float | None = None  # causal LMs: budget on relative perplexity increase
     force: bool = False
@@ -48,6 +50,8 @@ class QuantizeOptions:
             raise InvalidOptionError("--block-size must be a power of two >= 16 (e.g. 32, 64, 128)")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise InvalidOptionError("--accuracy-level must be 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
+        if self.max_kept_nodes is not None and (not isinstance(self.max_kept_nodes, int) or self.max_kept_nodes < 0):
+            raise InvalidOptionError("--max-kept-nodes must be a whole number >= 0")
         for name, value in (("--max-token-disagreement", self.max_token_disagreement),
                             ("--max-perplexity-increase", self.max_perplexity_increase)):
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):

@@ -14,9 +14,10 @@ from typing import Any, Callable, ClassVar
 from ..artifact import Artifact
 from ..data import ExampleSet
 from ..errors import InvalidOptionError
+from ..parity import ParityBudget
 from ..vocabulary import QUANTIZE_MODES
 from .options import QuantizeOptions
-from .sensitivity import FallbackResult
+from .sensitivity import FallbackResult, leave_one_out_ranking
 from .targets import Target
 
 
@@ -43,9 +44,17 @@ class Recipe:
     mode: ClassVar[str]
     default_min_cosine: ClassVar[float] = 0.95    # the gate when no budget is given: refuse a broken model
     needs_calibration_file: ClassVar[bool] = False
+    # Without a budget, hold the worst case on the calibration data to this, keeping at most
+    # guard_max_kept nodes in higher precision (None: no guard).
+    guard: ClassVar[ParityBudget | None] = None
+    guard_max_kept: ClassVar[int] = 6
 
     def check(self, options: QuantizeOptions, target: Target) -> None:
         """Refuse option combinations this mode cannot honour (before any work)."""
+
+    def fallback_limit(self, candidates: int, max_kept: int | None) -> int | None:
+        """How many ranked candidates a budget may keep in higher precision."""
+        return max_kept
 
     def prepare(self, job: QuantizeJob) -> Path:
         """The FP32 graph every candidate starts from."""
@@ -58,6 +67,10 @@ class Recipe:
     def candidates(self, job: QuantizeJob, prepared: Path) -> list[str]:
         """Nodes the accuracy-aware fallback may keep in higher precision."""
         raise NotImplementedError
+
+    def rank(self, job: QuantizeJob, prepared: Path, build, evaluate) -> list[tuple[str, float]]:
+        """Candidates, most sensitive first, with their sensitivity (leave-one-out by default)."""
+        return leave_one_out_ranking(self.candidates(job, prepared), build, evaluate, job.say)
 
     def finish(self, job: QuantizeJob, result: FallbackResult, build: Callable[[list[str]], Path]) -> FallbackResult:
         """Last checks on the chosen candidate (and a rebuild if the recipe needs one)."""

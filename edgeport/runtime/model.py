@@ -61,9 +61,14 @@ def make_runner(artifact: Artifact, settings: SessionSettings) -> Runner:
     if graph["format"] == "tensorrt":
         from .tensorrt import TensorRTRunner
 
-        return TensorRTRunner(artifact)
+        return TensorRTRunner(artifact.model_path, artifact.manifest, str(artifact.path))
+    provider_options = None
+    if (graph.get("engine") or {}).get("via") == "onnxruntime":       # built for ONNX Runtime's TensorRT EP
+        from .tensorrt import ort_tensorrt_options
+
+        provider_options = {"TensorrtExecutionProvider": ort_tensorrt_options(artifact.manifest, artifact.path)}
     return OnnxRuntimeRunner(artifact.model_path, settings, artifact.manifest.inputs,
-                             [s["name"] for s in graph["outputs"]])
+                             [s["name"] for s in graph["outputs"]], provider_options)
 
 
 class Model:

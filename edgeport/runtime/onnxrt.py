@@ -98,12 +98,15 @@ def choose_providers(device: str) -> list[str]:
     return [wanted] if device == "cpu" else [wanted, PROVIDERS["cpu"]]
 
 
-def create_session(model: Path | str | bytes, settings: SessionSettings = QUIET_CPU):
+def create_session(model: Path | str | bytes, settings: SessionSettings = QUIET_CPU,
+                   provider_options: dict[str, dict[str, str]] | None = None):
     """An InferenceSession for a model file (or its bytes); a model ONNX Runtime cannot load
-    is an ArtifactError with ONNX Runtime's reason."""
+    is an ArtifactError with ONNX Runtime's reason.  ``provider_options``: provider name ->
+    its options, for the providers that get used (an artifact's TensorRT EP settings)."""
     import onnxruntime as ort
 
-    providers = choose_providers(settings.device)
+    providers = [(p, provider_options[p]) if provider_options and p in provider_options else p
+                 for p in choose_providers(settings.device)]
     source = model if isinstance(model, bytes) else str(model)
     try:
         return ort.InferenceSession(source, session_options(settings), providers=providers)
@@ -136,8 +139,9 @@ class OnnxRuntimeRunner(Runner):
     """One ONNX Runtime session; ``run`` is safe to call from several threads at once."""
 
     def __init__(self, model: Path | str | bytes, settings: SessionSettings = QUIET_CPU,
-                 inputs: Sequence[TensorSpec] | None = None, output_names: Sequence[str] | None = None):
-        self.session = create_session(model, settings)
+                 inputs: Sequence[TensorSpec] | None = None, output_names: Sequence[str] | None = None,
+                 provider_options: dict[str, dict[str, str]] | None = None):
+        self.session = create_session(model, settings, provider_options)
         provider = self.session.get_providers()[0]
         if settings.device not in ("auto", "cpu") and provider != PROVIDERS[settings.device]:
             raise DeviceError(f"ONNX Runtime could not start {PROVIDERS[settings.device]} "

@@ -127,9 +127,11 @@ def test_torch_baseline_row(tmp_path, tiny_models):
 
 
 @pytest.mark.slow
-def test_peak_memory_is_each_variants_own(minilm_onnx, minilm_int8):
+def test_peak_memory_is_each_variants_own(minilm_onnx, tmp_path):
     """A quarter of the weights must show as clearly less peak memory, measured in one run
     (a probe that inherited the bench's high-water mark reported the same for both)."""
+    minilm_int8 = quantize(minilm_onnx.path, tmp_path / "int8",
+                           QuantizeOptions(mode="int8-dynamic", worst_case_guard=False))
     report = run_bench([str(minilm_onnx.path), str(minilm_int8.path)],
                        BenchOptions(settings=FAST, scenarios=["single-stream"]))
     fp32, int8 = report.variants
@@ -177,6 +179,27 @@ def test_bad_bench_arguments_fail_up_front(cli, two_artifacts, args, phrase):
 
 def test_missing_artifact(cli, tmp_path):
     assert_fails(cli("bench", tmp_path / "missing"), 7, "does not exist")
+
+
+def test_held_out_domain_parity(two_artifacts, cli):
+    fp32, int8 = two_artifacts
+    report = run_bench([str(fp32.path), str(int8.path)],
+                       BenchOptions(settings=FAST, measure_memory=False, domains=["legal", "science"]))
+    for name in ("encoder", "int8"):
+        domains = report.parity[name]["domains"]
+        assert set(domains) == {"legal", "science"} and domains["legal"]["samples"] == 300
+        figures = domains["science"]
+        assert figures["min_cosine"] <= figures["p01_cosine"] <= figures["mean_cosine"] <= 1.0 + 1e-9
+    assert report.parity["encoder"]["domains"]["legal"]["min_cosine"] > 0.99999
+    assert "held-out domains" in report.table()
+    result = cli("bench", fp32.path, "--domains", "poetry")
+    assert result.exit_code == 2 and "unknown domain poetry" in result.output
+
+
+def test_held_out_domains_of_a_model_without_text_are_refused_before_measuring(onnx_artifacts, tmp_path, cli):
+    result = cli("bench", onnx_artifacts["classifier"].path, "--domains", "legal", "--json", tmp_path / "r.json")
+    assert result.exit_code == 2 and "takes no text" in result.output
+    assert "memory and cold start" not in result.output and not (tmp_path / "r.json").exists()
 
 
 def test_sweep_is_skipped_for_models_without_text(onnx_artifacts):

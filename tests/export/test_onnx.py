@@ -25,7 +25,6 @@ def test_minilm_matches_sentence_transformers_on_real_sentences(minilm_onnx, min
 
     assert len(sentences) >= 100
     expected = SentenceTransformer(str(minilm_dir), device="cpu").encode(sentences, batch_size=16)
-    manifest = minilm_onnx.manifest
     text = TextProcessor.from_artifact(minilm_onnx)
     session = ort.InferenceSession(str(minilm_onnx.model_path), providers=["CPUExecutionProvider"])
     got = []

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from edgeport.artifact import Artifact
-from edgeport.errors import ArtifactError, CalibrationDataError, InvalidOptionError, ParityError
-from edgeport.export.onnx import ExportOptions, export_onnx
-from edgeport.quantize import QuantizeOptions, quantize
-from edgeport.runtime import load
-from helpers import cosines as _cosines, folder_names
+from edgeport.errors import ParityError
 
 
 @pytest.mark.slow

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
-from edgeport.artifact import Artifact
-from edgeport.errors import ArtifactError, CalibrationDataError, InvalidOptionError, ParityError
-from edgeport.export.onnx import ExportOptions, export_onnx
+from edgeport.export.onnx import export_onnx
 from edgeport.quantize import QuantizeOptions, quantize
 from edgeport.runtime import load
-from helpers import cosines as _cosines, folder_names
+from helpers import cosines as _cosines
 
 
 @pytest.mark.slow
@@ -20,17 +17,23 @@ def test_minilm_int8_default_recipe_is_faithful_and_small(minilm_int8, minilm_on
     # Stock tools reach mean 0.962 / min 0.927 (per-tensor) and 0.993 / 0.984 (per-channel) here.
     assert cos.mean() >= 0.994, cos.mean()
     assert cos.min() >= 0.985, cos.min()
-    assert minilm_int8.size_bytes() <= 0.30 * minilm_onnx.size_bytes()
+    # At most 35%: the worst-case guard may keep up to three 2.4 MB feed-forward MatMuls in FP32
+    # (25.0 MB -> 30.3 MB here); without it the INT8 artifact was 27% of FP32.
+    assert minilm_int8.size_bytes() <= 0.35 * minilm_onnx.size_bytes()
     manifest = minilm_int8.manifest
     assert manifest.precision["mode"] == "int8-dynamic" and manifest.precision["per_channel"] is True
     assert manifest.precision["calibration"]["sha256"] and manifest.precision["smoothing_alpha"] == 0.7
-    # Attention fused (QKV in one QAttention per layer); output, FFN1 and FFN2 MatMuls in int8.
+    # Attention fused (QKV in one QAttention per layer); output, FFN1 and FFN2 MatMuls in int8
+    # but for the few the guard keeps, which the manifest names with what each cost.
+    kept = manifest.precision["kept_fp32_nodes"]
     assert manifest.precision["operators"]["QAttention"] == 6
-    assert manifest.precision["operators"]["MatMulInteger"] >= 18
+    assert manifest.precision["operators"]["MatMulInteger"] >= 18 - len(kept) and len(kept) <= 6
+    assert sorted(r["node"] for r in manifest.precision.get("sensitivity", [])) == kept
+    assert all("latency_ms" in r and "score_when_kept" in r for r in manifest.precision.get("sensitivity", []))
     parity = manifest.parity["quantize"]
     assert parity["passed"] and parity["samples"] >= 100
     assert parity["sentence_embedding"]["min_cosine"] >= 0.985
-    assert manifest.parity["quantize-vs-pytorch"]["outputs"]["last_hidden_state"]["nonfinite"] == 0
+    assert manifest.parity["quantize-vs-source"]["outputs"]["last_hidden_state"]["nonfinite"] == 0
     assert [e["stage"] for e in manifest.lineage] == ["export", "quantize"]
     assert "tokenizer.json" in manifest.files and "golden.npz" in manifest.files
 

@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeport.artifact import Artifact
-from edgeport.errors import ArtifactError, CalibrationDataError, InvalidOptionError, ParityError
-from edgeport.export.onnx import ExportOptions, export_onnx
+from edgeport.errors import ArtifactError, CalibrationDataError, InvalidOptionError
 from edgeport.quantize import QuantizeOptions, quantize
-from edgeport.runtime import load
-from helpers import cosines as _cosines, folder_names
 
 
 def _fails(cli, args, code, *phrases, out=None):

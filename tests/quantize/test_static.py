@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from edgeport.artifact import Artifact
-from edgeport.errors import ArtifactError, CalibrationDataError, InvalidOptionError, ParityError
-from edgeport.export.onnx import ExportOptions, export_onnx
+from edgeport.errors import ParityError
+from edgeport.export.onnx import export_onnx
 from edgeport.quantize import QuantizeOptions, quantize
 from edgeport.runtime import load
 from helpers import cosines as _cosines, folder_names

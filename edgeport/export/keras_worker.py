@@ -1,0 +1,112 @@
+"""The Keras side of ``export onnx model.keras``, run in a process of its own: Keras chooses its
+backend from ``KERAS_BACKEND`` once, at import, for the whole process, so the export sets it
+(to torch: no TensorFlow needed) in a child rather than in the caller.
+
+    python -m edgeport.export.keras_worker MODEL.keras WORK_DIR
+
+writes WORK_DIR/model.onnx (Keras' own ONNX export), WORK_DIR/samples.npz (the inputs it
+ran and Keras' predictions for them) and WORK_DIR/info.json; on failure, a one-line reason
+on stderr and exit code 3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _fail(message: str) -> None:
+    print(message.replace("\n", " ")[:600], file=sys.stderr)
+    sys.exit(3)
+
+
+def _samples(shape, dtype, np):
+    """Real inputs where the model takes images (scikit-learn's digits, resized), else seeded noise."""
+    rng = np.random.default_rng(0)
+    dims = [int(d) if d else 1 for d in shape[1:]]
+    if len(dims) == 3 and dtype.startswith("float"):
+        from sklearn.datasets import load_digits
+
+        images = (load_digits().images / 16.0).astype(np.float32)
+        height, width, channels = dims
+        rows = (np.arange(height) * 8 // height).clip(0, 7)
+        cols = (np.arange(width) * 8 // width).clip(0, 7)
+        resized = images[:, rows][:, :, cols][..., None].repeat(channels, axis=-1)
+        return {"validation": resized[1400:1424], "extra": resized[1424:1427], "trace": resized[:2]}
+    make = (lambda n: rng.standard_normal((n, *dims)).astype(dtype)) if dtype.startswith("float") else \
+        (lambda n: rng.integers(0, 10, (n, *dims)).astype(dtype))
+    return {"validation": make(8), "extra": make(3), "trace": make(2)}
+
+
+def _unregistered_objects(source: str, keras) -> list[str]:
+    """The custom classes a .keras file's config names that this process has no code for."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(source) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return []
+    found: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            name = node.get("registered_name")
+            if isinstance(name, str) and ">" in name and keras.saving.get_registered_object(name) is None:
+                found.add(name)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return sorted(found)
+
+
+def main(source: str, work: str) -> None:
+    os.environ["KERAS_BACKEND"] = "torch"
+    try:
+        import keras
+        import numpy as np
+    except ImportError as exc:
+        _fail(f"missing: {exc}; install with: pip install 'edgeport[keras]'")
+    work_dir = Path(work)
+    try:
+        model = keras.saving.load_model(source, compile=False)
+    except (TypeError, ValueError, KeyError, AttributeError, ImportError) as exc:
+        missing = _unregistered_objects(source, keras)
+        if missing:
+            _fail(f"Keras cannot load '{source}': it uses custom objects whose code is not here: "
+                  f"{', '.join(missing)}. Export from a script that imports that code (decorated with "
+                  "keras.saving.register_keras_serializable), or save the model without custom layers")
+        _fail(f"Keras cannot load '{source}': {type(exc).__name__}: {str(exc)[:300]}")
+    except (OSError, EOFError) as exc:
+        _fail(f"'{source}' is damaged or not a Keras 3 file: {exc}")
+    except Exception as exc:  # zipfile.BadZipFile and h5py errors of a corrupted archive
+        _fail(f"'{source}' is damaged or not a Keras 3 file: {type(exc).__name__}: {exc}")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        _fail(f"'{source}' has {len(model.inputs)} inputs and {len(model.outputs)} outputs; export takes Keras "
+              "models with one of each (export others as module:callable from their torch backend)")
+    spec = model.inputs[0]
+    dtype = str(spec.dtype)
+    samples = _samples(tuple(spec.shape), dtype, np)
+    predictions = {name: np.asarray(model.predict(value, verbose=0)) for name, value in samples.items()}
+    try:
+        model.export(str(work_dir / "model.onnx"), format="onnx", verbose=False)
+    except Exception as exc:  # Keras wraps torch.onnx; any failure there means this model cannot be exported
+        _fail(f"Keras could not export '{source}' to ONNX: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    np.savez(work_dir / "samples.npz", **{f"input:{k}": v for k, v in samples.items()},
+             **{f"output:{k}": v for k, v in predictions.items()})
+    last = model.layers[-1]
+    (work_dir / "info.json").write_text(json.dumps({
+        "input_shape": [d for d in spec.shape], "input_dtype": dtype, "output_shape": list(model.outputs[0].shape),
+        "keras": keras.__version__, "backend": keras.backend.backend(), "name": model.name,
+        "last_layer": type(last).__name__, "activation": getattr(getattr(last, "activation", None), "__name__", None),
+        "layers": [type(layer).__name__ for layer in model.layers]}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,123 @@
+"""Keras as a source: the classic CIFAR-style CNN, trained here on real digits, exported
+through the CLI, run on raw uint8 images, quantized to INT8 static and benchmarked with
+accuracy; and Keras files that cannot be exported."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import keras_models
+from helpers import assert_fails
+from edgeport.artifact import Artifact
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def keras_cnn(tmp_path_factory):
+    """The trained CNN, its held-out digits, and its export through the CLI."""
+    from click.testing import CliRunner
+
+    from edgeport.cli import main
+
+    work = keras_models.build("cnn", tmp_path_factory.mktemp("keras"))
+    result = CliRunner().invoke(main, ["export", "onnx", str(work / "cnn.keras"), "-o", str(work / "onnx")])
+    assert result.exit_code == 0, result.output
+    return work
+
+
+def _onnx_logits(artifact_dir, images_uint8):
+    """The exported graph run directly on held-out images scaled as the manifest says."""
+    artifact = Artifact.load(artifact_dir)
+    image = artifact.manifest.processing["image"]
+    assert image["layout"] == "NHWC" and image["input_range"] == [0, 1]
+    session = ort.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
+    return session.run(["logits"], {"images": images_uint8.astype(np.float32) / 255.0})[0]
+
+
+def test_onnx_predictions_equal_keras_and_the_cnn_has_learned(keras_cnn):
+    with np.load(keras_cnn / "eval.npz") as data:
+        images = data["images"]
+    keras_logits = np.load(keras_cnn / "keras_logits.npy")
+    labels = np.load(keras_cnn / "labels.npy")
+    logits = _onnx_logits(keras_cnn / "onnx", images)
+    assert np.abs(logits - keras_logits).max() <= 1e-4
+    assert (logits.argmax(1) == labels).mean() >= 0.8          # a few seconds of training on real digits
+
+    manifest = Artifact.load(keras_cnn / "onnx").manifest
+    assert manifest.task == "image-classification"
+    assert manifest.graph["inputs"][0]["shape"] == ["batch", 32, 32, 3]
+    assert manifest.parity["export"]["passed"]
+    assert manifest.parity["export"]["outputs"]["logits"]["max_abs_err"] <= 1e-4
+    assert manifest.lineage[-1]["parameters"]["route"] == "keras-export"
+
+
+def test_run_takes_raw_uint8_images(keras_cnn, cli):
+    result = cli("run", keras_cnn / "onnx", "--input", keras_cnn / "eval.npz")
+    assert result.exit_code == 0, result.output
+    predictions = json.loads(result.output)["predictions"]
+    expected = np.load(keras_cnn / "keras_logits.npy").argmax(1)
+    assert [int(p["label"]) for p in predictions] == expected.tolist()
+
+
+def test_int8_static_keeps_top1_and_bench_reports_accuracy(keras_cnn, cli, tmp_path):
+    int8 = tmp_path / "int8"
+    result = cli("quantize", keras_cnn / "onnx", "-o", int8, "--mode", "int8-static", "--calib",
+                 keras_cnn / "calib.npz")
+    assert result.exit_code == 0, result.output
+    precision = Artifact.load(int8).manifest.precision
+    assert precision["mode"] == "int8-static"
+    assert precision["calibration"]["samples"] == 200
+    report = tmp_path / "bench.json"
+    result = cli("bench", keras_cnn / "onnx", int8, "--data", keras_cnn / "eval.npz", "--labels",
+                 keras_cnn / "labels.npy", "--rounds", "1", "--min-duration", "0.05", "--min-count", "3",
+                 "--no-memory", "--json", report)
+    assert result.exit_code == 0, result.output
+    parity = json.loads(report.read_text())["parity"]
+    fp32, quantized = parity["onnx"], parity["int8"]
+    assert quantized["outputs"]["logits"]["top1_agreement"] >= 0.98
+    labels = np.load(keras_cnn / "labels.npy")
+    keras_accuracy = (np.load(keras_cnn / "keras_logits.npy").argmax(1) == labels).mean()
+    assert fp32["accuracy"] == {"samples": len(labels), "top1": pytest.approx(keras_accuracy, abs=1e-6)}
+    assert abs(quantized["accuracy"]["top1"] - fp32["accuracy"]["top1"]) <= 0.02
+    assert "accuracy" in result.output
+
+
+def test_labels_that_do_not_match_the_data_are_refused(keras_cnn, cli, tmp_path):
+    short = tmp_path / "labels.npy"
+    np.save(short, np.load(keras_cnn / "labels.npy")[:10])
+    result = cli("bench", keras_cnn / "onnx", "--data", keras_cnn / "eval.npz", "--labels", short, "--no-memory",
+                 "--json", tmp_path / "r.json")
+    assert_fails(result, 10, "10 labels", "397 examples", absent=tmp_path / "r.json")
+    result = cli("bench", keras_cnn / "onnx", "--labels", keras_cnn / "labels.npy", "--no-memory")
+    assert_fails(result, 2, "--labels", "--data")
+
+
+def test_a_custom_layer_without_its_code_is_refused(cli, tmp_path):
+    keras_models.build("custom", tmp_path)
+    result = cli("export", "onnx", tmp_path / "custom.keras", "-o", tmp_path / "out")
+    assert_fails(result, 3, "only_here>Doubling", "register_keras_serializable", absent=tmp_path / "out")
+
+
+def test_savedmodel_folders_and_damaged_files_are_refused(cli, tmp_path, keras_cnn):
+    saved = tmp_path / "saved_model"
+    saved.mkdir()
+    (saved / "saved_model.pb").write_bytes(b"\x08\x01")
+    result = cli("export", "onnx", saved, "-o", tmp_path / "out")
+    assert_fails(result, 3, "SavedModel", "TensorFlow", "model.keras", absent=tmp_path / "out")
+
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes((keras_cnn / "cnn.keras").read_bytes()[:4000])
+    result = cli("export", "onnx", truncated, "-o", tmp_path / "out")
+    assert_fails(result, 3, "truncated.keras", absent=tmp_path / "out")
+
+    hollow = tmp_path / "hollow.keras"            # a zip archive without a model in it
+    with zipfile.ZipFile(hollow, "w") as archive:
+        archive.writestr("notes.txt", "not a model")
+    result = cli("export", "onnx", hollow, "-o", tmp_path / "out")
+    assert_fails(result, 3, "hollow.keras", absent=tmp_path / "out")
