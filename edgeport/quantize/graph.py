@@ -3,11 +3,32 @@ capturing activations, topological order, and in-memory sessions."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 import numpy as np
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention", "EmbedLayerNormalization")
+
+
+class _PreprocessingAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_preprocessing_advice():
+    """onnxruntime.quantization logs "Please consider to run pre-processing before
+    quantization" on the root logger for every graph it quantizes (edgeport prepares graphs
+    its own way: fusions, smoothing, basic rewrites); that line is dropped while a candidate
+    is built, and nothing else is."""
+    advice, root = _PreprocessingAdvice(), logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 
 def load(path: Path):

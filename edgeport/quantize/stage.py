@@ -71,7 +71,8 @@ def quantize(artifact_path, out, options: QuantizeOptions, progress=None, calibr
         def build(exclude: list[str]) -> Path:
             dest = job.work / f"candidate-{next(counter)}.onnx"
             try:
-                recipe.build(job, prepared, dest, exclude)
+                with graph.without_preprocessing_advice():
+                    recipe.build(job, prepared, dest, exclude)
             except (InvalidOptionError, CalibrationDataError):
                 raise
             except (ValueError, RuntimeError, KeyError, IndexError, TypeError, AssertionError) as exc:

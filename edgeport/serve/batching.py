@@ -84,9 +84,10 @@ class DynamicBatcher:
                 candidate = self._take_waiting(first.signature, self.max_batch - rows)
                 if candidate is None:
                     remaining = deadline - time.perf_counter()
-                    if remaining <= 0 and self.queue.empty():
-                        break
-                    candidate = await self._next(remaining if remaining > 0 else 0)
+                    # Past the deadline, take what is already queued without waiting: under
+                    # load that is what arrived while the previous batch ran, the very
+                    # requests batching is for.
+                    candidate = await self._next(remaining) if remaining > 0 else self._queued()
                     if candidate is None:
                         break
                     if candidate.signature != first.signature or rows + candidate.rows > self.max_batch:
@@ -95,6 +96,12 @@ class DynamicBatcher:
                 batch.append(candidate)
                 rows += candidate.rows
             await self._execute(batch, rows)
+
+    def _queued(self) -> _Pending | None:
+        try:
+            return self.queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
 
     def _take_waiting(self, signature: tuple, room: int) -> _Pending | None:
         for index, pending in enumerate(self._waiting):

@@ -123,7 +123,7 @@ def test_bounded_load_completes_and_batches_form(encoder_server, onnx_artifacts)
     for result in results[::97]:
         np.testing.assert_allclose(result.as_numpy("last_hidden_state"), expected, atol=1e-5)
     batches, requests = (a - b for a, b in zip(_batches(base), before))
-    assert requests == 2000 and batches < 2000, (batches, requests)      # several requests shared a batch
+    assert requests == 2000 and batches < 1000, (batches, requests)      # on average, batches of 2 or more
     metrics = request(f"{base}/metrics")[1]
     assert 'edgeport_requests_total{endpoint="infer",status="200"}' in metrics
 
