@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -89,8 +88,9 @@ def main() -> None:
         edgeport("bench", "run", work / "fp32", work / "int4", "--scenario", "generation", "--baseline", "torch",
                  "--rounds", args.rounds, "--max-new-tokens", args.new_tokens, "--json", work / "report.json")
         report = json.loads((work / "report.json").read_text())
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    from edgeport.bench.machine import machine_info
+
+    cpu = machine_info()["cpu"]
     rows = {row["variant"]: row for row in report["results"]}
     baseline = next(name for name in rows if name.startswith("torch"))
     sizes = {v["name"]: v.get("size_bytes") for v in report["variants"]}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -195,8 +194,9 @@ def main() -> None:
         summary["rps ratio on/off (median of per-round ratios)"] = statistics.median(
             a["rps"] / b["rps"] for a, b in zip(on, off))
         summary["batch 1 overhead"] = overhead(artifact, body, headers, feeds, args.rounds * 2)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    from edgeport.bench.machine import machine_info
+
+    cpu = machine_info()["cpu"]
     print(f"\nedgeport serve, MiniLM INT8, b1 s{SEQUENCE} requests, {args.concurrency} concurrent, "
           f"{args.requests} per run, {args.rounds} rounds; {cpu}")
     for name, figures in summary.items():

@@ -264,6 +264,15 @@ def engine_record(plan: BuildPlan, environment, origin: Artifact, via: str) -> d
             "rebuild": f"edgeport export tensorrt {origin.path}{flags}", "strongly_typed": True}
 
 
+def add_engine_lineage(manifest: Manifest, plan: BuildPlan, record: dict[str, Any], options: TensorRTOptions) -> None:
+    manifest.add_lineage("export-tensorrt", parameters={"via": record["via"], "shapes": list(options.shapes),
+                                                        "quantize_first": plan.quantize_first,
+                                                        "workspace_mb": plan.workspace_mb},
+                         tools={"tensorrt": record["tensorrt"]},
+                         sources={"input_artifact": record["built_from"],
+                                  "input_manifest": record["built_from_manifest"]})
+
+
 def _write_engine(built_from: Artifact, out, engine: bytes, plan: BuildPlan, record: dict[str, Any],
                   options: TensorRTOptions, say) -> Artifact:
     from ..runtime.tensorrt import TensorRTRunner
@@ -280,12 +289,7 @@ def _write_engine(built_from: Artifact, out, engine: bytes, plan: BuildPlan, rec
         say("measuring the engine against ONNX Runtime on the CPU...")
         with TensorRTRunner(folder / "model.plan", new, str(folder)) as runner:
             new.parity["tensorrt"] = engine_parity(runner, built_from, plan.precision, options.data)
-        new.add_lineage("export-tensorrt", parameters={"via": "tensorrt", "shapes": list(options.shapes),
-                                                       "quantize_first": plan.quantize_first,
-                                                       "workspace_mb": plan.workspace_mb},
-                        tools={"tensorrt": record["tensorrt"]},
-                        sources={"input_artifact": record["built_from"],
-                                 "input_manifest": record["built_from_manifest"]})
+        add_engine_lineage(new, plan, record, options)
         finalize_manifest(folder, new)
     return Artifact.load(out, check_files=False)
 

@@ -17,7 +17,7 @@ CACHE_FOLDER = "trt_cache"
 def write_ort_tensorrt(built_from: Artifact, out, plan, record, options, say) -> Artifact:
     from ..runtime.onnxrt import OnnxRuntimeRunner, SessionSettings
     from ..runtime.tensorrt import ort_tensorrt_options
-    from .build import engine_parity
+    from .build import add_engine_lineage, engine_parity
 
     manifest = built_from.manifest
     with staged_output(out, options.force, (built_from.path,), ARTIFACT) as folder:
@@ -36,11 +36,6 @@ def write_ort_tensorrt(built_from: Artifact, out, plan, record, options, say) ->
         with OnnxRuntimeRunner(folder / graph_file, SessionSettings(device="tensorrt"), new.inputs,
                                [s["name"] for s in new.graph["outputs"]], options_for_ep) as runner:
             new.parity["tensorrt"] = engine_parity(runner, built_from, plan.precision, options.data)
-        new.add_lineage("export-tensorrt", parameters={"via": "onnxruntime", "shapes": list(options.shapes),
-                                                       "quantize_first": plan.quantize_first,
-                                                       "workspace_mb": plan.workspace_mb},
-                        tools={"tensorrt": record["tensorrt"]},
-                        sources={"input_artifact": record["built_from"],
-                                 "input_manifest": record["built_from_manifest"]})
+        add_engine_lineage(new, plan, record, options)
         finalize_manifest(folder, new)
     return Artifact.load(out, check_files=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import Artifact, finalize_manifest
+from ..artifact import Artifact, finalize_manifest, sha256_file
 from ..errors import MissingDependencyError, SourceError, require
 from ..golden import save_golden
 from ..manifest import GOLDEN_NAME, Manifest, tool_versions
@@ -141,12 +141,6 @@ def export_keras(source, out, options, progress=None) -> Artifact:
                                                        "keras_backend": info["backend"], "model_type": "keras",
                                                        "layers": info["layers"]},
                                  tools={**tool_versions("torch", "onnx", "onnxruntime"), "keras": info["keras"]},
-                                 sources={source.name: _sha(source)})
+                                 sources={source.name: sha256_file(source)})
             finalize_manifest(staging, manifest)
     return Artifact.load(out, check_files=False)
-
-
-def _sha(path: Path) -> str:
-    from ..artifact import sha256_file
-
-    return sha256_file(path)

@@ -88,7 +88,7 @@ def cache_root() -> Path:
     return base / "edgeport" / "platforms"
 
 
-def _build_once(dest: Path, build, what: str) -> Path:
+def _build_once(dest: Path, build) -> Path:
     """``build(tmp)`` into a fresh folder, then an atomic rename to ``dest``: a failed or
     concurrent build never leaves a half-made cache entry."""
     if dest.is_dir():
@@ -125,7 +125,7 @@ def userland(platform: Platform, tools: dict[str, str], say) -> Path:
             entry.rename(work / entry.name)
         (work / "rootfs").rmdir()
 
-    return _build_once(dest, build, "userland")
+    return _build_once(dest, build)
 
 
 def guest_requirements(requirements: list[str]) -> list[str]:
@@ -156,7 +156,7 @@ def guest_site(platform: Platform, requirements: list[str], say) -> Path:
             raise MissingDependencyError(f"pip could not get {platform.machine} wheels for Python {GUEST_PYTHON} of "
                                          f"{', '.join(requirements)}: {problem[0]}")
 
-    return _build_once(dest, build, "wheels")
+    return _build_once(dest, build)
 
 
 def _last_line(text: str) -> str:
