@@ -42,6 +42,14 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
     from ..parity import ParityBudget
 
     budget = ParityBudget(min_cosine, max_abs_error, min_top1_agreement)
+    # Each mode takes its own options; one given to the other would be silently ignored.
+    if platform:
+        ignored = [name for name, value in (("--reference", reference), ("--data", data), ("--limit", limit)) if value]
+        if ignored:
+            raise InvalidOptionError(f"{', '.join(ignored)} do not apply with --platform, which runs the bundle's own "
+                                     "golden inputs; drop them, or verify against a reference without --platform")
+    elif cpu:
+        raise InvalidOptionError("--cpu picks the emulated CPU of --platform; give --platform linux/arm64 too")
     if platform:
         from ..platforms import verify_on_platform
 
