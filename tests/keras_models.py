@@ -62,6 +62,10 @@ def custom(out: Path) -> None:
 
     model = keras.Sequential([keras.Input((8, 8, 1)), Doubling(), keras.layers.Flatten(), keras.layers.Dense(3)])
     model.save(out / "custom.keras")
+    # Any image size: export needs a fixed one (the manifest's pre-processing resizes to it).
+    open_size = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3),
+                                  keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+    open_size.save(out / "open_size.keras")
 
 
 def build(kind: str, out: Path) -> Path:

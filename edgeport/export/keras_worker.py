@@ -25,7 +25,7 @@ def _fail(message: str) -> None:
 def _samples(shape, dtype, np):
     """Real inputs where the model takes images (scikit-learn's digits, resized), else seeded noise."""
     rng = np.random.default_rng(0)
-    dims = [int(d) if d else 1 for d in shape[1:]]
+    dims = [int(d) for d in shape[1:]]
     if len(dims) == 3 and dtype.startswith("float"):
         from sklearn.datasets import load_digits
 
@@ -92,6 +92,9 @@ def main(source: str, work: str) -> None:
               "models with one of each (export others as module:callable from their torch backend)")
     spec = model.inputs[0]
     dtype = str(spec.dtype)
+    if any(d is None for d in tuple(spec.shape)[1:]):
+        _fail(f"'{source}' takes inputs of shape {tuple(spec.shape)}: only the batch may be left open; rebuild the "
+              "model with a fixed input size (keras.Input(shape=(32, 32, 3)), say) and save it again")
     samples = _samples(tuple(spec.shape), dtype, np)
     predictions = {name: np.asarray(model.predict(value, verbose=0)) for name, value in samples.items()}
     try:

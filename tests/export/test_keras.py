@@ -98,10 +98,12 @@ def test_labels_that_do_not_match_the_data_are_refused(keras_cnn, cli, tmp_path)
     assert_fails(result, 2, "--labels", "--data")
 
 
-def test_a_custom_layer_without_its_code_is_refused(cli, tmp_path):
+def test_custom_layers_without_their_code_and_open_input_sizes_are_refused(cli, tmp_path):
     keras_models.build("custom", tmp_path)
     result = cli("export", "onnx", tmp_path / "custom.keras", "-o", tmp_path / "out")
     assert_fails(result, 3, "only_here>Doubling", "register_keras_serializable", absent=tmp_path / "out")
+    result = cli("export", "onnx", tmp_path / "open_size.keras", "-o", tmp_path / "out")
+    assert_fails(result, 3, "(None, None, None, 3)", "fixed input size", absent=tmp_path / "out")
 
 
 def test_savedmodel_folders_and_damaged_files_are_refused(cli, tmp_path, keras_cnn):
