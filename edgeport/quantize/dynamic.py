@@ -96,13 +96,18 @@ def rank_by_local_error(job: QuantizeJob, prepared: Path, candidates: list[str])
     return local_error_ranking(graph.load(prepared), candidates, job.calibration.batches, job.target.reduce_range)
 
 
-@register
-class DynamicInt8(Recipe):
-    mode = "int8-dynamic"
-    guard = WORST_CASE_GUARD
+class RankedByLocalError:
+    """INT8 recipes rank candidates by their own quantization error, in one pass over the
+    calibration data, instead of one build and evaluation per node (see sensitivity.py)."""
 
     def rank(self, job: QuantizeJob, prepared: Path, build, evaluate) -> list[tuple[str, float]]:
         return rank_by_local_error(job, prepared, self.candidates(job, prepared))
+
+
+@register
+class DynamicInt8(RankedByLocalError, Recipe):
+    mode = "int8-dynamic"
+    guard = WORST_CASE_GUARD
 
     def check(self, options, target) -> None:
         if target.dynamic_format is None:

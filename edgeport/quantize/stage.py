@@ -214,7 +214,8 @@ def _golden_parity(source: Artifact, model_file: Path, settings: SessionSettings
         except ModelInputError as exc:
             raise ArtifactError(f"the golden inputs of '{source.path}' do not fit its model: {exc}") from exc
     return compare_outputs(outputs, got, task=source.task, token_mask=inputs.get("attention_mask"),
-                           data="golden inputs (export)", reference_name=f"{_golden_source(source)} (golden.npz)").to_dict()
+                           data="golden inputs (export)",
+                           reference_name=f"{_golden_source(source)} (golden.npz)").to_dict()
 
 
 def _golden_source(source: Artifact) -> str:

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..data import ExampleSet, concat_padded
 from . import graph
-from .dynamic import int8_precision, rank_by_local_error, save_prepared, smooth, smoothing_alpha
+from .dynamic import RankedByLocalError, int8_precision, save_prepared, smooth, smoothing_alpha
 from .recipes import QuantizeJob, Recipe, register
 from .sensitivity import FallbackResult
 
@@ -58,15 +58,12 @@ def uniform_batches(examples: ExampleSet) -> ExampleSet:
 
 
 @register
-class StaticInt8(Recipe):
+class StaticInt8(RankedByLocalError, Recipe):
     mode = "int8-static"
     needs_calibration_file = True
     # No worst-case guard by default: each candidate recalibrates (12 s on MiniLM), and on the
     # calibration text the guard needed six nodes to reach 0.9907 (mean 0.995 on unseen text).
     # A budget (--min-cosine ...) runs the same search on request.
-
-    def rank(self, job: QuantizeJob, prepared: Path, build, evaluate) -> list[tuple[str, float]]:
-        return rank_by_local_error(job, prepared, self.candidates(job, prepared))
 
     def prepare(self, job: QuantizeJob) -> Path:
         # Fusions stay off: the QDQ quantizer loses type information on fused contrib ops
