@@ -18,8 +18,10 @@ from ..manifest import json_safe
 from ..outputs import HTML_REPORT, JSON_REPORT, staged_output
 from ..vocabulary import SCENARIOS
 
-REPORT_SCHEMA_VERSION = 2
-READABLE_REPORT_VERSIONS = (1, 2)
+# Version 3 added parity "accuracy" (bench --labels) and "domains" (bench --domains), and
+# variant kinds "tensorrt" and "genai"; older reports lack them and are read as they are.
+REPORT_SCHEMA_VERSION = 3
+READABLE_REPORT_VERSIONS = (1, 2, 3)
 
 _NUMBER = {"type": "number"}
 _STATS = {"type": "object",
@@ -61,7 +63,11 @@ REPORT_SCHEMA: dict[str, Any] = {
                            "sentence_embedding": _FIGURES,
                            "accuracy": {"type": "object", "required": ["samples", "top1"],
                                         "properties": {"samples": {"type": "integer", "minimum": 1},
-                                                       "top1": {"type": "number", "minimum": 0, "maximum": 1}}}}}},
+                                                       "top1": {"type": "number", "minimum": 0, "maximum": 1}}},
+                           "domains": {"type": "object", "additionalProperties": {
+                               "type": "object", "required": ["samples", "mean_cosine", "p01_cosine", "min_cosine"],
+                               "properties": {"samples": {"type": "integer", "minimum": 1}, "mean_cosine": _FIGURE,
+                                              "p01_cosine": _FIGURE, "min_cosine": _FIGURE}}}}}},
         "reference": {"type": "string"},
         "interrupted": {"type": "boolean"},
     },

@@ -10,12 +10,12 @@ import jsonschema
 import pytest
 
 from edgeport.bench.compare import compare
-from edgeport.bench.report import REPORT_SCHEMA
+from edgeport.bench.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 from edgeport.errors import InvalidOptionError, RegressionError
 from fuzzing import mutations
 
 
-def _report(p50: float, throughput: float, min_cos: float, version: int = 2) -> dict:
+def _report(p50: float, throughput: float, min_cos: float, version: int = REPORT_SCHEMA_VERSION) -> dict:
     latency = {"count": 10, "mean_ms": p50, "std_ms": 0.1, "min_ms": p50, "max_ms": p50, "p50_ms": p50,
                "p90_ms": p50, "p99_ms": p50, "median_ci95_ms": [p50, p50]}
     return {"schema_version": version, "created": "t", "machine": {"cpu": "x", "cores": 2, "versions": {}},
@@ -50,8 +50,10 @@ def test_compare_exit_codes(cli, tmp_path, new, code, phrase):
     assert phrase in result.output
 
 
-def test_version_1_reports_are_still_read(cli, tmp_path):
-    result = cli("bench", "compare", *_write(tmp_path, _report(10, 100, 0.99, version=1), _report(10, 100, 0.99)))
+@pytest.mark.parametrize("old_version", [1, 2])
+def test_older_reports_are_still_read(cli, tmp_path, old_version):
+    result = cli("bench", "compare", *_write(tmp_path, _report(10, 100, 0.99, version=old_version),
+                                            _report(10, 100, 0.99)))
     assert result.exit_code == 0, result.output
 
 

@@ -192,6 +192,9 @@ def test_held_out_domain_parity(two_artifacts, cli):
         assert figures["min_cosine"] <= figures["p01_cosine"] <= figures["mean_cosine"] <= 1.0 + 1e-9
     assert report.parity["encoder"]["domains"]["legal"]["min_cosine"] > 0.99999
     assert "held-out domains" in report.table()
+    written = json.loads(json.dumps(report.to_dict()))
+    jsonschema.validate(written, REPORT_SCHEMA)
+    assert problems(written, REPORT_SCHEMA) == []
     result = cli("bench", fp32.path, "--domains", "poetry")
     assert result.exit_code == 2 and "unknown domain poetry" in result.output
 
