@@ -19,36 +19,31 @@ def _fails(cli, args, code, *phrases, out=None):
         assert not out.exists()
 
 
-def test_empty_calibration_data(cli, digits_setup, tmp_path):
+def _write_text(text):
+    def write(folder):
+        (folder / "calib.txt").write_text(text)
+        return folder / "calib.txt"
+    return write
+
+
+def _write_npz(**arrays):
+    def write(folder):
+        np.savez(folder / "calib.npz", **arrays)
+        return folder / "calib.npz"
+    return write
+
+
+@pytest.mark.parametrize("write,phrases", [
+    (_write_text("\n\n"), ["holds no examples"]),
+    (_write_npz(pixels=np.zeros((4, 1, 8, 8), dtype=np.float32)), ["['pixels']", "['images']"]),
+    (_write_npz(images=np.zeros((4, 1, 28, 28), dtype=np.float32)), ["[4, 1, 28, 28]"]),
+    (_write_text("some text\n"), ["without a tokenizer"]),
+], ids=["empty", "wrong-input-names", "wrong-shapes", "text-for-a-model-without-tokenizer"])
+def test_bad_calibration_data_is_refused(cli, digits_setup, tmp_path, write, phrases):
     root, fp32, _, _ = digits_setup
-    (tmp_path / "empty.txt").write_text("\n\n")
     out = tmp_path / "out"
-    _fails(cli, ["quantize", fp32.path, "-o", out, "--mode", "int8-static", "--calib", tmp_path / "empty.txt"],
-           CalibrationDataError.exit_code, "holds no examples", out=out)
-
-
-def test_calibration_with_wrong_input_names(cli, digits_setup, tmp_path):
-    root, fp32, _, _ = digits_setup
-    np.savez(tmp_path / "wrong.npz", pixels=np.zeros((4, 1, 8, 8), dtype=np.float32))
-    out = tmp_path / "out"
-    _fails(cli, ["quantize", fp32.path, "-o", out, "--mode", "int8-static", "--calib", tmp_path / "wrong.npz"],
-           CalibrationDataError.exit_code, "['pixels']", "['images']", out=out)
-
-
-def test_calibration_with_wrong_shapes(cli, digits_setup, tmp_path):
-    root, fp32, _, _ = digits_setup
-    np.savez(tmp_path / "shape.npz", images=np.zeros((4, 1, 28, 28), dtype=np.float32))
-    out = tmp_path / "out"
-    _fails(cli, ["quantize", fp32.path, "-o", out, "--mode", "int8-static", "--calib", tmp_path / "shape.npz"],
-           CalibrationDataError.exit_code, "[4, 1, 28, 28]", out=out)
-
-
-def test_text_calibration_for_a_model_without_tokenizer(cli, digits_setup, tmp_path):
-    root, fp32, _, _ = digits_setup
-    (tmp_path / "lines.txt").write_text("some text\n")
-    out = tmp_path / "out"
-    _fails(cli, ["quantize", fp32.path, "-o", out, "--mode", "int8-static", "--calib", tmp_path / "lines.txt"],
-           CalibrationDataError.exit_code, "without a tokenizer", out=out)
+    _fails(cli, ["quantize", fp32.path, "-o", out, "--mode", "int8-static", "--calib", write(tmp_path)],
+           CalibrationDataError.exit_code, *phrases, out=out)
 
 
 def test_unknown_mode_and_target(cli, digits_setup, tmp_path):

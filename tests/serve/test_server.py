@@ -135,18 +135,26 @@ def _batches(base) -> tuple[int, int]:
     return count, int(total)
 
 
+def _long_texts_body(artifact, rows: int) -> dict:
+    """An infer request of ``rows`` long texts: slow enough for requests to queue behind it."""
+    feeds = load(artifact).text_processor.encode([" ".join(["documentation"] * 60)] * rows)
+    return {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "INT64", "data": v.reshape(-1).tolist()}
+                       for k, v in feeds.items()]}
+
+
+def _start_requests(url: str, body: dict, statuses: list, count: int) -> list[threading.Thread]:
+    """``count`` concurrent requests, each appending its status to ``statuses``; started, not joined."""
+    threads = [threading.Thread(target=lambda: statuses.append(request(url, body)[0])) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
 def test_a_full_queue_answers_503_and_recovers(onnx_artifacts):
     with running(onnx_artifacts["encoder"].path, "--name", "enc", "--max-queue", "1", "--max-batch", "1") as (base, _):
-        model = load(onnx_artifacts["encoder"].path)
-        feeds = model.text_processor.encode([" ".join(["documentation"] * 60)] * 8)
-        body = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "INT64", "data": v.reshape(-1).tolist()}
-                           for k, v in feeds.items()]}
+        body = _long_texts_body(onnx_artifacts["encoder"].path, rows=8)
         statuses = []
-        threads = [threading.Thread(target=lambda: statuses.append(request(f"{base}/v2/models/enc/infer", body)[0]))
-                   for _ in range(24)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
+        for thread in _start_requests(f"{base}/v2/models/enc/infer", body, statuses, 24):
             thread.join()
         assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses
         assert request(f"{base}/v2/models/enc/infer", body)[0] == 200
@@ -179,15 +187,9 @@ def test_tls(onnx_artifacts, tmp_path):
 
 def test_graceful_shutdown_finishes_accepted_requests(onnx_artifacts):
     with running(onnx_artifacts["encoder"].path, "--name", "enc", "--max-batch", "1") as (base, process):
-        model = load(onnx_artifacts["encoder"].path)
-        feeds = model.text_processor.encode([" ".join(["documentation"] * 60)] * 16)
-        body = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "INT64", "data": v.reshape(-1).tolist()}
-                           for k, v in feeds.items()]}
+        body = _long_texts_body(onnx_artifacts["encoder"].path, rows=16)
         statuses = []
-        threads = [threading.Thread(target=lambda: statuses.append(request(f"{base}/v2/models/enc/infer", body)[0]))
-                   for _ in range(6)]
-        for thread in threads:
-            thread.start()
+        threads = _start_requests(f"{base}/v2/models/enc/infer", body, statuses, 6)
         import time
 
         time.sleep(0.3)                      # the requests are accepted
