@@ -88,7 +88,7 @@ def main() -> None:
         edgeport("bench", "run", work / "fp32", work / "int4", "--scenario", "generation", "--baseline", "torch",
                  "--rounds", args.rounds, "--max-new-tokens", args.new_tokens, "--json", work / "report.json")
         report = json.loads((work / "report.json").read_text())
-    from edgeport.bench.machine import machine_info
+    from edgeport.speed import machine_info
 
     cpu = machine_info()["cpu"]
     rows = {row["variant"]: row for row in report["results"]}

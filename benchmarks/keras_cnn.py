@@ -43,7 +43,7 @@ def main() -> None:
     import torch
 
     import keras_models
-    from edgeport.bench.machine import machine_info
+    from edgeport.speed import machine_info
 
     with tempfile.TemporaryDirectory() as tmp:
         work = keras_models.build("cnn", Path(tmp))

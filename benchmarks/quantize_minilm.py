@@ -73,7 +73,7 @@ def main() -> None:
     import transformers
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from edgeport.bench.machine import machine_info
+    from edgeport.speed import machine_info
     from edgeport.data import stdlib_sentences
     from edgeport.data.domains import domain_sentences
     from edgeport.export.onnx import export_onnx

@@ -194,7 +194,7 @@ def main() -> None:
         summary["rps ratio on/off (median of per-round ratios)"] = statistics.median(
             a["rps"] / b["rps"] for a, b in zip(on, off))
         summary["batch 1 overhead"] = overhead(artifact, body, headers, feeds, args.rounds * 2)
-    from edgeport.bench.machine import machine_info
+    from edgeport.speed import machine_info
 
     cpu = machine_info()["cpu"]
     print(f"\nedgeport serve, MiniLM INT8, b1 s{SEQUENCE} requests, {args.concurrency} concurrent, "

@@ -4,6 +4,12 @@ lives in its own virtual environment.  Each round runs one process per tool, alt
 and the ratio is taken per round.
 
     python benchmarks/vs_optimum_runtime.py ARTIFACT --optimum-python /path/to/venv/bin/python [--rounds 4]
+
+The Optimum side needs its own environment (Optimum pins transformers below 5), made with
+this project's ``optimum-bench`` extra:
+
+    python3 -m venv /tmp/optimum-venv
+    /tmp/optimum-venv/bin/pip install torch==2.13.0 -e ".[optimum-bench]"
 """
 
 from __future__ import annotations

@@ -121,6 +121,24 @@ class Artifact:
         return sum(entry["size"] for entry in self.manifest.files.values())
 
 
+# ONNX graphs larger than this are saved with their weights in ``<graph>.data`` beside them:
+# protobuf cannot serialize a message over 2 GiB.
+ONNX_EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def save_onnx(model, path: Path, external: bool | None = None) -> None:
+    """Save an ONNX ModelProto at ``path``; its weights go to ``<path>.data`` when ``external``
+    (None: only when the model is too large for one file).  A stale data file is removed."""
+    import onnx
+
+    data_file = path.with_name(path.name + ".data")
+    if data_file.exists():
+        data_file.unlink()
+    large = model.ByteSize() > ONNX_EXTERNAL_DATA_BYTES if external is None else external
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=data_file.name, size_threshold=1024)
+
+
 def finalize_manifest(folder: Path, manifest: Manifest) -> None:
     """Hash every file in ``folder`` into the manifest, then write the manifest."""
     files = {}

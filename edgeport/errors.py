@@ -104,6 +104,12 @@ class RegressionError(EdgeportError):
     exit_code = 16
 
 
+class NoisyMeasurementError(EdgeportError):
+    """``bench --strict``: the machine was too busy while measuring for the figures to mean anything."""
+
+    exit_code = 16
+
+
 class AcceleratorUnavailableError(EdgeportError):
     """The command needs a GPU, TensorRT or their Python packages, and this machine lacks them."""
 

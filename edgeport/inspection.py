@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from .artifact import Artifact
-from .errors import ArtifactError
 
 
-def inspect_artifact(path, check_files: bool = True, expected_manifest_sha256: str | None = None) -> dict[str, Any]:
+def inspect_artifact(path, check_files: bool = True, expected_manifest_sha256: str | None = None,
+                     trusted_key: str | None = None) -> dict[str, Any]:
     """What an artifact (or bundle) is, in one dictionary; files checked against their sha256
-    unless ``check_files`` is False, the manifest against a recorded digest when given."""
+    unless ``check_files`` is False, the manifest against a recorded digest when given, a
+    bundle's signature against ``trusted_key`` when given."""
+    from .runtime.formats import format_of
     from .runtime.model import open_artifact
 
     if expected_manifest_sha256 is None:
-        artifact = open_artifact(path, check_files)
+        artifact = open_artifact(path, check_files, trusted_key)
     else:
         artifact = Artifact.load(path, check_files, expected_manifest_sha256)
     manifest = artifact.manifest
+    graph_format = format_of(artifact)
+    details = graph_format.details(artifact)
     return {
         "path": str(artifact.path),
         "checksums": "verified" if check_files else "not checked",
@@ -27,33 +30,16 @@ def inspect_artifact(path, check_files: bool = True, expected_manifest_sha256: s
         "task": manifest.task,
         "processing": manifest.processing,
         "graph": manifest.graph,
-        "operators": operator_histogram(artifact),
+        "format": graph_format.description,
+        "operators": details.get("operators", {}),
+        "details": {k: v for k, v in details.items() if k != "operators"},
         "precision": manifest.precision,
         "size_bytes": artifact.size_bytes(),
-        "model_bytes": sum(e["size"] for n, e in manifest.files.items() if n.startswith("model.onnx")),
+        "model_bytes": sum(manifest.files[name]["size"] for name in graph_format.graph_files(artifact)),
         "parity": manifest.parity,
         "lineage": manifest.lineage,
         "files": manifest.files,
     }
-
-
-def operator_histogram(artifact: Artifact) -> dict[str, int]:
-    """Operator counts (``domain.Op`` for non-default domains), most frequent first."""
-    if artifact.manifest.graph["format"] != "onnx":
-        return {}
-    try:
-        import onnx
-        from google.protobuf.message import DecodeError
-    except ImportError:
-        return {}
-    try:
-        model = onnx.load(str(artifact.model_path), load_external_data=False)
-    except (DecodeError, OSError, ValueError) as exc:
-        raise ArtifactError(f"'{artifact.model_path}' is not a readable ONNX model: {exc}") from exc
-    counts = Counter(
-        (f"{n.domain}.{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type) for n in model.graph.node
-    )
-    return dict(counts.most_common())
 
 
 def _number(value, spec: str) -> str:
@@ -89,6 +75,9 @@ def format_inspection(info: dict[str, Any]) -> str:
     if ops:
         lines.append(f"operators  {sum(ops.values())} nodes: " + ", ".join(f"{k} {v}" for k, v in list(ops.items())[:12])
                      + (" ..." if len(ops) > 12 else ""))
+    for key, value in info.get("details", {}).items():
+        shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+        lines.append(f"{key:<10} {shown}")
     for stage, parity in info["parity"].items():
         lines.append(f"parity     {stage}: against {parity.get('reference')} on {parity.get('data')} "
                      f"({parity.get('samples')} samples), {'passed' if parity.get('passed') else 'FAILED'}")

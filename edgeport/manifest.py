@@ -26,8 +26,14 @@ from .vocabulary import GRAPH_FORMATS, PRECISIONS, TARGETS, TASKS
 
 MANIFEST_NAME = "edgeport.json"
 GOLDEN_NAME = "golden.npz"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)       # version 1 is version 2 without the optional fields it added
+SCHEMA_VERSION = 3
+# Version 1 is version 2 without the optional fields it added.  Version 3 names causal LMs
+# built by ONNX Runtime GenAI's builder graph format "genai" (versions 1 and 2 called them
+# "onnx" with a generation config; older manifests are read with that name upgraded), and
+# carries a ``seal``: the digest of every field as edgeport wrote it, so a hand edit
+# (processing.pooling changed, say) is caught and named when the manifest is read.
+READABLE_VERSIONS = (1, 2, 3)
+SEALED_FROM_VERSION = 3
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
@@ -158,6 +164,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "properties": {"sha256": {"type": "string", "minLength": 64}, "size": {"type": "integer", "minimum": 0}},
             },
         },
+        "seal": {
+            "type": "object", "required": ["sha256"], "additionalProperties": False,
+            "properties": {"sha256": {"type": "object", "additionalProperties": {"type": "string", "minLength": 64}}},
+        },
         "lineage": {
             "type": "array",
             "items": {
@@ -243,7 +253,10 @@ class Manifest:
         }
 
     def to_json(self) -> str:
-        return json.dumps(json_safe(self.to_dict()), indent=2, default=_json_default, allow_nan=False) + "\n"
+        """The manifest as written, with its seal (computed over the JSON exactly as written)."""
+        data = json.loads(json.dumps(json_safe(self.to_dict()), default=_json_default, allow_nan=False))
+        data["seal"] = seal_of(data)
+        return json.dumps(data, indent=2, allow_nan=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: Any, where: str = MANIFEST_NAME) -> "Manifest":
@@ -251,7 +264,15 @@ class Manifest:
         if found:
             raise ArtifactError(f"{where} is not a valid edgeport manifest: " + "; ".join(found[:6])
                                 + (f" (and {len(found) - 6} more)" if len(found) > 6 else ""))
-        return cls(task=data["task"], graph=data["graph"], processing=data.get("processing", {}),
+        edited = seal_problems(data)
+        if edited:
+            raise ArtifactError(f"{where} was edited after edgeport wrote it ({'; '.join(edited[:6])}): a hand-edited "
+                                "manifest no longer describes what was measured; re-create the artifact with the "
+                                "stage that made it")
+        graph = data["graph"]
+        if data["schema_version"] < 3 and graph["format"] == "onnx" and "generation" in data.get("processing", {}):
+            graph = dict(graph, format="genai")
+        return cls(task=data["task"], graph=graph, processing=data.get("processing", {}),
                    precision=data.get("precision", {"mode": "fp32"}), parity=data.get("parity", {}),
                    files=data["files"], lineage=data.get("lineage", []), schema_version=data["schema_version"])
 
@@ -303,6 +324,41 @@ def manifest_problems(data: Any) -> list[str]:
     names = [spec["name"] for spec in graph["inputs"]]
     if len(set(names)) != len(names):
         found.append("'graph.inputs' names an input twice")
+    return found
+
+
+def _field_digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The digest of every field: each processing entry on its own (what people edit by hand),
+    the other sections whole."""
+    fields = {key: _field_digest(data.get(key)) for key in ("schema_version", "task", "graph", "precision", "parity",
+                                                             "files", "lineage")}
+    processing = data.get("processing") or {}
+    if isinstance(processing, dict):
+        fields.update({f"processing.{key}": _field_digest(value) for key, value in processing.items()})
+    else:
+        fields["processing"] = _field_digest(processing)
+    return {"sha256": fields}
+
+
+def seal_problems(data: dict[str, Any]) -> list[str]:
+    """What changed since the manifest was sealed (versions before 3 carry no seal)."""
+    if data["schema_version"] < SEALED_FROM_VERSION:
+        return []
+    if "seal" not in data:
+        return ["its seal was removed"]
+    recorded, now = data["seal"]["sha256"], seal_of(data)["sha256"]
+    found = []
+    for key in sorted(set(recorded) | set(now)):
+        if key not in now:
+            found.append(f"'{key}' was removed")
+        elif key not in recorded:
+            found.append(f"'{key}' was added")
+        elif recorded[key] != now[key]:
+            found.append(f"'{key}' changed")
     return found
 
 

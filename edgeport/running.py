@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import ModelInputError
 from .runtime import load
+from .vocabulary import DEFAULT_MAX_NEW_TOKENS
 
 
 def jsonable(value: Any) -> Any:
@@ -33,11 +34,11 @@ def jsonable(value: Any) -> Any:
 
 
 def run_artifact(path, texts: list[str], input_file: str | None, device: str = "auto", threads: int | None = None,
-                 batch_size: int = 8) -> dict[str, Any]:
+                 batch_size: int = 8, trusted_key: str | None = None) -> dict[str, Any]:
     """Run an artifact (or bundle) on ``texts`` or on the examples in ``input_file``."""
     from .data import raw_images, read_examples
 
-    model = load(path, device=device, threads=threads)
+    model = load(path, device=device, threads=threads, trusted_key=trusted_key)
     with model:
         if model.task == "text-generation":
             raise ModelInputError(f"'{path}' is a causal language model: give --prompt, not --text or --input")
@@ -59,15 +60,17 @@ def run_artifact(path, texts: list[str], input_file: str | None, device: str = "
 
 def stream_generation(path, prompts: list[str], max_new_tokens: int | None = None, temperature: float | None = None,
                       top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                      adapter: str | None = None, device: str = "auto", threads: int | None = None):
+                      adapter: str | None = None, device: str = "auto", threads: int | None = None,
+                      trusted_key: str | None = None):
     """What ``edgeport run --prompt`` prints: each prompt, then its continuation token by
     token as it is generated."""
-    model = load(path, device=device, threads=threads)
+    model = load(path, device=device, threads=threads, trusted_key=trusted_key)
     with model:
         if model.task != "text-generation":
             raise ModelInputError(f"'{path}' is a {model.task} model; --prompt is for causal language models "
                                   "(task text-generation): use --text or --input")
-        streams = [model.stream(prompt, max_new_tokens or 32, temperature, top_k, top_p, seed, adapter=adapter)
+        new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens     # 0 is refused, not "default"
+        streams = [model.stream(prompt, new_tokens, temperature, top_k, top_p, seed, adapter=adapter)
                    for prompt in prompts]          # every prompt checked before the first is printed
         for index, (prompt, pieces) in enumerate(zip(prompts, streams)):
             if index:

@@ -9,7 +9,6 @@ from __future__ import annotations
 # ------------------------------------------------------------------ tasks
 
 ENCODER_TEXT_TASKS = ("feature-extraction", "text-classification", "token-classification")
-VISION_TASKS = ("feature-extraction", "image-classification")
 CLASSIFICATION_TASKS = ("text-classification", "token-classification", "image-classification")
 TASKS = ENCODER_TEXT_TASKS + ("image-classification", "text-generation", "custom")
 # What ``export onnx --task`` accepts (custom is what a module:callable source becomes).
@@ -20,7 +19,8 @@ BATCH, SEQUENCE, HEIGHT, WIDTH = "batch", "sequence", "height", "width"
 
 # ------------------------------------------------------------------ graphs and precision
 
-GRAPH_FORMATS = ("onnx", "tensorrt")
+# Every graph format edgeport runs; each has one module in edgeport/runtime/formats/.
+GRAPH_FORMATS = ("onnx", "tensorrt", "genai")
 EXPORTERS = ("auto", "torchscript", "dynamo", "static")
 INT8_MODES = ("int8-dynamic", "int8-static")
 WEIGHT_ONLY_MODES = ("int4", "int8-weight-only")          # causal LMs (MatMulNBits)
@@ -48,3 +48,26 @@ DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 DEFAULT_SEQUENCE_LENGTH = 128            # for --static-shapes
 DEFAULT_SMOOTH_ALPHA = {"int8-dynamic": 0.7, "int8-static": 0.25}
+DEFAULT_MAX_NEW_TOKENS = 32              # causal LMs: run --prompt, generate(), the generation bench
+
+# bench: interleaved rounds, each variant's block at least this long and this many calls
+DEFAULT_ROUNDS = 5
+DEFAULT_MIN_DURATION_S = 0.5
+DEFAULT_MIN_COUNT = 10
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+DEFAULT_SEQUENCE_LENGTHS = (16, 64, 128, 256)
+DEFAULT_SERVER_QUERIES = 200
+DEFAULT_MAX_REGRESSION = "5%"            # bench compare / ship gates
+DEFAULT_MAX_PARITY_DROP = 0.001
+
+# serve
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_BATCH = 32                   # rows per dynamic batch (serve) and Triton's max_batch_size
+DEFAULT_MAX_DELAY_MS = 2.0
+DEFAULT_MAX_QUEUE = 256
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+
+# package --format triton, export tensorrt
+DEFAULT_TRITON_DELAY_US = 2000
+DEFAULT_WORKSPACE_MB = 4096

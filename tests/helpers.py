@@ -28,3 +28,18 @@ def cosines(a, b):
     import numpy as np
 
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def edit_manifest(folder: Path, edit, reseal: bool = True) -> None:
+    """Apply ``edit(data)`` to the artifact's edgeport.json.  ``reseal``: recompute its seal, as
+    someone who knows the format would (what is tested then is the check behind the seal)."""
+    import json
+
+    from edgeport.manifest import seal_of
+
+    path = folder / "edgeport.json"
+    data = json.loads(path.read_text())
+    edit(data)
+    if reseal and "seal" in data:
+        data["seal"] = seal_of(data)
+    path.write_text(json.dumps(data))

@@ -8,7 +8,7 @@ import pytest
 
 from edgeport.artifact import Artifact, finalize_manifest
 from edgeport.errors import ArtifactError, OutputExistsError
-from edgeport.manifest import Manifest
+from edgeport.manifest import SCHEMA_VERSION, Manifest, seal_of
 from edgeport.outputs import staged_output
 from helpers import folder_names
 
@@ -36,8 +36,9 @@ def test_round_trip_records_every_file(tmp_path):
     assert artifact.manifest.files["model.onnx"]["size"] == 1000
     assert artifact.manifest.lineage[0]["stage"] == "test"
     data = json.loads((tmp_path / "a" / "edgeport.json").read_text())
-    assert data["schema_version"] == 2
-    assert Manifest.from_dict(data).to_dict() == data
+    assert data["schema_version"] == SCHEMA_VERSION == 3
+    assert Manifest.from_dict(data).to_dict() == {k: v for k, v in data.items() if k != "seal"}
+    assert set(data["seal"]["sha256"]) >= {"task", "graph", "files", "lineage"}
 
 
 def test_truncated_file_is_detected(tmp_path):
@@ -85,6 +86,7 @@ def test_manifest_cannot_point_outside_the_folder(tmp_path):
     path = tmp_path / "a" / "edgeport.json"
     data = json.loads(path.read_text())
     data["files"]["../secret"] = {"sha256": "0" * 64, "size": 1}
+    data["seal"] = seal_of(data)              # someone who knows the format: the confinement check still holds
     path.write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="outside the artifact"):
         Artifact.load(tmp_path / "a")

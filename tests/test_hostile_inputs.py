@@ -19,7 +19,7 @@ from edgeport.artifact import Artifact
 from edgeport.errors import (AdapterError, ArtifactError, CalibrationDataError, InvalidOptionError, ModelInputError,
                              SourceError, UnsafeFileError, UnsupportedModelError)
 from edgeport.export.onnx import ExportOptions, export_onnx
-from helpers import TESTS_DIR, assert_fails, folder_names
+from helpers import TESTS_DIR, assert_fails, edit_manifest, folder_names
 
 
 def _copy(artifact: Artifact, to: Path) -> Path:
@@ -28,10 +28,7 @@ def _copy(artifact: Artifact, to: Path) -> Path:
 
 
 def _edit_manifest(folder: Path, edit) -> None:
-    path = folder / "edgeport.json"
-    data = json.loads(path.read_text())
-    edit(data)
-    path.write_text(json.dumps(data))
+    edit_manifest(folder, edit)
 
 
 # ------------------------------------------------------------------------ 1. --force and overlapping outputs

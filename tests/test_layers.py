@@ -19,7 +19,7 @@ LAYERS = [
     {"artifact", "outputs"},
     {"runtime"},
     {"data"},
-    {"parity"},
+    {"parity", "speed"},
     {"export", "quantize", "bench", "package", "serve", "platforms", "running", "inspection"},
     {"engines"},
     {"pipeline"},

@@ -3,6 +3,12 @@ the deltas, and fail when latency or throughput regresses, or parity drops, beyo
 allowed margins — or when the comparison cannot vouch for anything: a row of the old
 report missing from the new one (a renamed variant), or a new report that was
 interrupted.  Reports are validated against the report schema first.
+
+The latency gate uses the interval, not the point value: each row's change comes with a
+95% interval (from the two reports' per-round medians where they have them, bootstrapped;
+else from their medians' own intervals).  A change whose whole interval lies past the
+margin is a regression and fails, however noisy the machine was; a point value past the
+margin whose interval reaches back inside it is reported as within the noise.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ class Delta:
     new: float
     change: float          # relative, positive = worse
     regressed: bool
+    interval: tuple[float, float] | None = None     # 95% interval of the change (latency and throughput)
+    within_noise: bool = False                      # the point is past the margin, the interval is not
 
 
 @dataclass
@@ -90,7 +98,13 @@ def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float)
         else:
             metric, a, b = "p50_ms", before["latency"]["p50_ms"], after["latency"]["p50_ms"]
             change = (b - a) / a if a else 0.0
-        deltas.append(Delta(key[0], key[1], key[2], metric, a, b, change, change > max_regression))
+        interval = slowdown_interval(before, after)
+        if interval is not None and metric != "p50_ms":      # the latency's uncertainty, around this metric's change
+            latency_change = after["latency"]["p50_ms"] / before["latency"]["p50_ms"] - 1
+            interval = (change + interval[0] - latency_change, change + interval[1] - latency_change)
+        real = change > max_regression and (interval is None or interval[0] > max_regression)
+        deltas.append(Delta(key[0], key[1], key[2], metric, a, b, change, real, interval,
+                            within_noise=change > max_regression and not real))
     for variant in sorted(set(old.get("parity", {})) & set(new.get("parity", {}))):
         for metric in ("min_cosine", "top1_agreement"):
             a = headline_figures(old["parity"][variant]).get(metric)
@@ -101,12 +115,35 @@ def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float)
     return Comparison(deltas, only_old, only_new, bool(new.get("interrupted")), max_regression, max_parity_drop)
 
 
+def slowdown_interval(before: dict, after: dict, iterations: int = 2000) -> tuple[float, float] | None:
+    """95% interval of after's latency over before's, minus 1 (positive = slower): bootstrapped
+    from both rows' per-round medians when each has three or more, else from their medians'
+    intervals; None when neither is recorded."""
+    import numpy as np
+
+    old, new = before.get("rounds_ms") or [], after.get("rounds_ms") or []
+    if len(old) >= 3 and len(new) >= 3:
+        rng = np.random.default_rng(0)
+        old, new = np.asarray(old, float), np.asarray(new, float)
+        ratios = (np.median(new[rng.integers(0, len(new), (iterations, len(new)))], axis=1)
+                  / np.median(old[rng.integers(0, len(old), (iterations, len(old)))], axis=1))
+        low, high = np.percentile(ratios, [2.5, 97.5])
+        return float(low - 1), float(high - 1)
+    old_ci, new_ci = before["latency"].get("median_ci95_ms"), after["latency"].get("median_ci95_ms")
+    if not old_ci or not new_ci or min(old_ci) <= 0:
+        return None
+    return new_ci[0] / old_ci[1] - 1, new_ci[1] / old_ci[0] - 1
+
+
 def format_deltas(comparison: Comparison) -> str:
-    lines = [f"{'variant':<26} {'scenario':<14} {'params':<26} {'metric':<16} {'old':>10} {'new':>10} {'change':>9}"]
+    lines = [f"{'variant':<26} {'scenario':<14} {'params':<26} {'metric':<16} {'old':>10} {'new':>10} {'change':>9} "
+             f"{'95% interval':>17}"]
     for d in comparison.deltas:
         change = f"{d.change * 100:+.1f}%" if d.scenario != "parity" else f"{-d.change:+.5f}"
+        interval = f"{d.interval[0] * 100:+.1f}..{d.interval[1] * 100:+.1f}%" if d.interval else "-"
+        verdict = "  REGRESSION" if d.regressed else "  within the noise" if d.within_noise else ""
         lines.append(f"{d.variant[:26]:<26} {d.scenario:<14} {d.params[:26]:<26} {d.metric:<16} {d.old:>10.4g} "
-                     f"{d.new:>10.4g} {change:>9}{'  REGRESSION' if d.regressed else ''}")
+                     f"{d.new:>10.4g} {change:>9} {interval:>17}{verdict}")
     lines.extend(f"unmatched: {u} only in the old report" for u in comparison.only_old)
     lines.extend(f"unmatched: {u} only in the new report" for u in comparison.only_new)
     if comparison.new_interrupted:

@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Protocol
 
 import numpy as np
 
-from .scenarios import Interrupted
+from ..speed import Interrupted, Monitor
 from .stats import latency_stats
 
 
@@ -45,8 +45,11 @@ def time_request(streamer: Streamer, prompt_ids: list[int], max_new_tokens: int)
 
 
 def interleaved_generation(streamers: dict[str, Streamer], prompts: list[list[int]], max_new_tokens: int,
-                           rounds: int, warmup: int = 1, tick: Callable[[str], None] = lambda name: None
-                           ) -> dict[str, list[Timing]]:
+                           rounds: int, warmup: int = 1, tick: Callable[[str], None] = lambda name: None,
+                           monitor: Monitor | None = None, machine: list | None = None) -> dict[str, list[Timing]]:
+    """Timings per variant, the variants taking turns by round (the order reversed every
+    round); the machine's state around each round is appended to ``machine``."""
+    monitor = monitor or Monitor()
     timings: dict[str, list[Timing]] = {name: [] for name in streamers}
     try:
         for streamer in streamers.values():
@@ -54,10 +57,13 @@ def interleaved_generation(streamers: dict[str, Streamer], prompts: list[list[in
                 time_request(streamer, prompt, max_new_tokens)
         for round_index in range(rounds):
             names = list(streamers) if round_index % 2 == 0 else list(reversed(streamers))
+            before = monitor.sample()
             for name in names:
                 for prompt in prompts:
                     timings[name].append(time_request(streamers[name], prompt, max_new_tokens))
                 tick(name)
+            if machine is not None:
+                machine.append(monitor.between(before, monitor.sample()))
     except KeyboardInterrupt:
         raise Interrupted({}) from None
     return timings

@@ -15,11 +15,11 @@ from ..errors import InvalidOptionError
 from ..manifest import now_iso
 from ..parity.generation import measure_generation
 from ..runtime import load
+from ..runtime.formats import format_of
+from ..speed import Interrupted, machine_info
 from .generation import interleaved_generation, summarize
-from .machine import machine_info
 from .memory import measure_memory
 from .report import BenchReport
-from .scenarios import Interrupted
 
 PROMPTS = 4
 
@@ -35,7 +35,8 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
         start = time.perf_counter()
         model = load(artifact.path, device="cpu", check_files=False)
         name = artifact.path.name if artifact.path.name not in models else f"{artifact.path.name} ({len(models) + 1})"
-        info = {"name": name, "path": str(artifact.path), "kind": "genai", "manifest_sha256": artifact.manifest_sha256,
+        info = {"name": name, "path": str(artifact.path), "kind": format_of(artifact).kind,
+                "manifest_sha256": artifact.manifest_sha256,
                 "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
                 "provider": model.provider, "session_create_ms": round((time.perf_counter() - start) * 1000, 1)}
         if options.measure_memory:
@@ -58,7 +59,8 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
         progress(f"generation: {len(prompts)} prompts x {options.max_new_tokens} tokens, "
                  f"{options.settings.rounds} interleaved rounds...")
         timings = interleaved_generation(streamers, prompts, options.max_new_tokens, options.settings.rounds,
-                                         tick=lambda name: meter.step(name, "generation"))
+                                         tick=lambda name: meter.step(name, "generation"),
+                                         machine=report.machine_rounds)
         report.results.extend(summarize(name, values, options.max_new_tokens) for name, values in timings.items())
         progress("measuring parity (greedy tokens, perplexity)...")
         _parity(report, models, prompts, options.max_new_tokens)
@@ -70,7 +72,8 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
             model.close()
         for variant in extra:
             variant.runner.close()
-    report.write(options.reports)
+    report.settings = {"threads_from": "ONNX Runtime GenAI's own choice", "spinning": "the generators' defaults"}
+    report.finish(options.reports, options.strict)
     return report
 
 

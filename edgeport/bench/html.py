@@ -13,6 +13,7 @@ import io
 import json
 
 from ..errors import require
+from ..speed import describe
 from .report import BenchReport, headline_figures
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -218,6 +219,22 @@ def domains_table(report: BenchReport) -> str:
     return f'<h2>Parity on held-out text domains</h2><table id="domains">{head}{"".join(rows)}</table>'
 
 
+def machine_paragraph(report: BenchReport) -> str:
+    """Threads, spinning and the machine's state while measuring, in one paragraph."""
+    parts = []
+    if report.settings.get("threads"):
+        parts.append(f"{report.settings['threads']} threads per variant ({report.settings.get('threads_from')})")
+    if report.settings.get("spinning"):
+        parts.append(f"spinning {report.settings['spinning']}")
+    state = report.machine_state
+    if state.get("measured"):
+        noise = f"; noise (spread of a variant's round medians) {state['noise']:.0%}" if state.get("noise") else ""
+        parts.append(f"other processes used {state['other_cpu_share']:.0%} of the CPUs and the hypervisor stole "
+                     f"{state['steal_share']:.0%}; {state['disturbed_rounds']} of {state['rounds']} rounds "
+                     f"disturbed{noise}")
+    return f"<p>{html.escape('; '.join(parts))}</p>" if parts else ""
+
+
 def render(report: BenchReport) -> str:
     names = [v["name"] for v in report.variants]
     plots = [
@@ -234,6 +251,8 @@ def render(report: BenchReport) -> str:
                          for title, svg in plots if svg)
     machine = report.machine
     status = '<p class="warning">INTERRUPTED: partial results</p>' if report.interrupted else ""
+    status += "".join(f'<p class="warning">{html.escape(w)}</p>' for w in report.warnings)
+    status += machine_paragraph(report)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>edgeport bench report</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1100px}}h1{{font-size:1.4rem}}
@@ -242,7 +261,7 @@ th,td{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f
 td:first-child,th:first-child{{text-align:left}}.warning{{color:#b00;font-weight:bold}}svg{{max-width:100%;height:auto}}
 </style></head>
 <body><h1>edgeport bench report</h1>
-<p>{html.escape(report.created)} · {html.escape(str(machine.get('cpu')))} · {machine.get('cores')} cores ·
+<p>{html.escape(report.created)} · {html.escape(describe(machine))} ·
 reference {html.escape(report.reference)} · data: {html.escape(report.data)}</p>
 {status}
 {sections}

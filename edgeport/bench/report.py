@@ -2,8 +2,12 @@
 terminal table; the HTML page is html.py.
 
 Schema version 2 added, per variant, ``manifest_sha256`` and ``rss_before_load_mb``, and
-per result ``speedup`` (against the reference variant, with a 95% interval).  ``bench
-compare`` reads versions 1 and 2.
+per result ``speedup`` (against the reference variant, with a 95% interval).  Version 4
+added what makes a figure trustworthy: ``settings`` (threads, spinning, warm-up),
+``machine_state`` (other processes' share of the CPUs, steal, load and clock, before,
+during and after the rounds; a noise figure), ``warnings``, and per result its per-round
+medians, how many of its rounds were disturbed, and a speed-up interval from the paired
+rounds.  ``bench compare`` reads every version.
 """
 
 from __future__ import annotations
@@ -13,15 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParityError, StoppedByUser
+from ..errors import NoisyMeasurementError, ParityError, StoppedByUser
 from ..manifest import json_safe
 from ..outputs import HTML_REPORT, JSON_REPORT, staged_output
+from ..runtime.formats import bench_kinds
+from ..speed import describe, summarize
+from ..speed.load import DISTURBED_SHARE, DISTURBED_STEAL
 from ..vocabulary import SCENARIOS
 
+NOISY_SPREAD = 0.15          # per-round medians of one variant this far apart: say so even on a quiet machine
+
 # Version 3 added parity "accuracy" (bench --labels) and "domains" (bench --domains), and
-# variant kinds "tensorrt" and "genai"; older reports lack them and are read as they are.
-REPORT_SCHEMA_VERSION = 3
-READABLE_REPORT_VERSIONS = (1, 2, 3)
+# variant kinds "tensorrt" and "genai" (the kinds are the graph formats' bench kinds, and
+# "torch"); older reports lack them and are read as they are.
+REPORT_SCHEMA_VERSION = 4
+READABLE_REPORT_VERSIONS = (1, 2, 3, 4)
 
 _NUMBER = {"type": "number"}
 _STATS = {"type": "object",
@@ -44,8 +54,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "machine": {"type": "object", "required": ["cpu", "cores", "versions"]},
         "variants": {"type": "array", "items": {
             "type": "object", "required": ["name", "kind", "precision", "provider", "session_create_ms"],
-            "properties": {"name": {"type": "string", "minLength": 1}, "kind": {"enum": ["onnx", "torch", "tensorrt",
-                                                                                          "genai"]},
+            "properties": {"name": {"type": "string", "minLength": 1}, "kind": {"enum": bench_kinds()},
                            "precision": {"type": "string"}, "provider": {"type": "string"},
                            "session_create_ms": _NUMBER, "size_bytes": {"type": ["integer", "null"]},
                            "peak_rss_mb": {"type": ["number", "null"]}}}},
@@ -55,7 +64,9 @@ REPORT_SCHEMA: dict[str, Any] = {
                            "params": {"type": "object", "additionalProperties": {"type": ["number", "string"]}},
                            "latency": _STATS, "throughput_per_s": {"type": "number", "minimum": 0},
                            "speedup": {"type": "object", "properties": {"value": _NUMBER, "ci95": {
-                               "type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}}}}}},
+                               "type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}}},
+                           "rounds_ms": {"type": "array", "items": _NUMBER},
+                           "disturbed_rounds": {"type": "integer", "minimum": 0}}}},
         "parity": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["passed"],
             "properties": {"passed": {"type": "boolean"}, "outputs": {"type": "object",
@@ -70,6 +81,12 @@ REPORT_SCHEMA: dict[str, Any] = {
                                               "p01_cosine": _FIGURE, "min_cosine": _FIGURE}}}}}},
         "reference": {"type": "string"},
         "interrupted": {"type": "boolean"},
+        "settings": {"type": "object", "properties": {"threads": {"type": "integer", "minimum": 1},
+                                                      "spinning": {"type": "string"}}},
+        "machine_state": {"type": "object", "properties": {
+            "measured": {"type": "boolean"}, "other_cpu_share": _NUMBER, "steal_share": _NUMBER,
+            "disturbed_rounds": {"type": "integer", "minimum": 0}, "too_busy": {"type": "boolean"}}},
+        "warnings": {"type": "array", "items": {"type": "string"}},
     },
 }
 
@@ -85,16 +102,52 @@ class BenchReport:
     data: str = ""
     thresholds: dict = field(default_factory=dict)
     interrupted: bool = False
+    settings: dict = field(default_factory=dict)
+    machine_rounds: list = field(default_factory=list)      # the machine's state around every timed round
+    machine_quiet: dict = field(default_factory=dict)       # ... and while the bench was idle, before and after
+    warmup: dict = field(default_factory=dict)
+    machine_state: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"schema_version": REPORT_SCHEMA_VERSION, "created": self.created, "machine": self.machine,
                 "reference": self.reference, "data": self.data, "thresholds": self.thresholds,
-                "interrupted": self.interrupted, "variants": self.variants, "results": self.with_speedups(),
+                "interrupted": self.interrupted, "settings": self.settings, "machine_state": self.machine_state,
+                "warnings": self.warnings, "variants": self.variants, "results": self.with_speedups(),
                 "parity": self.parity}
+
+    def judge_machine(self) -> dict:
+        """Summarize the machine's state over the rounds, and the warnings a reader needs:
+        other processes' share of the CPUs, steal, and how far the figures may be off."""
+        state = summarize(self.machine_rounds)
+        quiet = [q for q in (self.machine_quiet.get("before"), self.machine_quiet.get("after")) if q]
+        state.update(before=self.machine_quiet.get("before"), after=self.machine_quiet.get("after"), warmup=self.warmup)
+        spreads = [r["round_spread"] for r in self.results if r.get("round_spread") is not None]
+        state["noise"] = round(float(sorted(spreads)[len(spreads) // 2]), 4) if spreads else None
+        widths = [r["speedup"]["ci95"][1] / r["speedup"]["ci95"][0] - 1 for r in self.results
+                  if r.get("speedup") and r["variant"] != r["speedup"].get("vs") and r["speedup"]["ci95"][0] > 0]
+        uncertainty = max(widths) / 2 if widths else (state["noise"] or 0) / 2
+        self.machine_state, self.warnings = state, []
+        if not state.get("measured"):
+            return state
+        others = max([state["other_cpu_share"]] + [q["other_cpu_share"] for q in quiet])
+        if state["disturbed_rounds"] or others > DISTURBED_SHARE:
+            self.warnings.append(
+                f"other processes used {others:.0%} of the CPUs during these rounds ({state['disturbed_rounds']} of "
+                f"{state['rounds']} rounds disturbed); ratios may be off by about ±{uncertainty:.0%} (the widest 95% "
+                "interval) and absolute times by more")
+        if state["steal_share"] > DISTURBED_STEAL:
+            self.warnings.append(f"the hypervisor stole {state['steal_share']:.0%} of the CPU time during these rounds;"
+                                 " absolute times are inflated")
+        if not self.warnings and state["noise"] is not None and state["noise"] > NOISY_SPREAD:
+            self.warnings.append(f"a variant's per-round medians differ by {state['noise']:.0%} (typical): the "
+                                 f"machine was not steady; ratios may be off by about ±{uncertainty:.0%}")
+        return state
 
     def with_speedups(self) -> list[dict]:
         """Every result with its speed-up against the reference variant (the first) in the
-        same scenario and parameters, and a 95% interval from the two medians' intervals."""
+        same scenario and parameters: the paired-rounds interval the bench measured, or for
+        rows without one (older reports, causal LMs) an interval from the two medians'."""
         reference = self.variants[0]["name"] if self.variants else None
         baseline = {(r["scenario"], json.dumps(r["params"], sort_keys=True)): r for r in self.results
                     if r["variant"] == reference}
@@ -102,14 +155,25 @@ class BenchReport:
         for row in self.results:
             base = baseline.get((row["scenario"], json.dumps(row["params"], sort_keys=True)))
             row = dict(row)
-            if base is not None and row["scenario"] != "server":
+            if base is not None and row["scenario"] != "server" and "speedup" not in row:
                 ref, own = base["latency"], row["latency"]
                 if own["p50_ms"] > 0 and own["median_ci95_ms"][0] > 0:
                     row["speedup"] = {"value": ref["p50_ms"] / own["p50_ms"],
                                       "ci95": [ref["median_ci95_ms"][0] / own["median_ci95_ms"][1],
-                                               ref["median_ci95_ms"][1] / own["median_ci95_ms"][0]]}
+                                               ref["median_ci95_ms"][1] / own["median_ci95_ms"][0]],
+                                      "vs": reference, "method": "independent medians"}
             rows.append(row)
         return rows
+
+    def finish(self, files, strict: bool = False) -> None:
+        """Judge the machine's state; with ``strict``, refuse to report figures taken on a
+        machine too busy to trust (nothing is written); otherwise write the report files."""
+        state = self.judge_machine()
+        if strict and state.get("too_busy"):
+            reason = self.warnings[0] if self.warnings else "see the machine state"
+            raise NoisyMeasurementError(f"the machine was too busy for these figures to mean anything ({reason}); no "
+                                        "report was written: run again on a quieter machine, or without --strict")
+        self.write(files)
 
     def write(self, files) -> None:
         """Write the JSON and HTML reports the user asked for (checked before the run)."""
@@ -178,8 +242,17 @@ class BenchReport:
                     f = parity.get("domains", {}).get(domain)
                     cells.append(f"{f['mean_cosine']:.4f} / {f['p01_cosine']:.4f} / {f['min_cosine']:.4f}" if f else "-")
                 lines.append(f"{name[:42]:<42}" + "".join(f"{c:>28}" for c in cells))
-        lines.append(f"\nmachine: {self.machine.get('cpu')}, {self.machine.get('cores')} cores, "
-                     f"flags {' '.join(self.machine.get('cpu_flags', []))}")
+        lines.append(f"\nmachine: {describe(self.machine)}")
+        if self.settings:
+            lines.append(f"threads: {self.settings.get('threads')} per variant ({self.settings.get('threads_from')}); "
+                         f"spinning {self.settings.get('spinning', '').split(':')[0]}")
+        state = self.machine_state
+        if state.get("measured"):
+            noise = f", noise {state['noise']:.0%}" if state.get("noise") is not None else ""
+            lines.append(f"machine state: other processes {state['other_cpu_share']:.0%} of the CPUs, steal "
+                         f"{state['steal_share']:.0%}, {state['disturbed_rounds']} of {state['rounds']} rounds "
+                         f"disturbed{noise}")
+        lines.extend(f"WARNING: {warning}" for warning in self.warnings)
         if self.interrupted:
             lines.append("INTERRUPTED: partial results")
         return "\n".join(lines)

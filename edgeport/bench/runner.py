@@ -1,7 +1,8 @@
 """``edgeport bench``: several artifacts (and any extra runner the caller hands in, such as
 the PyTorch baseline) measured side by side on the same real inputs, in one process,
-interleaved; plus parity against a reference, and per-variant size, memory and start-up
-measured in fresh processes.
+interleaved, on equal footing (one thread count for every variant, spinning off); the
+machine's state measured before, between and after the rounds; parity against a
+reference; and per-variant size, memory and start-up measured in fresh processes.
 
 Everything that can be refused is refused before the first measurement: options, every
 artifact, and the report files (which follow the same output rules as every writer).
@@ -14,26 +15,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-import numpy as np
-
 from ..artifact import Artifact
-from ..data import concat_padded, examples_for, stdlib_sentences
-from ..errors import CalibrationDataError, InvalidOptionError
+from ..errors import InvalidOptionError
 from ..manifest import now_iso
 from ..outputs import HTML_REPORT, JSON_REPORT, check_output
-from ..parity import ParityBudget, measure, reference_outputs
+from ..parity import ParityBudget
 from ..runtime import load
-from ..runtime.onnxrt import OnnxRuntimeRunner
+from ..runtime.formats import format_of
 from ..runtime.runner import Runner
-from ..vocabulary import DEVICES, SCENARIOS
-from .machine import machine_info
+from ..speed import Interrupted, Monitor, Settings, default_threads, machine_info
+from ..vocabulary import (DEFAULT_BATCH_SIZES, DEFAULT_MAX_NEW_TOKENS, DEFAULT_SEQUENCE_LENGTHS, DEFAULT_SERVER_QUERIES,
+                          DEVICES, SCENARIOS)
+from .accuracy import measure_parity, read_bench_labels
+from .inputs import BenchInputs
 from .memory import measure_memory
 from .report import BenchReport
-from .scenarios import Interrupted, Settings, find_max_qps, interleaved_latency, server_run
-from .stats import latency_stats
+from .timing import measure_scenarios, planned_blocks
 
 MAX_BATCH = 4096
-LABELLED_TASKS = ("text-classification", "image-classification")   # one class per example
+QUIET_SAMPLE_S = 0.5        # how long the machine is watched, idle, before and after the rounds
 
 
 @dataclass
@@ -48,10 +48,10 @@ class BenchOptions:
     scenarios: list[str] = field(default_factory=lambda: ["single-stream"])
     data: str | None = None
     reference: str | None = None          # default: the first artifact
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32])
-    sequence_lengths: list[int] = field(default_factory=lambda: [16, 64, 128, 256])
+    batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
+    sequence_lengths: list[int] = field(default_factory=lambda: list(DEFAULT_SEQUENCE_LENGTHS))
     server_rate: float | None = None      # requests/s; default: half of what one worker can serve
-    server_queries: int = 200
+    server_queries: int = DEFAULT_SERVER_QUERIES
     p99_bound_ms: float | None = None
     find_max_qps: bool = False
     budget: ParityBudget = field(default_factory=ParityBudget)
@@ -59,10 +59,17 @@ class BenchOptions:
     measure_memory: bool = True
     threads: int | None = None
     reports: ReportFiles = field(default_factory=ReportFiles)
-    max_new_tokens: int = 32              # generation: tokens per request
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS    # generation: tokens per request
     domains: list[str] = field(default_factory=list)   # held-out text domains for worst-case parity
     labels: str | None = None             # true classes of the --data examples: adds accuracy
     device: str = "cpu"                   # where ONNX artifacts run (engines always run on TensorRT)
+    strict: bool = False                  # refuse to report figures taken on a machine too busy to trust
+
+    def thread_count(self) -> tuple[int, str]:
+        """Every variant's intra-op threads, and where the number came from."""
+        if self.threads is not None:
+            return self.threads, "--threads"
+        return default_threads(), "the physical cores this process may use (affinity and cgroup quota)"
 
     def check(self, paths: list[str]) -> None:
         if not paths:
@@ -131,50 +138,38 @@ class Variant:
     info: dict
 
 
-class _Inputs:
-    """Real inputs shaped for each scenario, the same for every variant."""
-
-    def __init__(self, reference: Artifact, data: str | None):
-        from ..runtime.processing import TextProcessor
-
-        self.examples = examples_for(reference, data, role="eval", batch_size=1)
-        processing = reference.manifest.processing
-        self.text = TextProcessor.from_artifact(reference) if processing.get("tokenizer") else None
-        self.max_length = int(processing.get("max_length", 512))
-        self.sentences = stdlib_sentences(64) if data is None and self.text is not None else None
-        self._long: dict | None = None
-
-    def single(self) -> list[dict]:
-        return list(self.examples.batches)
-
-    def batch(self, size: int) -> dict:
-        """``size`` rows exactly: real sentences (or examples) repeated as needed."""
-        if self.sentences is not None:
-            return self.text.encode([self.sentences[i % len(self.sentences)] for i in range(size)])
-        rows = self.examples.batches
-        picked = [rows[i % len(rows)] for i in range(size)]
-        return {k: concat_padded([p[k] for p in picked]) for k in picked[0]}
-
-    def of_length(self, size: int, length: int) -> dict | None:
-        if self.text is None:
-            return None
-        length = min(length, self.max_length)
-        if self._long is None:   # real prose, tokenized once and cut to each length
-            self._long = self.text.encode([" ".join(stdlib_sentences(120))])
-        return {k: np.ascontiguousarray(np.repeat(v[:, :length], size, axis=0)) for k, v in self._long.items()}
-
-
 def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str = "cpu") -> Variant:
     """An artifact loaded for the bench: ONNX graphs on ``device``, engines on TensorRT."""
     start = time.perf_counter()
     model = load(artifact.path, device=device, threads=threads, check_files=False, spinning=False)
     created = (time.perf_counter() - start) * 1000
     name = _unique(artifact.path.name, taken)
-    info = {"name": name, "path": str(artifact.path), "kind": artifact.manifest.graph["format"],
+    info = {"name": name, "path": str(artifact.path), "kind": format_of(artifact).kind,
             "manifest_sha256": artifact.manifest_sha256,
             "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
             "provider": model.provider, "session_create_ms": round(created, 1)}
     return Variant(name, model.runner, info)
+
+
+def footing(options: BenchOptions) -> dict:
+    """What every variant runs with, for the report."""
+    threads, source = options.thread_count()
+    return {"threads": threads, "threads_from": source,
+            "spinning": "off: ONNX Runtime intra- and inter-op spinning disabled; PyTorch's OpenMP pool passive "
+                        "(OMP_WAIT_POLICY=PASSIVE) when the bench starts it",
+            "rounds": options.settings.rounds, "min_duration_s": options.settings.min_duration,
+            "min_count": options.settings.min_count,
+            "warmup": {"until": f"the coefficient of variation of {options.settings.window} calls <= "
+                                f"{options.settings.settle_cv:g}, or two windows' medians within "
+                                f"{options.settings.settle_drift:.0%}",
+                       "bound": f"{options.settings.warmup_max_calls} calls or {options.settings.warmup_max_seconds:g} s"}}
+
+
+def quiet_state(monitor: Monitor) -> dict | None:
+    """The machine while the bench itself is idle: what everything else is doing."""
+    start = monitor.sample()
+    time.sleep(QUIET_SAMPLE_S)
+    return monitor.between(start, monitor.sample())
 
 
 def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = (),
@@ -192,17 +187,14 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
     if "generation" in options.scenarios:
         raise InvalidOptionError("the generation scenario is for causal LMs (task text-generation)")
     reference = Artifact.load(options.reference) if options.reference else artifacts[0]
-    if reference.manifest.graph["format"] != "onnx":
-        raise InvalidOptionError(f"parity is measured against an ONNX artifact, and '{reference.path}' holds a "
-                                 f"{reference.manifest.graph['format']} graph: list the ONNX artifact first, or give "
-                                 "--reference")
     if options.domains and not reference.manifest.processing.get("tokenizer"):
         raise InvalidOptionError("--domains measures text models on held-out text; this model takes no text")
-    inputs = _Inputs(reference, options.data)
-    labels = _labels(reference, options, inputs.examples.count)
+    inputs = BenchInputs(reference, options.data)
+    labels = read_bench_labels(reference, options, inputs.examples.count)
+    threads, _ = options.thread_count()
     variants: list[Variant] = []
     for artifact in artifacts:
-        variant = artifact_variant(artifact, options.threads, {v.name for v in variants}, options.device)
+        variant = artifact_variant(artifact, threads, {v.name for v in variants}, options.device)
         if options.measure_memory:
             progress(f"memory and cold start of {variant.name} (fresh process)...")
             variant.info.update(measure_memory(str(artifact.path), options.data))
@@ -213,12 +205,15 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
 
     report = BenchReport(created=now_iso(), machine=machine_info(), variants=[v.info for v in variants], results=[],
                          parity={}, reference=str(reference.path), data=inputs.examples.description,
-                         thresholds=options.budget.thresholds())
+                         thresholds=options.budget.thresholds(), settings=footing(options))
+    monitor = Monitor()
     try:
-        meter.start(_blocks(options, inputs, len(variants)))
-        _measure(report, {v.name: v.runner.run for v in variants}, inputs, options, progress, meter)
+        report.machine_quiet["before"] = quiet_state(monitor)
+        meter.start(planned_blocks(options, inputs, len(variants)))
+        measure_scenarios(report, {v.name: v.runner.run for v in variants}, inputs, options, progress, meter, monitor)
+        report.machine_quiet["after"] = quiet_state(monitor)
         progress("measuring parity...")
-        _parity(report, variants, reference, options, labels)
+        measure_parity(report, variants, reference, options, labels)
     except Interrupted:
         report.interrupted = True
         progress("interrupted: reporting what was measured")
@@ -226,69 +221,8 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
         meter.finish()
         for variant in variants:
             variant.runner.close()
-    report.write(options.reports)
+    report.finish(options.reports, options.strict)
     return report
-
-
-def _labels(reference: Artifact, options: BenchOptions, count: int) -> np.ndarray | None:
-    """The --labels, checked against the model and the data before anything is measured."""
-    if not options.labels:
-        return None
-    from ..data import read_labels
-
-    if reference.task not in LABELLED_TASKS:
-        raise InvalidOptionError(f"--labels measures the accuracy of classifiers (one class per example); this is "
-                                 f"a {reference.task} model")
-    labels = read_labels(options.labels, reference.manifest.processing.get("labels"))
-    if len(labels) != count:
-        raise CalibrationDataError(f"'{options.labels}' has {len(labels)} labels but '{options.data}' holds "
-                                   f"{count} examples")
-    return labels
-
-
-def _accuracy(runner: Runner, examples, labels: np.ndarray) -> dict:
-    """Top-1 accuracy of the classifier's first output (its logits) against the true classes."""
-    predicted = np.concatenate([np.asarray(next(iter(runner.run(feeds).values()))).argmax(-1)
-                                for feeds in examples.batches])
-    return {"samples": len(labels), "top1": round(float((predicted == labels).mean()), 6)}
-
-
-def _parity(report: BenchReport, variants: list[Variant], reference: Artifact, options: BenchOptions,
-            labels: np.ndarray | None = None) -> None:
-    examples = examples_for(reference, options.data, role="eval")
-    with OnnxRuntimeRunner(reference.model_path, inputs=reference.manifest.inputs) as runner:
-        expected = reference_outputs(runner, examples)
-    try:
-        for variant in variants:
-            report.parity[variant.name] = measure(variant.runner, expected, examples, reference.task, options.budget,
-                                                  reference_name=f"'{reference.path}'").to_dict()
-            if labels is not None:
-                report.parity[variant.name]["accuracy"] = _accuracy(variant.runner, examples, labels)
-        _domain_parity(report, variants, reference, options)
-    except KeyboardInterrupt:
-        raise Interrupted({}) from None
-
-
-DOMAIN_SENTENCES = {"docstrings": 300, "legal": 300, "science": 140}
-
-
-def _domain_parity(report: BenchReport, variants: list[Variant], reference: Artifact, options: BenchOptions) -> None:
-    """Worst-case parity per held-out text domain: what a user sees on text unlike the
-    calibration data (figures of the pooled embedding for feature extraction)."""
-    if not options.domains:
-        return
-    from ..data.domains import domain_sentences
-
-    for domain in options.domains:
-        texts = domain_sentences(domain, DOMAIN_SENTENCES[domain])
-        examples = examples_for(reference, texts=texts, description=f"{len(texts)} {domain} sentences")
-        with OnnxRuntimeRunner(reference.model_path, inputs=reference.manifest.inputs) as runner:
-            expected = reference_outputs(runner, examples)
-        for variant in variants:
-            figures = measure(variant.runner, expected, examples, reference.task).headline()
-            report.parity[variant.name].setdefault("domains", {})[domain] = {
-                "samples": len(texts), "mean_cosine": figures.mean_cosine, "p01_cosine": figures.p01_cosine,
-                "min_cosine": figures.min_cosine}
 
 
 def _unique(name: str, taken) -> str:
@@ -298,78 +232,3 @@ def _unique(name: str, taken) -> str:
     return candidate
 
 
-def _blocks(options: BenchOptions, inputs: _Inputs, variants: int) -> int:
-    """How many timed blocks the run will have (for the progress bar)."""
-    per_measurement = options.settings.rounds * variants
-    count = 0
-    if "single-stream" in options.scenarios or "server" in options.scenarios:
-        count += per_measurement
-    if "offline" in options.scenarios:
-        count += per_measurement * len(options.batch_sizes)
-    if "sweep" in options.scenarios and inputs.text is not None:
-        count += per_measurement * len(options.batch_sizes) * len(options.sequence_lengths)
-    if "server" in options.scenarios:
-        count += variants
-    return count
-
-
-def _stats(runners, feeds_cycle: list, settings: Settings, meter: Meter, scenario: str) -> dict:
-    samples = interleaved_latency(runners, feeds_cycle, settings, lambda name: meter.step(name, scenario))
-    return {name: latency_stats(values) for name, values in samples.items()}
-
-
-def _measure(report: BenchReport, runners, inputs: _Inputs, options: BenchOptions, progress, meter: Meter) -> None:
-    settings = options.settings
-    single_ms: dict[str, float] = {}
-    if "single-stream" in options.scenarios or "server" in options.scenarios:
-        progress("single-stream: batch 1, one query at a time...")
-        for name, stats in _stats(runners, inputs.single(), settings, meter, "single-stream").items():
-            single_ms[name] = stats.p50_ms
-            if "single-stream" in options.scenarios:
-                report.results.append({"variant": name, "scenario": "single-stream", "params": {"batch": 1},
-                                       "latency": stats.to_dict(), "throughput_per_s": 1000.0 / stats.mean_ms})
-    if "offline" in options.scenarios:
-        for batch in options.batch_sizes:
-            progress(f"offline: batch {batch}...")
-            feeds = inputs.batch(batch)
-            rows = len(next(iter(feeds.values())))
-            for name, stats in _stats(runners, [feeds], settings, meter, f"offline b{batch}").items():
-                report.results.append({"variant": name, "scenario": "offline", "params": {"batch": rows},
-                                       "latency": stats.to_dict(), "throughput_per_s": rows * 1000.0 / stats.p50_ms})
-    if "sweep" in options.scenarios:
-        for batch in options.batch_sizes:
-            for length in options.sequence_lengths:
-                feeds = inputs.of_length(batch, length)
-                if feeds is None:
-                    break
-                sequence = int(feeds["input_ids"].shape[1])
-                progress(f"sweep: batch {batch}, sequence {sequence}...")
-                for name, stats in _stats(runners, [feeds], settings, meter, f"sweep b{batch} s{sequence}").items():
-                    report.results.append({"variant": name, "scenario": "sweep",
-                                           "params": {"batch": batch, "sequence": sequence},
-                                           "latency": stats.to_dict(), "throughput_per_s": batch * 1000.0 / stats.p50_ms})
-    if "server" in options.scenarios:
-        for name, run in runners.items():
-            _server(report, name, run, inputs, options, single_ms[name], progress)
-            meter.step(name, "server")
-
-
-def _server(report: BenchReport, name: str, run, inputs: _Inputs, options: BenchOptions, single_ms: float,
-            progress) -> None:
-    rate = options.server_rate or 0.5 * 1000.0 / max(single_ms, 1e-3)
-    progress(f"server: {name} at {rate:.1f} requests/s (Poisson)...")
-    try:
-        stats = latency_stats(server_run(run, inputs.single(), rate, options.server_queries))
-    except KeyboardInterrupt:
-        raise Interrupted({}) from None
-    result = {"variant": name, "scenario": "server", "params": {"rate_per_s": round(rate, 3)},
-              "latency": stats.to_dict(), "throughput_per_s": rate}
-    if options.p99_bound_ms is not None:
-        result["p99_bound_ms"] = options.p99_bound_ms
-        result["bound_held"] = stats.p99_ms <= options.p99_bound_ms
-    if options.find_max_qps:
-        progress(f"server: searching the highest rate {name} serves with p99 <= {options.p99_bound_ms} ms...")
-        best, probes = find_max_qps(run, inputs.single(), options.p99_bound_ms, single_ms, options.server_queries)
-        result["max_qps"] = best
-        result["max_qps_probes"] = probes
-    report.results.append(result)

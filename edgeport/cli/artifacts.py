@@ -8,7 +8,7 @@ import click
 from .. import vocabulary as v
 from ..errors import InvalidOptionError
 from . import main
-from .common import emit_json, say, show_artifact
+from .common import TRUSTED_KEY_HELP, emit_json, say, show_artifact
 
 
 @main.command("inspect")
@@ -17,10 +17,11 @@ from .common import emit_json, say, show_artifact
 @click.option("--no-checksums", is_flag=True, help="Skip checking the files against their sha256.")
 @click.option("--expect-manifest-sha256", metavar="HEX",
               help="Fail unless edgeport.json has this digest (as a bundle or an earlier inspect recorded it).")
-def inspect_command(artifact, as_json, no_checksums, expect_manifest_sha256):
+@click.option("--trusted-key", type=click.Path(), help=TRUSTED_KEY_HELP)
+def inspect_command(artifact, as_json, no_checksums, expect_manifest_sha256, trusted_key):
     """Describe an artifact or bundle and check its files against their checksums."""
     show_artifact(artifact, as_json, check_files=not no_checksums, written=False,
-                  expected_manifest_sha256=expect_manifest_sha256)
+                  expected_manifest_sha256=expect_manifest_sha256, trusted_key=trusted_key)
 
 
 @main.command("verify")
@@ -34,9 +35,10 @@ def inspect_command(artifact, as_json, no_checksums, expect_manifest_sha256):
 @click.option("--platform", type=click.Choice(v.PLATFORMS),
               help="Run CANDIDATE's (a bundle's) golden check on this platform, emulated.")
 @click.option("--cpu", help="With --platform: the emulated CPU (e.g. cortex-a72).")
+@click.option("--trusted-key", type=click.Path(), help=TRUSTED_KEY_HELP)
 @click.option("--json", "as_json", is_flag=True)
 def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error, min_top1_agreement, platform, cpu,
-                   as_json):
+                   trusted_key, as_json):
     """Parity gate: compare CANDIDATE with --reference on real data (or, with --platform, run a
     bundle's golden check on another platform); exit non-zero below the thresholds."""
     from ..parity import ParityBudget
@@ -53,7 +55,7 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
     if platform:
         from ..platforms import verify_on_platform
 
-        report = verify_on_platform(candidate, platform, cpu=cpu, budget=budget, progress=say)
+        report = verify_on_platform(candidate, platform, cpu=cpu, budget=budget, progress=say, trusted_key=trusted_key)
         emit_json(report.to_dict()) if as_json else click.echo(report.summary())
         report.raise_for_failure()
         return
@@ -61,7 +63,7 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
         raise InvalidOptionError("give --reference ARTIFACT (or --platform to check a bundle on another platform)")
     from ..parity import verify
 
-    report = verify(candidate, reference, data, budget, limit)
+    report = verify(candidate, reference, data, budget, limit, trusted_key)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -86,8 +88,9 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
 @click.option("--device", type=click.Choice(v.DEVICES), default="auto", show_default=True)
 @click.option("--threads", type=int, help="Intra-op threads (default: ONNX Runtime's choice).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Micro-batch size.")
+@click.option("--trusted-key", type=click.Path(), help=TRUSTED_KEY_HELP)
 def run_command(artifact, texts, input_file, prompts, max_new_tokens, temperature, top_k, top_p, seed, adapter, device,
-                threads, batch_size):
+                threads, batch_size, trusted_key):
     """Run ARTIFACT (or a bundle) on texts, feeds, images or prompts; print JSON (prompts stream text)."""
     if prompts:
         if texts or input_file:
@@ -95,7 +98,7 @@ def run_command(artifact, texts, input_file, prompts, max_new_tokens, temperatur
         from ..running import stream_generation
 
         for piece in stream_generation(artifact, list(prompts), max_new_tokens, temperature, top_k, top_p, seed,
-                                       adapter, device, threads):
+                                       adapter, device, threads, trusted_key):
             click.echo(piece, nl=False)
         click.echo()
         return
@@ -103,4 +106,4 @@ def run_command(artifact, texts, input_file, prompts, max_new_tokens, temperatur
         raise InvalidOptionError("give either --text (one or more), --input FILE or --prompt")
     from ..running import run_artifact
 
-    emit_json(run_artifact(artifact, list(texts), input_file, device, threads, batch_size))
+    emit_json(run_artifact(artifact, list(texts), input_file, device, threads, batch_size, trusted_key))

@@ -31,6 +31,15 @@ def _numbers(text: str, name: str) -> list[int]:
         raise InvalidOptionError(f"{name} must be integers separated by commas, e.g. 1,8,32") from None
 
 
+def _domains(text: str | None) -> list[str]:
+    if text is None:
+        return []
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    if not names:
+        raise InvalidOptionError(f"--domains '{text}' names no domain; give e.g. docstrings,legal,science")
+    return names
+
+
 @bench.command("run")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--scenario", "scenarios", multiple=True, type=click.Choice(v.SCENARIOS),
@@ -45,21 +54,29 @@ def _numbers(text: str, name: str) -> list[int]:
 @click.option("--data", type=click.Path(), help="Real inputs (default: bundled sentences, digits or golden inputs).")
 @click.option("--labels", type=click.Path(),
               help="Classifiers: the true class of each --data example (.npy or .txt); adds accuracy.")
-@click.option("--batch-sizes", default="1,8,32", show_default=True, help="For offline and sweep.")
-@click.option("--sequence-lengths", default="16,64,128,256", show_default=True, help="For sweep (text models).")
+@click.option("--batch-sizes", default=",".join(map(str, v.DEFAULT_BATCH_SIZES)), show_default=True,
+              help="For offline and sweep.")
+@click.option("--sequence-lengths", default=",".join(map(str, v.DEFAULT_SEQUENCE_LENGTHS)), show_default=True,
+              help="For sweep (text models).")
 @click.option("--rate", type=float, help="Server scenario: requests per second (default: half one worker's capacity).")
-@click.option("--queries", type=int, default=200, show_default=True, help="Server scenario: requests per run.")
+@click.option("--queries", type=int, default=v.DEFAULT_SERVER_QUERIES, show_default=True,
+              help="Server scenario: requests per run.")
 @click.option("--p99-bound-ms", type=float, help="Server scenario: latency bound to check.")
 @click.option("--find-max-qps", is_flag=True, help="Search the highest rate whose p99 stays under --p99-bound-ms.")
-@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved rounds per measurement.")
-@click.option("--min-duration", type=float, default=0.5, show_default=True, help="Seconds per variant per round.")
-@click.option("--min-count", type=int, default=10, show_default=True, help="Calls per variant per round.")
-@click.option("--threads", type=int, help="Intra-op threads for every ONNX Runtime session.")
+@click.option("--rounds", type=int, default=v.DEFAULT_ROUNDS, show_default=True,
+              help="Interleaved rounds per measurement.")
+@click.option("--min-duration", type=float, default=v.DEFAULT_MIN_DURATION_S, show_default=True,
+              help="Seconds per variant per round.")
+@click.option("--min-count", type=int, default=v.DEFAULT_MIN_COUNT, show_default=True,
+              help="Calls per variant per round.")
+@click.option("--threads", type=int, help="Intra-op threads of every variant, the PyTorch baseline included "
+                                         "(default: the physical cores this process may use).")
+@click.option("--strict", is_flag=True, help="Write no report (exit 16) when the machine was too busy to trust it.")
 @click.option("--min-cosine", type=float)
 @click.option("--min-p01-cosine", type=float)
 @click.option("--max-abs-error", type=float)
 @click.option("--min-top1-agreement", type=float)
-@click.option("--max-new-tokens", type=int, default=32, show_default=True,
+@click.option("--max-new-tokens", type=int, default=v.DEFAULT_MAX_NEW_TOKENS, show_default=True,
               help="Causal LMs: new tokens per request of the generation scenario.")
 @click.option("--domains", help="Text models: worst-case parity on held-out domains, e.g. docstrings,legal,science.")
 @click.option("--no-memory", is_flag=True, help="Skip the fresh-process memory and cold-start probe.")
@@ -68,8 +85,8 @@ def _numbers(text: str, name: str) -> list[int]:
 @click.option("--force", is_flag=True, help="Replace existing report files.")
 def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, reference, data, labels, batch_sizes,
                       sequence_lengths, rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration, min_count,
-                      threads, min_cosine, min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens, domains,
-                      no_memory, json_path, html_path, force):
+                      threads, strict, min_cosine, min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens,
+                      domains, no_memory, json_path, html_path, force):
     """Measure ARTIFACTS side by side: latency, throughput, size, memory, start-up and parity."""
     from ..bench.runner import BenchOptions, ReportFiles, run_bench
     from ..bench.scenarios import Settings
@@ -83,13 +100,13 @@ def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, r
         budget=ParityBudget(min_cosine, max_abs_error, min_top1_agreement, min_p01_cosine),
         settings=Settings(rounds=rounds, min_duration=min_duration, min_count=min_count),
         measure_memory=not no_memory, threads=threads, reports=ReportFiles(json_path, html_path, force),
-        max_new_tokens=max_new_tokens, domains=[d.strip() for d in (domains or "").split(",") if d.strip()])
+        max_new_tokens=max_new_tokens, domains=_domains(domains), strict=strict)
     options.check(list(artifacts))
     extra = []
     if baseline == "torch":
         from ..pipeline.baseline import torch_baseline
 
-        extra.append(torch_baseline(reference or artifacts[0], baseline_device))
+        extra.append(torch_baseline(reference or artifacts[0], baseline_device, options.thread_count()[0]))
     report = run_bench(list(artifacts), options, extra, progress=say, meter=TerminalMeter.create("measuring"))
     click.echo(report.table())
     for path in (json_path, html_path):
@@ -101,8 +118,9 @@ def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, r
 @bench.command("compare")
 @click.argument("old", type=click.Path())
 @click.argument("new", type=click.Path())
-@click.option("--max-regression", default="5%", show_default=True, help="Allowed latency increase / throughput drop.")
-@click.option("--max-parity-drop", type=float, default=0.001, show_default=True,
+@click.option("--max-regression", default=v.DEFAULT_MAX_REGRESSION, show_default=True,
+              help="Allowed latency increase / throughput drop.")
+@click.option("--max-parity-drop", type=float, default=v.DEFAULT_MAX_PARITY_DROP, show_default=True,
               help="Allowed drop of min cosine or top-1 agreement.")
 def bench_compare_command(old, new, max_regression, max_parity_drop):
     """Compare two bench JSON reports; exit non-zero on regressions or rows that vanished."""

@@ -8,6 +8,14 @@ import sys
 import click
 
 
+TRUSTED_KEY_HELP = "Refuse a bundle unless it is signed by this public key (PEM; see package --sign)."
+
+
+def given(**values):
+    """Only the options the user gave: None means "the library's default"."""
+    return {k: value for k, value in values.items() if value is not None}
+
+
 def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -18,11 +26,11 @@ def say(message: str) -> None:
 
 
 def show_artifact(path, as_json: bool, check_files: bool = False, written: bool = True,
-                  expected_manifest_sha256: str | None = None) -> None:
+                  expected_manifest_sha256: str | None = None, trusted_key: str | None = None) -> None:
     """What export, quantize and inspect print: the inspection, as text or JSON."""
     from ..inspection import format_inspection, inspect_artifact
 
-    info = inspect_artifact(path, check_files, expected_manifest_sha256)
+    info = inspect_artifact(path, check_files, expected_manifest_sha256, trusted_key)
     if as_json:
         emit_json(info)
         return

@@ -6,12 +6,7 @@ import click
 
 from .. import vocabulary as v
 from . import main
-from .common import say, show_artifact
-
-
-def given(**values):
-    """Only the options the user gave: None means "the library's default"."""
-    return {k: value for k, value in values.items() if value is not None}
+from .common import given, say, show_artifact
 
 
 @main.group()
@@ -36,7 +31,8 @@ def export() -> None:
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int4"]),
               help="Causal LMs: precision the model builder writes (default fp32).")
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch parity check.")
-@click.option("--external-data/--no-external-data", default=None, help="Force weights into model.onnx.data (default: only over 2 GB).")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Force weights into model.onnx.data (default: only over 2 GB).")
 @click.option("--allow-pickle", is_flag=True, help="Allow pytorch_model.bin (pickle) weights.")
 @click.option("--force", is_flag=True, help="Replace an existing output artifact.")
 @click.option("--adapter", "adapters", multiple=True, type=click.Path(),
@@ -64,7 +60,8 @@ def export_onnx_command(source, out, task, opset, static_shapes, sequence_length
 
 @export.command("adapter")
 @click.argument("adapter", type=click.Path())
-@click.option("--base", required=True, type=click.Path(), help="The causal-LM artifact exported with --runtime-adapter.")
+@click.option("--base", required=True, type=click.Path(),
+              help="The causal-LM artifact exported with --runtime-adapter.")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="The .onnx_adapter file to write.")
 @click.option("--force", is_flag=True, help="Replace an existing adapter file.")
 def export_adapter_command(adapter, base, out, force):
@@ -122,7 +119,8 @@ def merge_command(base, adapters, weights, combination, out, dtype, atol, allow_
 @click.option("--data", type=click.Path(), help="Parity data (default: bundled real sentences or digits).")
 @click.option("--via", type=click.Choice(["tensorrt", "onnxruntime"]), default="tensorrt", show_default=True,
               help="Build with TensorRT itself, or keep ONNX for ONNX Runtime's TensorRT execution provider.")
-@click.option("--workspace-mb", type=int, default=4096, show_default=True, help="Builder workspace limit.")
+@click.option("--workspace-mb", type=int, default=v.DEFAULT_WORKSPACE_MB, show_default=True,
+              help="Builder workspace limit.")
 @click.option("--timing-cache", type=click.Path(), help="Timing cache file (default ~/.cache/edgeport/tensorrt).")
 @click.option("--dry-run", is_flag=True, help="Print the build plan and exit; needs no GPU.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan or the result as JSON.")

@@ -16,20 +16,23 @@ from . import main
 @click.option("--target", type=click.Choice(["portable", "ort-mobile"]), default="portable", show_default=True,
               help="bundle: add ONNX Runtime's mobile format (.ort) and the reduced-build operator list.")
 @click.option("--name", help="triton: the model's name (default: the artifact folder's).")
-@click.option("--max-batch", type=int, default=32, show_default=True, help="triton: max_batch_size.")
-@click.option("--max-delay-us", type=int, default=2000, show_default=True, help="triton: dynamic batching delay.")
+@click.option("--max-batch", type=int, default=v.DEFAULT_MAX_BATCH, show_default=True, help="triton: max_batch_size.")
+@click.option("--max-delay-us", type=int, default=v.DEFAULT_TRITON_DELAY_US, show_default=True,
+              help="triton: dynamic batching delay.")
 @click.option("--instances", type=int, default=1, show_default=True, help="triton: instance_group count.")
 @click.option("--instance-kind", type=click.Choice(["KIND_CPU", "KIND_GPU"]), default="KIND_CPU", show_default=True)
 @click.option("--with-tokenizer", is_flag=True, help="triton: add a tokenizer (Python backend) and a text ensemble.")
+@click.option("--sign", "sign", type=click.Path(), metavar="PRIVATE_KEY",
+              help="bundle: sign it with this PEM elliptic-curve key (model-signing; the signing extra).")
 @click.option("--force", is_flag=True, help="Replace an existing bundle or repository made by edgeport.")
 def package_command(artifact, format_, out, target, name, max_batch, max_delay_us, instances, instance_kind,
-                    with_tokenizer, force):
+                    with_tokenizer, sign, force):
     """Package ARTIFACT as an edge bundle or a Triton model repository."""
     from ..package import PackageOptions, TritonOptions, package
     from ..package.bundle import bundle_sha256
 
     triton = TritonOptions(name, max_batch, max_delay_us, instances, instance_kind, with_tokenizer)
-    path = package(artifact, out, PackageOptions(format_, target, triton, force))
+    path = package(artifact, out, PackageOptions(format_, target, triton, force, sign))
     if format_ == "bundle":
         click.echo(f"wrote {path} (sha256 {bundle_sha256(path)})")
     else:

@@ -6,8 +6,7 @@ import click
 
 from .. import vocabulary as v
 from . import main
-from .common import TerminalMeter, say, show_artifact
-from .export import given
+from .common import TerminalMeter, given, say, show_artifact
 
 
 @main.command("quantize")

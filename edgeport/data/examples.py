@@ -29,6 +29,43 @@ def concat_padded(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def fit_to_range(examples: "ExampleSet", shape_range: dict[str, tuple[tuple[int, ...], tuple[int, ...]]],
+                 batch_size: int = 16) -> "ExampleSet":
+    """The same examples in batches whose shapes lie within ``shape_range`` (input name ->
+    (min shape, max shape), as a TensorRT optimisation profile bounds its engine): rows
+    between the profile's batch bounds (the last batch repeats rows to reach the minimum),
+    sequences padded with zeros (mask 0: ignored by the model) up to the minimum length and
+    cut at the maximum."""
+    if not shape_range:
+        return examples
+    names = list(examples.batches[0])
+    merged = {name: concat_padded([b[name] for b in examples.batches]) for name in names}
+    low = {name: shape_range[name][0] if name in shape_range else None for name in names}
+    high = {name: shape_range[name][1] if name in shape_range else None for name in names}
+    ranged = [n for n in names if low[n] is not None]
+    if not ranged:
+        return examples
+    first = ranged[0]
+    rows = min(max(batch_size, low[first][0]), high[first][0])
+    total = len(merged[first])
+    batches = []
+    for start in range(0, total, rows):
+        batch = {}
+        for name, value in merged.items():
+            part = value[start:start + rows]
+            if len(part) < (low[name] or [1])[0]:
+                part = np.concatenate([part, np.repeat(part[-1:], low[name][0] - len(part), axis=0)])
+            if low[name] is not None and part.ndim >= 2 and len(low[name]) >= 2:
+                part = part[:, :high[name][1]]
+                missing = low[name][1] - part.shape[1]
+                if missing > 0:
+                    part = np.pad(part, [(0, 0), (0, missing)] + [(0, 0)] * (part.ndim - 2))
+            batch[name] = np.ascontiguousarray(part)
+        batches.append(batch)
+    return ExampleSet(f"{examples.description}, batched within the engine's profile", examples.sha256,
+                      tuple(batches))
+
+
 @dataclass(frozen=True)
 class ExampleSet:
     """Feed batches for one artifact, plus what they were and their hash.  Immutable: a

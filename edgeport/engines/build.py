@@ -18,6 +18,8 @@ provider settings, with its engine cache built inside the artifact.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -27,16 +29,16 @@ from typing import Any, Callable
 from ..artifact import Artifact, copy_companions, finalize_manifest
 from ..errors import AcceleratorUnavailableError, ExportError, InvalidOptionError, UnsupportedModelError
 from ..manifest import Manifest
-from ..outputs import ARTIFACT, check_output, staged_output
+from ..outputs import ARTIFACT, OutputKind, check_output, staged_output
+from ..quantize.graph import MULTIPLYING_OPS
+from ..vocabulary import DEFAULT_WORKSPACE_MB
 from .profiles import Profile, derive_profile
 
 VIAS = ("tensorrt", "onnxruntime")
-DEFAULT_WORKSPACE_MB = 4096
 # Operators ONNX Runtime's own passes produce that TensorRT's ONNX parser does not take.
 UNPARSEABLE = {"DynamicQuantizeLinear": "int8-dynamic", "MatMulInteger": "int8-dynamic",
                "ConvInteger": "int8-dynamic", "QLinearConv": "QOperator INT8", "QLinearMatMul": "QOperator INT8",
                "MatMulNBits": "int4 / int8-weight-only"}
-WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 
 
 def default_timing_cache() -> Path:
@@ -110,8 +112,10 @@ class BuildPlan:
         return steps
 
 
-def plan_build(source, options: TensorRTOptions) -> BuildPlan:
-    """The build plan for ``source``; raises for what no build could get past."""
+def plan_build(source, options: TensorRTOptions, built: Artifact | None = None) -> BuildPlan:
+    """The build plan for ``source``; raises for what no build could get past.  ``built``:
+    the graph that is actually built (``source`` quantized first for --fp16 / --int8): what
+    TensorRT will parse and which layers stay above the precision are read from it."""
     import onnx
 
     options.check()
@@ -128,12 +132,15 @@ def plan_build(source, options: TensorRTOptions) -> BuildPlan:
     if first and mode != "fp32":
         raise InvalidOptionError(f"--{'fp16' if options.fp16 else 'int8'} quantizes an FP32 artifact first; "
                                  f"'{source}' is already {mode}: build it as it is, without the flag")
-    model = onnx.load(str(artifact.model_path), load_external_data=False)
     plan = BuildPlan(str(artifact.path), {"fp16": "fp16", "int8-static": "int8"}.get(first or mode, mode), first,
                      derive_profile(manifest, options.shapes), options.via, options.workspace_mb,
                      str(options.timing_cache or default_timing_cache()))
-    plan.blocking = _blocking(model, manifest, mode, first)
-    plan.higher_precision = _higher_precision(model, manifest, first or mode)
+    built = built or artifact
+    model = onnx.load(str(built.model_path), load_external_data=False)
+    built_mode = built.manifest.precision.get("mode", "fp32")
+    plan.blocking = _blocking(model, built.manifest, built_mode, first if built is artifact else None)
+    plan.higher_precision = _higher_precision(model, built.manifest, first if built is artifact and first
+                                              else built_mode)
     return plan
 
 
@@ -163,7 +170,7 @@ def _higher_precision(model, manifest: Manifest, mode: str) -> list[str]:
         return []
     dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     initializers = {i.name for i in model.graph.initializer}
-    return [n.name or n.op_type for n in model.graph.node if n.op_type in WEIGHT_OPS
+    return [n.name or n.op_type for n in model.graph.node if n.op_type in MULTIPLYING_OPS
             and len(n.input) > 1 and n.input[1] in initializers and n.input[1] not in dequantized]
 
 
@@ -174,20 +181,29 @@ def export_tensorrt(source, out, options: TensorRTOptions, progress: Callable[[s
     options.check()
     if not options.dry_run:
         check_output(out, options.force, (source,), ARTIFACT)
-    plan = plan_build(source, options)
-    if options.dry_run:
-        return plan
-    if plan.blocking:
+    plan = plan_build(source, options)             # what the source alone decides, before any work
+    if plan.blocking and not plan.quantize_first:
+        if options.dry_run:
+            return plan
         raise UnsupportedModelError("TensorRT cannot build this graph: " + "; ".join(plan.blocking))
-    from ..runtime.tensorrt import engine_environment
+    environment = None
+    if not options.dry_run:
+        from ..runtime.tensorrt import engine_environment
 
-    environment = engine_environment()               # no GPU or no TensorRT: stop before any work
-    if options.via == "onnxruntime":
-        _require_ort_tensorrt()
+        if options.via == "tensorrt":
+            check_timing_cache(Path(plan.timing_cache), options.force, source)
+        environment = engine_environment()           # no GPU or no TensorRT: stop before any work
+        if options.via == "onnxruntime":
+            _require_ort_tensorrt()
     with tempfile.TemporaryDirectory(prefix="edgeport-trt-") as work_dir:
         origin = built_from = Artifact.load(source)
         if plan.quantize_first:
             built_from = _quantize_first(source, Path(work_dir) / "quantized", options, say)
+            plan = plan_build(source, options, built_from)      # planned on the graph that is built
+        if options.dry_run:
+            return plan
+        if plan.blocking:
+            raise UnsupportedModelError("TensorRT cannot build this graph: " + "; ".join(plan.blocking))
         record = engine_record(plan, environment, origin, options.via)
         if options.via == "onnxruntime":
             from .ort import write_ort_tensorrt
@@ -235,10 +251,10 @@ def build_engine(model_path: Path, profile: Profile, workspace_mb: int, timing_c
     optimisation = builder.create_optimization_profile()
     for item in profile.inputs:
         optimisation.set_shape(item.name, item.min, item.opt, item.max)
-    config.add_optimization_profile(optimisation)
-    cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if config.add_optimization_profile(optimisation) < 0:
+        raise ExportError("TensorRT refused the optimisation profile " + "; ".join(profile.describe())
+                          + " (an input the network does not have, or min > opt > max); fix --shapes")
+    _use_timing_cache(config, timing_cache, say)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise ExportError("TensorRT could not build an engine for this graph and profile (see its messages above); "
@@ -248,11 +264,53 @@ def build_engine(model_path: Path, profile: Profile, workspace_mb: int, timing_c
     return bytes(serialized)
 
 
+def _use_timing_cache(config, path: Path, say) -> None:
+    """Start from the timing cache at ``path``; one written by another TensorRT version or
+    GPU is refused by TensorRT (set_timing_cache returns False), and the build starts from
+    an empty cache instead, which then replaces it."""
+    cache_bytes = path.read_bytes() if path.is_file() else b""
+    if config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+        return
+    if not cache_bytes:
+        raise ExportError("TensorRT could not start an empty timing cache")
+    say(f"the timing cache {path} was written by another TensorRT version or GPU; starting a fresh one")
+    if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        raise ExportError("TensorRT could not start an empty timing cache")
+
+
 def _save_timing_cache(cache, path: Path) -> None:
+    """Write the cache (atomically: two builds never leave half a cache) and its record, which
+    marks it as edgeport's own: the next build may replace it without --force."""
+    payload = bytes(cache.serialize())
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + f".{os.getpid()}.tmp")
-    temporary.write_bytes(bytes(cache.serialize()))
-    os.replace(temporary, path)                      # atomic: two builds never leave half a cache
+    temporary.write_bytes(payload)
+    os.replace(temporary, path)
+    _timing_record(path).write_text(json.dumps({"written_by": "edgeport export tensorrt",
+                                                "sha256": hashlib.sha256(payload).hexdigest()}) + "\n")
+
+
+def _timing_record(path: Path) -> Path:
+    return path.with_name(path.name + ".edgeport.json")
+
+
+def _is_our_timing_cache(path: Path) -> bool:
+    """A timing cache edgeport wrote and nobody changed since: its record names its digest."""
+    try:
+        record = json.loads(_timing_record(path).read_text())
+        return path.is_file() and record.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+TIMING_CACHE = OutputKind("TensorRT timing cache written by edgeport", False, _is_our_timing_cache)
+
+
+def check_timing_cache(path: Path, force: bool, source) -> Path:
+    """The timing cache is read and rewritten by every build: it may be edgeport's own earlier
+    cache, never a file of someone else's (the input model, say) without --force, and never
+    inside the input artifact."""
+    return check_output(path, force or _is_our_timing_cache(path), (source,), TIMING_CACHE, "--timing-cache")
 
 
 def engine_record(plan: BuildPlan, environment, origin: Artifact, via: str) -> dict[str, Any]:
@@ -288,24 +346,25 @@ def _write_engine(built_from: Artifact, out, engine: bytes, plan: BuildPlan, rec
                        lineage=list(manifest.lineage))
         say("measuring the engine against ONNX Runtime on the CPU...")
         with TensorRTRunner(folder / "model.plan", new, str(folder)) as runner:
-            new.parity["tensorrt"] = engine_parity(runner, built_from, plan.precision, options.data)
+            new.parity["tensorrt"] = engine_parity(runner, built_from, plan, options.data)
         add_engine_lineage(new, plan, record, options)
         finalize_manifest(folder, new)
     return Artifact.load(out, check_files=False)
 
 
-def engine_parity(runner, reference: Artifact, precision: str, data: str | None) -> dict:
+def engine_parity(runner, reference: Artifact, plan: BuildPlan, data: str | None) -> dict:
     """The engine against the ONNX graph it was built from, run by ONNX Runtime on the CPU,
-    on real data; fails the build below the precision's budget (FP16: cosine >= 0.999;
-    INT8: top-1 agreement >= 0.98 for classifiers, cosine >= 0.99 otherwise)."""
-    from ..data import examples_for
+    on real data batched within the engine's profile; fails the build below the precision's
+    budget (FP16: cosine >= 0.999; INT8: top-1 agreement >= 0.98 for classifiers, cosine
+    >= 0.99 otherwise)."""
+    from ..data import examples_for, fit_to_range
     from ..parity import ParityBudget, measure, reference_outputs
     from ..runtime.onnxrt import OnnxRuntimeRunner
 
     budget = {"fp32": ParityBudget(min_cosine=0.9999), "fp16": ParityBudget(min_cosine=0.999)}.get(
-        precision, ParityBudget(min_top1_agreement=0.98) if reference.task.endswith("classification")
+        plan.precision, ParityBudget(min_top1_agreement=0.98) if reference.task.endswith("classification")
         else ParityBudget(min_cosine=0.99))
-    examples = examples_for(reference, data, role="eval")
+    examples = fit_to_range(examples_for(reference, data, role="eval"), plan.profile.shape_range())
     with OnnxRuntimeRunner(reference.model_path, inputs=reference.manifest.inputs) as cpu:
         expected = reference_outputs(cpu, examples)
     report = measure(runner, expected, examples, reference.task, budget,

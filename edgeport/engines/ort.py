@@ -32,10 +32,10 @@ def write_ort_tensorrt(built_from: Artifact, out, plan, record, options, say) ->
                        precision=dict(manifest.precision), parity=dict(manifest.parity),
                        lineage=list(manifest.lineage))
         say("building the engine cache through ONNX Runtime's TensorRT execution provider...")
-        options_for_ep = {"TensorrtExecutionProvider": ort_tensorrt_options(new, folder)}
+        options_for_ep = {"TensorrtExecutionProvider": ort_tensorrt_options(new, folder / CACHE_FOLDER)}
         with OnnxRuntimeRunner(folder / graph_file, SessionSettings(device="tensorrt"), new.inputs,
                                [s["name"] for s in new.graph["outputs"]], options_for_ep) as runner:
-            new.parity["tensorrt"] = engine_parity(runner, built_from, plan.precision, options.data)
+            new.parity["tensorrt"] = engine_parity(runner, built_from, plan, options.data)
         add_engine_lineage(new, plan, record, options)
         finalize_manifest(folder, new)
     return Artifact.load(out, check_files=False)

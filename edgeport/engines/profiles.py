@@ -45,8 +45,9 @@ class Profile:
     def to_dict(self) -> list[dict]:
         return [p.to_dict() for p in self.inputs]
 
-    def max_shapes(self) -> dict[str, Shape]:
-        return {p.name: p.max for p in self.inputs}
+    def shape_range(self) -> dict[str, tuple[Shape, Shape]]:
+        """input name -> (min shape, max shape): what an engine built with it accepts."""
+        return {p.name: (p.min, p.max) for p in self.inputs}
 
     def describe(self) -> list[str]:
         return [f"{p.name}: min {_text(p.min)}, opt {_text(p.opt)}, max {_text(p.max)} ({p.source})"

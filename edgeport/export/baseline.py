@@ -18,10 +18,12 @@ from .prepare import HfSource
 class TorchRunner(Runner):
     """The Hugging Face model an artifact was exported from, eager, in FP32."""
 
-    def __init__(self, reference: Artifact, device: str = "cpu"):
+    def __init__(self, reference: Artifact, device: str = "cpu", threads: int | None = None):
         require("torch", "export")
         import torch
 
+        if threads:
+            torch.set_num_threads(threads)
         export = reference.manifest.export_parameters()
         source = export.get("source")
         if not source or not Path(source).is_dir():
@@ -56,12 +58,15 @@ class TorchGenerator:
     """The transformers causal LM an artifact was exported (or merged) from, eager FP32, greedy
     with its KV cache: the baseline of ``bench`` for generation."""
 
-    def __init__(self, reference: Artifact, device: str = "cpu"):
+    def __init__(self, reference: Artifact, device: str = "cpu", threads: int | None = None):
         require("torch", "export")
         import torch
         import transformers
 
         from .quiet import quiet_transformers
+
+        if threads:
+            torch.set_num_threads(threads)
 
         source = reference.manifest.export_parameters().get("source")
         if not source or not (Path(source) / "config.json").is_file():

@@ -31,7 +31,7 @@ from ..manifest import GOLDEN_NAME, Manifest, tool_versions
 from ..outputs import ARTIFACT, staged_output
 from ..parity.generation import measure_generation
 from .quiet import quiet_transformers
-from .source import read_config, weight_files
+from .source import load_hf_config, read_config, weight_files
 
 # architectures[0] -> the family, as ONNX Runtime GenAI 0.18's builder dispatches them (text-only decoders).
 BUILDER_FAMILIES = {
@@ -157,6 +157,7 @@ def export_causal_lm(folder: Path, out, options, progress=None, runtime_adapters
     weights = weight_files(folder, options.allow_pickle)
     require("onnxruntime_genai", "llm")
     require("torch", "export")
+    load_hf_config(folder)                   # a config transformers refuses fails here, with its reason
     prompts = generation_prompts(PROMPTS)
     texts = stdlib_sentences(PERPLEXITY_TEXTS)
     say(f"causal LM ({BUILDER_FAMILIES[architecture]}); reference: transformers greedy generate on {len(prompts)} "
@@ -245,6 +246,6 @@ def _manifest(folder: Path, reference: Reference, options, architecture: str, ad
     precision = {"mode": options.precision, "kept_fp32_nodes": [], "calibration": None}
     if options.precision == "int4":
         precision.update(format="MatMulNBits", bits=4, block_size=32, accuracy_level=4)
-    graph = {"format": "onnx", "file": "model.onnx", "opset": opset, "inputs": inputs, "outputs": outputs,
+    graph = {"format": "genai", "file": "model.onnx", "opset": opset, "inputs": inputs, "outputs": outputs,
              "static_shapes": False, "external_data": (folder / "model.onnx.data").exists()}
     return Manifest(task="text-generation", graph=graph, processing=processing, precision=precision)

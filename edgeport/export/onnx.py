@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ..artifact import Artifact, finalize_manifest
+from ..artifact import Artifact, finalize_manifest, save_onnx
 from ..errors import EdgeportError, ExportError, InvalidOptionError, ParityError, require
 from ..golden import save_golden
 from ..manifest import GOLDEN_NAME, Manifest, tool_versions
@@ -42,7 +42,6 @@ from .quiet import quiet_torch_onnx
 from .registry import check_task, detect_task
 from .source import is_callable_source, parse_input_spec, read_config
 
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000   # protobuf's hard limit is 2 GiB
 ROUTES = ("torchscript", "dynamo", "static")
 
 
@@ -99,6 +98,7 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: Expo
     if source_text.endswith((".keras", ".h5")) or (Path(source_text) / "saved_model.pb").is_file():
         from .keras import export_keras
 
+        _refuse_builder_precision(options)
         return export_keras(source, out, options, progress=progress)
     callable_source = is_callable_source(source_text)
     check_output(out, options.force, () if callable_source else (source_text, *extra_inputs), ARTIFACT)
@@ -115,6 +115,7 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: Expo
     if options.runtime_adapters:
         raise InvalidOptionError("--runtime-adapter is for causal LMs (task text-generation); merge encoder "
                                  "adapters with --adapter")
+    _refuse_builder_precision(options)
     with tempfile.TemporaryDirectory(prefix="edgeport-export-") as work_dir:
         work = Path(work_dir)
         if callable_source:
@@ -141,6 +142,13 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: Expo
                                        attempts, extra_inputs)
             say(f"  {label} passed over: {result.reason}")
         _raise_all_failed(attempts)
+
+
+def _refuse_builder_precision(options: ExportOptions) -> None:
+    if options.precision != "fp32":
+        raise InvalidOptionError(f"--precision {options.precision} is for causal LMs (task text-generation), which are "
+                                 "built in that precision; quantize this model after export with 'edgeport quantize "
+                                 "ARTIFACT --mode int8-dynamic|int8-static|fp16'")
 
 
 def _is_causal_lm(folder: Path, task: str | None) -> bool:
@@ -241,18 +249,7 @@ def _rename_symbolic_dims(model_file: Path, job: ExportJob) -> None:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in mapping:
                 dim.dim_param = mapping[dim.dim_param]
-    _save_onnx(model, model_file, external=None)
-
-
-def _save_onnx(model, model_file: Path, external: bool | None) -> None:
-    import onnx
-
-    data_file = model_file.with_name(model_file.name + ".data")
-    if data_file.exists():
-        data_file.unlink()
-    large = model.ByteSize() > EXTERNAL_DATA_THRESHOLD if external is None else external
-    onnx.save_model(model, str(model_file), save_as_external_data=large, all_tensors_to_one_file=True,
-                    location=data_file.name, size_threshold=1024)
+    save_onnx(model, model_file)
 
 
 def _check_graph(model_file: Path) -> None:
@@ -293,8 +290,8 @@ def _run_in_chunks(runner: OnnxRuntimeRunner, feeds, job: ExportJob) -> dict[str
     parts = []
     for start in range(0, batch, step):
         chunk = {n: np.ascontiguousarray(feeds[n][start:start + step]) for n in job.input_names}
-        parts.append(runner.session.run(job.output_names, chunk))
-    return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(job.output_names)}
+        parts.append(runner.run(chunk))
+    return {name: np.concatenate([p[name] for p in parts]) for name in job.output_names}
 
 
 def _raise_all_failed(attempts: list[RouteResult]) -> None:
@@ -334,7 +331,7 @@ def _write_artifact(out, job: ExportJob, options: ExportOptions, source: str, re
     inputs_to_protect = () if is_callable_source(source) else (source, *extra_inputs)
     with staged_output(out, options.force, inputs_to_protect, ARTIFACT) as folder:
         model = onnx.load(str(model_file))
-        _save_onnx(model, folder / "model.onnx", options.external_data)
+        save_onnx(model, folder / "model.onnx", options.external_data)
         del model
         save_golden(folder / GOLDEN_NAME, job.validation_batches[0], references[0])
         for name, path in job.copy_files.items():

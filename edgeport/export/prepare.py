@@ -21,7 +21,7 @@ from ..errors import InvalidOptionError, SourceError, UnsupportedModelError
 from ..vocabulary import BATCH
 from .quiet import quiet_transformers
 from .registry import AUTO_CLASSES, TASK_OUTPUT, check_task, detect_task, modality_of, needs_of
-from .source import InputSpec, load_callable, read_config, weight_files
+from .source import InputSpec, load_callable, load_hf_config, read_config, weight_files
 from .text_inputs import text_axes, text_setup
 from .vision_inputs import vision_setup
 
@@ -114,11 +114,8 @@ class HfSource:
         self.weights = weight_files(folder, allow_pickle)
         import transformers
 
+        config = load_hf_config(folder)
         with quiet_transformers():
-            try:
-                config = transformers.AutoConfig.from_pretrained(folder)
-            except (OSError, TypeError, ValueError, KeyError) as exc:
-                raise SourceError(f"transformers cannot read {folder / 'config.json'}: {exc}") from exc
             self.task = task or detect_task(config)
             if self.task == "text-generation":
                 raise UnsupportedModelError("text-generation models export through the causal-LM path "

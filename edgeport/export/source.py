@@ -48,6 +48,28 @@ def read_config(folder: Path) -> dict:
     return config
 
 
+def load_hf_config(folder: Path):
+    """transformers' config for the folder; a field of the wrong type ("hidden_size": "big")
+    or any other value transformers refuses is a SourceError naming the file."""
+    import transformers
+
+    from .quiet import quiet_transformers
+
+    refusals: tuple[type[BaseException], ...] = (OSError, TypeError, ValueError, KeyError)
+    try:
+        from huggingface_hub.errors import StrictDataclassError    # transformers 5 validates config fields
+
+        refusals += (StrictDataclassError,)
+    except ImportError:
+        pass
+    with quiet_transformers():
+        try:
+            return transformers.AutoConfig.from_pretrained(folder)
+        except refusals as exc:
+            reason = " ".join(str(exc).split())[:300]
+            raise SourceError(f"transformers cannot read {folder / 'config.json'}: {reason}") from exc
+
+
 def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
     """The weight files transformers will read, after refusing pickle and checking safetensors."""
     index = folder / "model.safetensors.index.json"

@@ -20,7 +20,6 @@ from .registry import FamilyNeeds
 
 VALIDATION_SENTENCES = 24
 TRACE_BATCH = 2           # >= 2 so no exporter specialises the batch axis to 1
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 @dataclass

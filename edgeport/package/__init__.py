@@ -18,13 +18,16 @@ class PackageOptions:
     target: str = "portable"            # bundle: portable | ort-mobile
     triton: TritonOptions = TritonOptions()
     force: bool = False
+    sign: str | None = None             # bundle: a PEM private key (model-signing, key-based)
 
 
 def package(artifact, out, options: PackageOptions = PackageOptions()) -> Path:
     if options.format not in PACKAGE_FORMATS:
         raise InvalidOptionError(f"--format must be one of {', '.join(PACKAGE_FORMATS)} (got '{options.format}')")
     if options.format == "bundle":
-        return package_bundle(artifact, out, options.target, options.force)
+        return package_bundle(artifact, out, options.target, options.force, options.sign)
+    if options.sign:
+        raise InvalidOptionError("--sign signs bundles; a Triton repository is a folder Triton reads as it is")
     return package_triton(artifact, out, options.triton, options.force)
 
 

@@ -27,17 +27,16 @@ from pathlib import Path
 from ..artifact import Artifact
 from ..errors import InvalidOptionError, QuantizationError
 from ..outputs import BUNDLE, staged_output
+from ..runtime.formats import format_of
 from ..runtime.bundle import (ARTIFACT_DIR, BUNDLE_FORMAT, BUNDLE_META, BUNDLE_VERSION, CHECKSUMS, REQUIREMENTS,
-                              format_checksums, sha256_of)
+                              SIGNATURE, format_checksums, sha256_of)
 
 BUNDLE_TARGETS = ("portable", "ort-mobile")
 
 
 def runtime_requirements(artifact: Artifact) -> list[str]:
     """The runtime's pip requirements, pinned to the versions this bundle was built and checked with."""
-    names = ["edgeport", "numpy", "onnxruntime", "tokenizers", "click"]
-    if artifact.task == "text-generation":
-        names.append("onnxruntime-genai")
+    names = ["edgeport", "numpy", "onnxruntime", "tokenizers", "click", *format_of(artifact).runtime_requirements]
     pins = []
     for name in names:
         try:
@@ -82,10 +81,16 @@ def _add_folder(archive: tarfile.TarFile, name: str) -> None:
     archive.addfile(info)
 
 
-def bundle_bytes(artifact: Artifact, name: str, target: str = "portable") -> bytes:
-    """The bundle for ``artifact`` as bytes (deterministic for a given artifact and target)."""
+def bundle_bytes(artifact: Artifact, name: str, target: str = "portable", sign: str | None = None) -> bytes:
+    """The bundle for ``artifact`` as bytes (deterministic for a given artifact and target).
+    With ``sign`` (a private key), the content is signed and the signature is the last
+    member: everything before it stays the same bytes."""
+    check_bundle_name(name)
     if target not in BUNDLE_TARGETS:
         raise InvalidOptionError(f"--target must be one of {', '.join(BUNDLE_TARGETS)} (got '{target}')")
+    if target == "ort-mobile" and not format_of(artifact).mobile_convertible:
+        raise InvalidOptionError(f"--target ort-mobile converts ONNX graphs to ONNX Runtime's mobile format; "
+                                 f"'{artifact.path}' holds a {format_of(artifact).description}")
     files: dict[str, bytes] = {}
     for member in sorted(artifact.manifest.files):
         files[f"{ARTIFACT_DIR}/{member}"] = artifact.member(member).read_bytes()
@@ -104,30 +109,58 @@ def bundle_bytes(artifact: Artifact, name: str, target: str = "portable") -> byt
 
     checksums = {member: hashlib.sha256(payload).hexdigest() for member, payload in files.items()}
     checksums[BUNDLE_META] = hashlib.sha256(meta_bytes).hexdigest()
+    files[BUNDLE_META] = meta_bytes
+    files[CHECKSUMS] = format_checksums(checksums).encode()
+    signature = _signature(files, name, sign) if sign else None
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
         _add_folder(archive, name)
-        _add(archive, f"{name}/{BUNDLE_META}", meta_bytes)
-        _add(archive, f"{name}/{CHECKSUMS}", format_checksums(checksums).encode())
+        _add(archive, f"{name}/{BUNDLE_META}", files.pop(BUNDLE_META))
+        _add(archive, f"{name}/{CHECKSUMS}", files.pop(CHECKSUMS))
         folders = sorted({str(Path(m).parent) for m in files if str(Path(m).parent) != "."}
                          | {str(p) for m in files for p in Path(m).parents if str(p) != "."})
         for folder in folders:
             _add_folder(archive, f"{name}/{folder}")
         for member in sorted(files):
             _add(archive, f"{name}/{member}", files[member])
+        if signature is not None:
+            _add(archive, f"{name}/{SIGNATURE}", signature)
     compressed = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as handle:
         handle.write(raw.getvalue())
     return compressed.getvalue()
 
 
-def package_bundle(artifact_path, out, target: str = "portable", force: bool = False) -> Path:
-    artifact = Artifact.load(artifact_path)
+def check_bundle_name(name: str) -> None:
+    """The bundle's top folder: every member's name starts with it, so it must be a plain,
+    non-empty folder name (``out/.tar.gz`` would give members named ``/bundle.json``)."""
+    if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
+        raise InvalidOptionError(f"the bundle name '{name}' (from -o) must be a plain file name before .tar.gz, "
+                                 "e.g. -o dist/minilm-int8.tar.gz")
+
+
+def _signature(files: dict[str, bytes], name: str, private_key: str) -> bytes:
+    """model-signing's signature over the bundle's members as a reader extracts them."""
+    from ..runtime.signing import sign_folder
+
+    with tempfile.TemporaryDirectory(prefix="edgeport-sign-") as work:
+        folder = Path(work) / name
+        for member, payload in files.items():
+            (folder / member).parent.mkdir(parents=True, exist_ok=True)
+            (folder / member).write_bytes(payload)
+        sign_folder(folder, Path(private_key), Path(work) / SIGNATURE)
+        return (Path(work) / SIGNATURE).read_bytes()
+
+
+def package_bundle(artifact_path, out, target: str = "portable", force: bool = False,
+                   sign: str | None = None) -> Path:
     out = Path(out)
     if not out.name.endswith((".tar.gz", ".tgz")):
         raise InvalidOptionError(f"-o '{out}': a bundle is a .tar.gz file")
     name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
-    payload = bundle_bytes(artifact, name, target)
+    check_bundle_name(name)
+    artifact = Artifact.load(artifact_path)
+    payload = bundle_bytes(artifact, name, target, sign)
     with staged_output(out, force, (artifact_path,), BUNDLE) as staging:
         staging.write_bytes(payload)
     return out

@@ -23,7 +23,8 @@ from ..artifact import Artifact
 from ..errors import InvalidOptionError
 from ..manifest import TensorSpec
 from ..outputs import TRITON_REPOSITORY, staged_output
-from ..vocabulary import ENCODER_TEXT_TASKS
+from ..runtime.formats import TritonModel, format_of
+from ..vocabulary import DEFAULT_MAX_BATCH, DEFAULT_TRITON_DELAY_US, ENCODER_TEXT_TASKS
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
                 "int32": "TYPE_INT32", "int16": "TYPE_INT16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8",
@@ -34,8 +35,8 @@ MARKER = ".edgeport-triton.json"
 @dataclass(frozen=True)
 class TritonOptions:
     name: str | None = None           # default: the artifact folder's name
-    max_batch_size: int = 32
-    max_queue_delay_us: int = 2000
+    max_batch_size: int = DEFAULT_MAX_BATCH
+    max_queue_delay_us: int = DEFAULT_TRITON_DELAY_US
     instances: int = 1
     kind: str = "KIND_CPU"            # KIND_CPU | KIND_GPU
     with_tokenizer: bool = False
@@ -69,7 +70,7 @@ def model_config(artifact: Artifact, name: str, options: TritonOptions) -> str:
     """config.pbtxt for the artifact's graph."""
     inputs, outputs = artifact.manifest.inputs, artifact.manifest.outputs
     batched = all(spec.shape and not isinstance(spec.shape[0], int) for spec in inputs + outputs)
-    platform = "tensorrt_plan" if artifact.manifest.graph["format"] == "tensorrt" else "onnxruntime_onnx"
+    platform = triton_model(artifact).platform
     lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {options.max_batch_size if batched else 0}",
              "input [", ",\n".join(_tensor(s, batched) for s in inputs), "]",
              "output [", ",\n".join(_tensor(s, batched) for s in outputs), "]"]
@@ -166,22 +167,29 @@ def _tokenizer_models(repo: Path, artifact: Artifact, name: str, options: Triton
         f"output [\n{ensemble_outputs}\n]\nensemble_scheduling {{\n{steps}}}\n")
 
 
+def triton_model(artifact: Artifact) -> TritonModel:
+    """How Triton loads the artifact's graph format, or why it cannot."""
+    graph_format = format_of(artifact)
+    if graph_format.triton is None:
+        raise InvalidOptionError(f"Triton cannot serve '{artifact.path}' ({graph_format.description}): "
+                                 f"{graph_format.triton_refusal}")
+    return graph_format.triton
+
+
 def write_model(repo: Path, artifact: Artifact, name: str, options: TritonOptions) -> None:
-    """Add ``artifact`` to the repository folder ``repo`` as model ``name`` (version 1)."""
-    if artifact.task == "text-generation":
-        raise InvalidOptionError("causal LMs are served by edgeport serve (OpenAI endpoints) or Triton's "
-                                 "TensorRT-LLM / vLLM backends; a plain onnxruntime_onnx repository would lose the KV "
-                                 "cache loop")
+    """Add ``artifact`` to the repository folder ``repo`` as model ``name`` (version 1): its
+    graph files, the model file under the name Triton expects."""
+    triton = triton_model(artifact)
     if options.with_tokenizer and (artifact.task not in ENCODER_TEXT_TASKS or
                                    not artifact.manifest.processing.get("tokenizer")):
         raise InvalidOptionError("--with-tokenizer needs a text model with a tokenizer")
     version = repo / name / "1"
     version.mkdir(parents=True)
-    target = "model.plan" if artifact.manifest.graph["format"] == "tensorrt" else "model.onnx"
-    shutil.copyfile(artifact.model_path, version / target)
-    data = artifact.file(artifact.manifest.graph["file"] + ".data")
-    if data is not None:
-        shutil.copyfile(data, version / data.name)
+    graph_file = artifact.manifest.graph["file"]
+    for member in format_of(artifact).graph_files(artifact):
+        destination = version / (triton.file if member == graph_file else member)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(artifact.member(member), destination)
     (repo / name / "config.pbtxt").write_text(model_config(artifact, name, options))
     if options.with_tokenizer:
         _tokenizer_models(repo, artifact, name, options)

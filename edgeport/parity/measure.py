@@ -14,7 +14,8 @@ import numpy as np
 from ..artifact import Artifact
 from ..data import ExampleSet, examples_for
 from ..errors import InvalidOptionError, ParityError
-from ..runtime.onnxrt import OnnxRuntimeRunner, run_all
+from ..runtime.formats import make_runner
+from ..runtime.onnxrt import QUIET_CPU, run_all
 from ..runtime.runner import Runner
 from .compare import ParityReport, compare_outputs, merge_reports
 
@@ -73,15 +74,52 @@ def measure(candidate: Runner, expected: Sequence[dict[str, np.ndarray]], exampl
     return merge_reports(reports)
 
 
+def recorded_thresholds(artifact: Artifact) -> dict[str, float]:
+    """The thresholds the artifact passed last: its quantization gate, or the export's."""
+    parity = artifact.manifest.parity
+    for stage in ("quantize", "export"):
+        if parity.get(stage, {}).get("thresholds"):
+            return dict(parity[stage]["thresholds"])
+    return {"min_cosine": 0.99}
+
+
+def golden_check(runner: Runner, artifact: Artifact) -> ParityReport | None:
+    """The artifact's own golden inputs through ``runner``, against its golden outputs and the
+    thresholds it passed when it was made: what a device (or a replica) runs before it takes
+    traffic.  None when the artifact has no golden tensors of its graph (causal LMs keep
+    greedy tokens instead)."""
+    golden = artifact.golden()
+    if golden is None or artifact.task == "text-generation":
+        return None
+    inputs, expected = golden
+    got = runner.run(inputs)
+    return compare_outputs(expected, got, task=artifact.task, token_mask=inputs.get("attention_mask"),
+                           data="golden inputs", reference_name="golden.npz",
+                           thresholds=recorded_thresholds(artifact))
+
+
 def verify(candidate: str | Artifact, reference: str | Artifact, data: str | None = None,
-           budget: ParityBudget | None = None, limit: int | None = None) -> ParityReport:
-    """Compare two artifacts (or bundles) on ``data`` (default: the task's bundled real data)."""
+           budget: ParityBudget | None = None, limit: int | None = None, trusted_key: str | None = None
+           ) -> ParityReport:
+    """Compare two artifacts (or bundles) on ``data`` (default: the task's bundled real data).
+    ``trusted_key``: every bundle among them must be signed by it."""
+    from pathlib import Path
+
     from ..runtime.model import open_artifact
 
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise InvalidOptionError(f"--limit must be a whole number >= 1 (got {limit!r})")
-    candidate = candidate if isinstance(candidate, Artifact) else open_artifact(candidate)
-    reference = reference if isinstance(reference, Artifact) else open_artifact(reference)
+    given = [p for p in (candidate, reference) if not isinstance(p, Artifact)]
+    if trusted_key is not None and not any(Path(p).is_file() for p in given):
+        raise InvalidOptionError("--trusted-key checks the signature of bundles; neither the candidate nor the "
+                                 "reference is one")
+
+    def opened(path):
+        if isinstance(path, Artifact):
+            return path
+        return open_artifact(path, trusted_key=trusted_key if Path(path).is_file() else None)
+
+    candidate, reference = opened(candidate), opened(reference)
     ref_inputs = [(s["name"], s["dtype"]) for s in reference.manifest.graph["inputs"]]
     cand_inputs = [(s["name"], s["dtype"]) for s in candidate.manifest.graph["inputs"]]
     if ref_inputs != cand_inputs:
@@ -90,8 +128,8 @@ def verify(candidate: str | Artifact, reference: str | Artifact, data: str | Non
     if candidate.task != reference.task:
         raise ParityError(f"the candidate is a {candidate.task} model, the reference a {reference.task} model")
     examples = examples_for(reference, data, role="eval", limit=limit)
-    with OnnxRuntimeRunner(reference.model_path, inputs=reference.manifest.inputs) as reference_runner:
+    with make_runner(reference, QUIET_CPU) as reference_runner:
         expected = reference_outputs(reference_runner, examples)
-    with OnnxRuntimeRunner(candidate.model_path, inputs=candidate.manifest.inputs) as candidate_runner:
+    with make_runner(candidate, QUIET_CPU) as candidate_runner:
         return measure(candidate_runner, expected, examples, reference.task, budget,
                        reference_name=f"reference artifact '{reference.path}'")

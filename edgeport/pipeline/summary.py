@@ -27,6 +27,7 @@ def format_summary(result: ShipResult) -> str:
             lines.append(f"{'':<14} verified on {platform}: {'passed' if report.get('passed') else 'FAILED'} "
                          f"({report.get('machine', '?')}, onnxruntime {report.get('onnxruntime', '?')})")
     lines.append("")
+    lines.extend(f"WARNING: {warning}" for warning in result.bench_warnings)
     if result.bench_html:
         lines.append(f"report: {result.bench_html} (JSON: {result.bench_json})")
     if result.triton:

@@ -82,20 +82,13 @@ def _figures(figures: dict) -> str:
     return ", ".join(parts) or "-"
 
 
-def bundle_thresholds(artifact) -> dict[str, float]:
-    """The thresholds the bundle's artifact passed last: its quantization gate, or the export's."""
-    parity = artifact.manifest.parity
-    for stage in ("quantize", "export"):
-        if parity.get(stage, {}).get("thresholds"):
-            return dict(parity[stage]["thresholds"])
-    return {"min_cosine": 0.99}
-
-
-def verify_on_platform(bundle, platform: str, cpu: str | None = None, budget=None, progress=None) -> PlatformReport:
+def verify_on_platform(bundle, platform: str, cpu: str | None = None, budget=None, progress=None,
+                       trusted_key: str | None = None) -> PlatformReport:
     """Run ``bundle``'s golden check on ``platform`` (emulated) and compare on this host."""
-    from ..parity import compare_outputs
+    from ..parity import compare_outputs, recorded_thresholds
     from ..runtime.bundle import open_bundle, read_meta
-    from ..runtime.onnxrt import OnnxRuntimeRunner
+    from ..runtime.formats import make_runner
+    from ..runtime.onnxrt import QUIET_CPU
 
     say = progress or (lambda message: None)
     spec = get_platform(platform)
@@ -104,7 +97,7 @@ def verify_on_platform(bundle, platform: str, cpu: str | None = None, budget=Non
     if bundle.is_dir():
         raise InvalidOptionError(f"'{bundle}' is a folder; --platform checks a bundle (edgeport package --format "
                                  "bundle)")
-    artifact = open_bundle(bundle)                 # integrity first, on the host
+    artifact = open_bundle(bundle, trusted_key=trusted_key)     # integrity (and who made it) first, on the host
     golden = artifact.golden()
     if golden is None or artifact.task == "text-generation":
         raise ArtifactError(f"'{bundle}' carries no golden.npz to check on {platform}")
@@ -134,12 +127,12 @@ def verify_on_platform(bundle, platform: str, cpu: str | None = None, budget=Non
             got = {k: data[k] for k in data.files}
     if report.guest.get("machine") != spec.machine:
         report.failures.append(f"the guest ran on '{report.guest.get('machine')}', not {spec.machine}")
-    thresholds = budget.thresholds() if budget is not None and budget.given else bundle_thresholds(artifact)
+    thresholds = budget.thresholds() if budget is not None and budget.given else recorded_thresholds(artifact)
     check = compare_outputs(expected, got, task=artifact.task, token_mask=inputs.get("attention_mask"),
                             data="golden inputs", reference_name="golden.npz", thresholds=thresholds)
     report.golden = check.to_dict()
     report.failures += [f"against golden.npz: {failure}" for failure in check.failures]
-    with OnnxRuntimeRunner(artifact.model_path, inputs=artifact.manifest.inputs) as host:
+    with make_runner(artifact, QUIET_CPU) as host:
         here = host.run(inputs)
     host_check = compare_outputs(here, got, task=artifact.task, token_mask=inputs.get("attention_mask"))
     report.vs_host = host_check.to_dict().get("outputs", {})

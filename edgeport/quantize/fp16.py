@@ -18,7 +18,8 @@ import numpy as np
 from ..data import ExampleSet
 from ..errors import ParityError
 from . import graph
-from .recipes import QuantizeJob, Recipe, register
+from .encoder import EncoderJob, EncoderRecipe
+from .recipes import register
 from .sensitivity import FallbackResult
 
 FP16_MAX = 65504.0
@@ -151,28 +152,28 @@ def convert_fp16(model, examples: ExampleSet, keep_io_types: bool = True, fallba
 
 
 @register
-class Fp16(Recipe):
+class Fp16(EncoderRecipe):
     mode = "fp16"
     default_min_cosine = 0.999
 
-    def prepare(self, job: QuantizeJob) -> Path:
+    def prepare(self, job: EncoderJob) -> Path:
         model = graph.load(job.source.model_path)
         graph.ensure_node_names(model)
         prepared = job.work / "prepared.onnx"
         graph.save(model, prepared)
         return prepared
 
-    def build(self, job: QuantizeJob, prepared: Path, dest: Path, exclude: list[str]) -> None:
+    def build(self, job: EncoderJob, prepared: Path, dest: Path, exclude: list[str]) -> None:
         model, kept = convert_fp16(graph.load(prepared), job.calibration, job.options.keep_io_types,
                                    job.options.fp16_fallback, exclude)
         job.details["fp16_kept"] = kept
         graph.save(model, dest)
 
-    def candidates(self, job: QuantizeJob, prepared: Path) -> list[str]:
+    def candidates(self, job: EncoderJob, prepared: Path) -> list[str]:
         ops = ("MatMul", "Gemm", "Conv", "Add", "Mul", "Softmax", "LayerNormalization", "SkipLayerNormalization")
         return [n.name for n in graph.load(prepared).graph.node if n.op_type in ops]
 
-    def finish(self, job: QuantizeJob, result: FallbackResult, build: Callable[[list[str]], Path]) -> FallbackResult:
+    def finish(self, job: EncoderJob, result: FallbackResult, build: Callable[[list[str]], Path]) -> FallbackResult:
         # Rebuild the winner once more so the kept-node list matches the written model, then
         # check it node by node: ONNX Runtime's CPU graph optimizations run some FP16 nodes in
         # FP32, hiding overflows that a GPU would hit.
@@ -185,7 +186,7 @@ class Fp16(Recipe):
                               "drop --no-fp16-fallback to keep overflowing nodes in FP32")
         return rebuilt
 
-    def precision(self, job: QuantizeJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
+    def precision(self, job: EncoderJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
         precision = {"mode": self.mode, "target": job.target.name, "target_detected": job.target_detected,
                      "kept_fp32_nodes": sorted(set(result.kept) | set(job.details.get("fp16_kept", []))),
                      "calibration": job.calibration.to_dict(), "operators": operators,

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention", "EmbedLayerNormalization")
+from ..artifact import save_onnx
+
+# Nodes that multiply an activation by a constant weight.
+MULTIPLYING_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
+# Every node quantize_dynamic gives INT8 weights: the multiplications, embedding lookups,
+# and ONNX Runtime's fused attention and embedding forms.
+QUANTIZABLE_WEIGHT_OPS = ("MatMul", "Gemm", "Conv", "Gather", "Attention", "EmbedLayerNormalization")
 
 
 class _PreprocessingAdvice(logging.Filter):
@@ -101,22 +107,16 @@ def basic_optimized(model_path: Path, dest: Path):
     """``model_path`` after ONNX Runtime's basic rewrites (standard ONNX ops only, the same on
     every provider): constant folding, redundant Transpose/Cast removal, Conv+Add/Mul/
     BatchNormalization fusion.  Saved at ``dest`` and returned."""
-    import onnxruntime as ort
+    from ..runtime.onnxrt import SessionSettings, create_session
 
-    from ..runtime.onnxrt import SessionSettings, session_options
-
-    options = session_options(SessionSettings(device="cpu", spinning=False, optimization="basic"))
-    options.optimized_model_filepath = str(dest)
-    ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session = create_session(model_path, SessionSettings(device="cpu", spinning=False, optimization="basic"),
+                             save_optimized=dest)
+    del session
     return load(dest)
 
 
 def save(model, path: Path) -> None:
-    import onnx
-
-    large = model.ByteSize() > 1_800_000_000
-    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-                    location=path.name + ".data")
+    save_onnx(model, path)
 
 
 def absmax_per_channel(values: list[np.ndarray], masks: list[np.ndarray | None]) -> np.ndarray:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import InvalidOptionError
+from ..parity import ParityBudget
 from ..vocabulary import CALIBRATION_METHODS, QUANTIZE_MODES, TARGETS
 
 
@@ -35,7 +36,12 @@ class QuantizeOptions:
     max_perplexity_increase: float | None = None  # causal LMs: budget on relative perplexity increase
     force: bool = False
 
+    def budget(self) -> ParityBudget:
+        """The parity budget the user gave (thresholds checked: finite, in range)."""
+        return ParityBudget(self.min_cosine, self.max_abs_error, self.min_top1_agreement, self.min_p01_cosine)
+
     def check(self) -> None:
+        self.budget()
         if self.mode not in QUANTIZE_MODES:
             raise InvalidOptionError(f"unknown mode '{self.mode}'; choose one of {', '.join(QUANTIZE_MODES)}")
         if self.target is not None and self.target not in TARGETS:

@@ -27,8 +27,9 @@ from typing import Any
 
 from ..data import ExampleSet, concat_padded
 from . import graph
-from .dynamic import RankedByLocalError, int8_precision, save_prepared, smooth, smoothing_alpha
-from .recipes import QuantizeJob, Recipe, register
+from .encoder import EncoderJob, EncoderRecipe
+from .int8 import RankedByLocalError, int8_precision, save_prepared, smooth, smoothing_alpha
+from .recipes import register
 from .sensitivity import FallbackResult
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv", "Gather")
@@ -58,14 +59,14 @@ def uniform_batches(examples: ExampleSet) -> ExampleSet:
 
 
 @register
-class StaticInt8(RankedByLocalError, Recipe):
+class StaticInt8(RankedByLocalError, EncoderRecipe):
     mode = "int8-static"
     needs_calibration_file = True
     # No worst-case guard by default: each candidate recalibrates (12 s on MiniLM), and on the
     # calibration text the guard needed six nodes to reach 0.9907 (mean 0.995 on unseen text).
     # A budget (--min-cosine ...) runs the same search on request.
 
-    def prepare(self, job: QuantizeJob) -> Path:
+    def prepare(self, job: EncoderJob) -> Path:
         # Fusions stay off: the QDQ quantizer loses type information on fused contrib ops
         # and then cannot calibrate their neighbours.
         model = graph.load(job.source.model_path)
@@ -85,7 +86,7 @@ class StaticInt8(RankedByLocalError, Recipe):
                            "per-channel weights" if job.per_channel else "per-tensor weights"])
         return save_prepared(job, model)
 
-    def build(self, job: QuantizeJob, prepared: Path, dest: Path, exclude: list[str]) -> None:
+    def build(self, job: EncoderJob, prepared: Path, dest: Path, exclude: list[str]) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         method = job.options.calibration_method
@@ -116,14 +117,14 @@ class StaticInt8(RankedByLocalError, Recipe):
         # The candidates are every quantized node: keeping all of them leaves nothing in INT8.
         return min(candidates - 1, max_kept if max_kept is not None else candidates)
 
-    def candidates(self, job: QuantizeJob, prepared: Path) -> list[str]:
+    def candidates(self, job: EncoderJob, prepared: Path) -> list[str]:
         return [n.name for n in graph.weight_nodes(graph.load(prepared), QUANTIZED_OPS)]
 
-    def precision(self, job: QuantizeJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
+    def precision(self, job: EncoderJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
         calibration = dict(job.calibration.to_dict(), method=job.options.calibration_method)
         return int8_precision(job, result, operators, job.target.static_format, job.target.activation_type,
                               smoothing_alpha(job, self.mode), calibration)
 
-    def lineage_parameters(self, job: QuantizeJob) -> dict[str, Any]:
+    def lineage_parameters(self, job: EncoderJob) -> dict[str, Any]:
         return {**super().lineage_parameters(job), "calibration_method": job.options.calibration_method,
                 "smooth_alpha": smoothing_alpha(job, self.mode)}

@@ -21,11 +21,13 @@ import os
 import shutil
 import tarfile
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from ..artifact import Artifact
-from ..errors import ArtifactError, UnsafeFileError
+from ..errors import ArtifactError, InvalidOptionError, UnsafeFileError
+from ..manifest import MANIFEST_NAME
 
 BUNDLE_FORMAT = "edgeport-bundle"
 BUNDLE_VERSION = 1
@@ -33,6 +35,8 @@ BUNDLE_META = "bundle.json"
 CHECKSUMS = "SHA256SUMS"
 REQUIREMENTS = "requirements.txt"
 ARTIFACT_DIR = "artifact"
+SIGNATURE = "signature.sig"            # model-signing's signature over the other members (package --sign)
+SMALL_MEMBER_BYTES = 1 << 20           # bundle.json, SHA256SUMS, requirements.txt, the manifest, the signature
 
 
 @dataclass(frozen=True)
@@ -43,8 +47,15 @@ class ExtractionLimits:
 
 
 def cache_root() -> Path:
+    """Where bundles are extracted, once per content: ``$XDG_CACHE_HOME/edgeport/bundles``."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "edgeport" / "bundles"
+    root = Path(base) / "edgeport" / "bundles"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InvalidOptionError(f"the bundle cache '{root}' cannot be made ({exc.strerror or exc}): "
+                                 f"XDG_CACHE_HOME ('{base}') must name a folder you can write") from exc
+    return root
 
 
 def sha256_of(path: Path) -> str:
@@ -55,35 +66,65 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def open_bundle(path: str | os.PathLike, into: Path | None = None,
-                limits: ExtractionLimits = ExtractionLimits()) -> Artifact:
+def open_bundle(path: str | os.PathLike, into: Path | None = None, limits: ExtractionLimits = ExtractionLimits(),
+                trusted_key: str | os.PathLike | None = None) -> Artifact:
     """Extract ``path`` (once per bundle content, into a cache keyed by its sha256), verify
-    every checksum and the manifest's digest, and return the artifact inside."""
+    every checksum and the manifest's digest (and, with ``trusted_key``, the signature), and
+    return the artifact inside.
+
+    Safe when several processes open one bundle at once: each extracts into a folder of its
+    own and renames it into place; the first rename wins and the others use it.  A cached
+    copy that fails its checks is moved aside (never deleted under a reader) and extracted
+    again from the bundle, which is the truth."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"no bundle at '{path}'")
     target = into or cache_root() / sha256_of(path)
-    if not (target / BUNDLE_META).is_file():
+    cached = (target / BUNDLE_META).is_file()
+    if not cached:
         extract_bundle(path, target, limits)
     try:
-        return verify_extracted(target)
+        return verify_extracted(target, trusted_key)
     except ArtifactError:
-        shutil.rmtree(target, ignore_errors=True)     # a damaged bundle leaves nothing in the cache
+        _move_aside(target)
+        if not cached:
+            raise
+    extract_bundle(path, target, limits)            # the cache was damaged: once more from the bundle
+    try:
+        return verify_extracted(target, trusted_key)
+    except ArtifactError:
+        _move_aside(target)
         raise
 
 
+def _move_aside(folder: Path) -> None:
+    """Take a bad extraction out of the cache: renamed first (atomic; processes reading it keep
+    their open files), then removed."""
+    aside = folder.with_name(f".{folder.name}.discarded-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        os.rename(folder, aside)
+    except OSError:
+        return                                        # gone already, or another process moved it
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def extract_bundle(path: Path, target: Path, limits: ExtractionLimits = ExtractionLimits()) -> None:
-    """Safely extract the bundle's members into ``target`` (staged, then renamed)."""
+    """Safely extract the bundle's members into ``target``.  Every member is checked before
+    anything is written: names, types, sizes against the limits, the list against SHA256SUMS
+    and the sizes against the manifest; the free space is checked too.  Extraction goes into
+    a staging folder of this process that is renamed into place."""
     try:
         archive = tarfile.open(path, "r:gz")
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise ArtifactError(f"'{path}' is not an edgeport bundle (not a gzip tar archive: {exc})") from exc
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    staging = None
     try:
         with archive:
             members = _checked_members(archive, path, limits)
             root = _single_root(members, path)
+            _check_declared(archive, members, root, path, target.parent)
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
             for member in members:
                 relative = PurePosixPath(member.name).relative_to(root)
                 destination = staging.joinpath(*relative.parts) if relative.parts else staging
@@ -94,16 +135,19 @@ def extract_bundle(path: Path, target: Path, limits: ExtractionLimits = Extracti
                 source = archive.extractfile(member)
                 with source, open(destination, "xb") as handle:
                     shutil.copyfileobj(source, handle, 1 << 20)
-        if not (staging / BUNDLE_META).is_file():
-            raise ArtifactError(f"'{path}' has no {BUNDLE_META}: it is not an edgeport bundle")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        try:
+            os.rename(staging, target)
+        except OSError:
+            if not (target / BUNDLE_META).is_file():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)     # another process extracted it first: use theirs
     except (tarfile.TarError, EOFError, OSError) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise ArtifactError(f"'{path}' is damaged and cannot be extracted: {exc}") from exc
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
@@ -111,6 +155,8 @@ def _checked_members(archive: tarfile.TarFile, path: Path, limits: ExtractionLim
     members, total = [], 0
     for member in archive:
         name = PurePosixPath(member.name)
+        if not name.parts or member.name.strip() in ("", ".", "./"):
+            raise UnsafeFileError(f"bundle '{path}' holds a member with an empty name ({member.name!r}); refusing it")
         if member.name.startswith(("/", "\\")) or name.is_absolute() or ":" in name.parts[0]:
             raise UnsafeFileError(f"bundle '{path}' holds '{member.name}', an absolute path; refusing to extract it")
         if ".." in name.parts:
@@ -134,9 +180,50 @@ def _checked_members(archive: tarfile.TarFile, path: Path, limits: ExtractionLim
 
 def _single_root(members: list[tarfile.TarInfo], path: Path) -> str:
     roots = {PurePosixPath(m.name).parts[0] for m in members if PurePosixPath(m.name).parts}
-    if len(roots) != 1:
+    if len(roots) != 1 or roots == {"."}:
         raise ArtifactError(f"'{path}' is not an edgeport bundle: it should hold one top folder, holds {len(roots)}")
     return roots.pop()
+
+
+def _read_small(archive: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
+    if member.size > SMALL_MEMBER_BYTES:
+        raise UnsafeFileError(f"bundle '{path}': '{member.name}' is {member.size} bytes, far more than such a file "
+                              f"holds (at most {SMALL_MEMBER_BYTES}); refusing it")
+    return archive.extractfile(member).read()
+
+
+def _check_declared(archive: tarfile.TarFile, members: list[tarfile.TarInfo], root: str, path: Path,
+                    where: Path) -> None:
+    """Before anything is written: every file member must be listed in SHA256SUMS (or be
+    SHA256SUMS or the signature), the artifact's files must have the sizes its manifest
+    declares, the bundle's own small files must be small, and the disk must have room."""
+    files = {PurePosixPath(m.name).relative_to(root).as_posix(): m for m in members if m.isfile()}
+    if CHECKSUMS not in files:
+        raise ArtifactError(f"'{path}' has no {CHECKSUMS}: it is not an edgeport bundle")
+    listed = parse_checksums(_read_small(archive, files[CHECKSUMS], path).decode("utf-8", "replace"))
+    unlisted = sorted(set(files) - set(listed) - {CHECKSUMS, SIGNATURE})
+    if unlisted:
+        raise ArtifactError(f"bundle '{path}' holds files its {CHECKSUMS} does not list: {', '.join(unlisted[:5])}; "
+                            "refusing it before extracting anything")
+    manifest_name = f"{ARTIFACT_DIR}/{MANIFEST_NAME}"
+    declared: dict[str, int] = {}
+    if manifest_name in files:
+        try:
+            entries = json.loads(_read_small(archive, files[manifest_name], path)).get("files", {})
+            declared = {f"{ARTIFACT_DIR}/{name}": int(entry["size"]) for name, entry in entries.items()}
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+            declared = {}                      # a broken manifest is reported, with its reason, after extraction
+    for name, member in files.items():
+        if name in declared and member.size != declared[name]:
+            raise ArtifactError(f"bundle '{path}': '{name}' is {member.size} bytes in the archive but its manifest "
+                                f"declares {declared[name]}; refusing it before extracting anything")
+        if name not in declared and member.size > SMALL_MEMBER_BYTES:
+            _read_small(archive, member, path)            # raises: a file no manifest sizes must be small
+    needed = sum(m.size for m in files.values())
+    free = shutil.disk_usage(where).free
+    if needed > free:
+        raise ArtifactError(f"bundle '{path}' unpacks to {needed} bytes and '{where}' has {free} free; "
+                            "free some space or point XDG_CACHE_HOME elsewhere")
 
 
 def read_meta(folder: Path) -> dict:
@@ -152,13 +239,22 @@ def read_meta(folder: Path) -> dict:
     return meta
 
 
-def verify_extracted(folder: Path) -> Artifact:
-    """Check every member against SHA256SUMS, then load the artifact with its manifest's
-    digest checked against bundle.json (edits to edgeport.json are caught here)."""
+def verify_extracted(folder: Path, trusted_key: str | os.PathLike | None = None) -> Artifact:
+    """With ``trusted_key``, the signature first (over every file); then every member against
+    SHA256SUMS, then the artifact with its manifest's digest checked against bundle.json
+    (edits to edgeport.json are caught here).  Checksums catch damage; only a signature
+    proves who made the bundle."""
+    if trusted_key is not None:
+        from .signing import verify_folder
+
+        verify_folder(folder, trusted_key)
     meta = read_meta(folder)
-    listed = read_checksums(folder / CHECKSUMS)
+    try:
+        listed = parse_checksums((folder / CHECKSUMS).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"cannot read the bundle's {CHECKSUMS}: {exc}") from exc
     present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    unlisted = [name for name in present if name not in listed and name != CHECKSUMS]
+    unlisted = [name for name in present if name not in listed and name not in (CHECKSUMS, SIGNATURE)]
     if unlisted:
         raise ArtifactError(f"bundle holds files its {CHECKSUMS} does not list: {', '.join(unlisted[:5])}")
     for name, digest in listed.items():
@@ -166,18 +262,15 @@ def verify_extracted(folder: Path) -> Artifact:
         if not file.is_file():
             raise ArtifactError(f"bundle is missing '{name}', which its {CHECKSUMS} lists")
         if sha256_of(file) != digest:
-            raise ArtifactError(f"bundle member '{name}' does not match its sha256: the bundle was tampered "
-                                "with or damaged; package the artifact again")
+            raise ArtifactError(f"bundle member '{name}' does not match its sha256 in {CHECKSUMS}: the bundle is "
+                                "damaged or was altered; package the artifact again (to prove who made a bundle, "
+                                "sign it with --sign and open it with --trusted-key)")
     return Artifact.load(folder / ARTIFACT_DIR, check_files=True, expected_manifest_sha256=meta["manifest_sha256"])
 
 
-def read_checksums(path: Path) -> dict[str, str]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"cannot read the bundle's {CHECKSUMS}: {exc}") from exc
+def parse_checksums(text: str) -> dict[str, str]:
     listed = {}
-    for line in lines:
+    for line in text.splitlines():
         digest, _, name = line.partition("  ")
         if len(digest) != 64 or not name or ".." in PurePosixPath(name).parts or name.startswith("/"):
             raise ArtifactError(f"the bundle's {CHECKSUMS} has a malformed line: {line[:80]!r}")

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import AdapterError, DeviceError, InvalidOptionError, ModelInputError, require
+from ..vocabulary import DEFAULT_MAX_NEW_TOKENS
 from .onnxrt import SessionSettings
 from .runner import Runner
 
@@ -48,7 +49,7 @@ class Piece:
 class Sampling:
     """How to pick the next token: greedy unless a temperature is given."""
 
-    max_new_tokens: int = 32
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
@@ -205,7 +206,7 @@ class GenerativeModel:
         generator.append_tokens(batch if len(prompts) > 1 else batch[0])
         return generator, width
 
-    def generate(self, prompts, max_new_tokens: int = 32, temperature: float | None = None, top_k: int | None = None,
+    def generate(self, prompts, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float | None = None, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = (),
                  adapter: str | None = None) -> list[Generation]:
         """Continue each prompt (text, token ids, or chat messages); one Generation per prompt.
@@ -241,7 +242,7 @@ class GenerativeModel:
                 text, reason = text[:text.index(stop)], "stop"
         return Generation(prompt, tokens, text, reason)
 
-    def stream(self, prompt, max_new_tokens: int = 32, temperature: float | None = None, top_k: int | None = None,
+    def stream(self, prompt, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float | None = None, top_k: int | None = None,
                top_p: float | None = None, seed: int | None = None, stop: Sequence[str] = (),
                adapter: str | None = None) -> Iterator[Piece]:
         """Yield each new token as it is generated (one prompt).  The prompt and options are

@@ -14,13 +14,15 @@ import numpy as np
 from ..artifact import Artifact
 from ..errors import ArtifactError, InvalidOptionError, ModelInputError
 from ..vocabulary import ENCODER_TEXT_TASKS
-from .onnxrt import OnnxRuntimeRunner, SessionSettings
+from .formats import format_of
+from .onnxrt import SessionSettings
 from .processing import POOLING, ImageProcessor, TextProcessor, l2_normalize, softmax
 from .runner import Runner
 
 
 def load(path: str | os.PathLike, device: str = "auto", threads: int | None = None,
-         check_files: bool = True, adapters: dict[str, str] | None = None, **settings: Any):
+         check_files: bool = True, adapters: dict[str, str] | None = None, trusted_key: str | None = None,
+         **settings: Any):
     """Load an artifact folder or a bundle (``.tar.gz`` from ``edgeport package``) for inference.
 
     ``device``: auto (TensorRT → CUDA → CPU, whichever ONNX Runtime offers), cpu, cuda or
@@ -28,47 +30,35 @@ def load(path: str | os.PathLike, device: str = "auto", threads: int | None = No
     ``settings``: optimization, inter_op_threads, memory_arena, spinning (SessionSettings).
     A causal language model (task text-generation) loads as a ``GenerativeModel``;
     ``adapters`` (name -> .onnx_adapter file) adds LoRA adapters to switch at run time.
+    ``trusted_key``: a bundle must be signed by this public key (PEM), or it is refused.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise ArtifactError(f"load() takes the path of an artifact folder or bundle, not {type(path).__name__}")
-    artifact = open_artifact(path, check_files)
+    artifact = open_artifact(path, check_files, trusted_key)
     try:
         session_settings = SessionSettings(device=device, threads=threads, **settings)
     except TypeError as exc:
         raise InvalidOptionError(f"unknown runtime setting: {exc}") from exc
-    if artifact.task == "text-generation":
-        from .genai import GenerativeModel
-
-        return GenerativeModel(artifact, session_settings, adapters)
+    graph_format = format_of(artifact)
+    if graph_format.generative:
+        return graph_format.generator(artifact, session_settings, adapters)
     if adapters:
         raise InvalidOptionError("runtime adapters are for causal language models (task text-generation)")
-    return Model(artifact, make_runner(artifact, session_settings))
+    return Model(artifact, graph_format.runner(artifact, session_settings))
 
 
-def open_artifact(path: str | os.PathLike, check_files: bool = True) -> Artifact:
-    """An artifact folder, or the artifact inside a bundle (every checksum verified first)."""
+def open_artifact(path: str | os.PathLike, check_files: bool = True, trusted_key: str | None = None) -> Artifact:
+    """An artifact folder, or the artifact inside a bundle (every checksum verified first;
+    with ``trusted_key``, its signature too)."""
     path = Path(path)
     if path.is_file():
         from .bundle import open_bundle
 
-        return open_bundle(path)
+        return open_bundle(path, trusted_key=trusted_key)
+    if trusted_key is not None:
+        raise InvalidOptionError(f"--trusted-key checks the signature of a bundle; '{path}' is an artifact folder, "
+                                 "which carries none (package it with --sign)")
     return Artifact.load(path, check_files=check_files)
-
-
-def make_runner(artifact: Artifact, settings: SessionSettings) -> Runner:
-    """The runner for the artifact's graph format, with the manifest's tensor specs."""
-    graph = artifact.manifest.graph
-    if graph["format"] == "tensorrt":
-        from .tensorrt import TensorRTRunner
-
-        return TensorRTRunner(artifact.model_path, artifact.manifest, str(artifact.path))
-    provider_options = None
-    if (graph.get("engine") or {}).get("via") == "onnxruntime":       # built for ONNX Runtime's TensorRT EP
-        from .tensorrt import ort_tensorrt_options
-
-        provider_options = {"TensorrtExecutionProvider": ort_tensorrt_options(artifact.manifest, artifact.path)}
-    return OnnxRuntimeRunner(artifact.model_path, settings, artifact.manifest.inputs,
-                             [s["name"] for s in graph["outputs"]], provider_options)
 
 
 class Model:
@@ -89,6 +79,10 @@ class Model:
         self.static_batch = fixed[0] if fixed and isinstance(fixed[0], int) else None
         self.static_length = (fixed[1] if len(fixed) > 1 and isinstance(fixed[1], int)
                               and self.task in ENCODER_TEXT_TASKS else None)
+        # An engine's optimisation profile: batches and (text) lengths must lie within it.
+        low, high = runner.shape_range.get(self.inputs[0].name, ((), ())) if self.inputs else ((), ())
+        self.min_rows, self.max_rows = (low[0], high[0]) if low else (1, None)
+        self.min_length = low[1] if len(low) > 1 and self.task in ENCODER_TEXT_TASKS else None
 
     # ------------------------------------------------------------------ raw feeds
 
@@ -145,21 +139,28 @@ class Model:
         if not texts:
             return self._empty_result()
         processor = self.text_processor
-        if self.static_batch:
-            batch_size = self.static_batch
+        batch_size = self._batch_size(batch_size)
         encodings = processor.tokenize(texts)          # once: lengths for sorting, ids for feeds
         order = np.argsort([len(e.ids) for e in encodings], kind="stable")
         results: list[Any] = [None] * len(texts)
+        pad_to = max(self.static_length or 0, self.min_length or 0) or None
         for start in range(0, len(texts), batch_size):
             index = order[start:start + batch_size]
             chunk = [encodings[i] for i in index]
-            feeds = processor.feeds(chunk, pad_to=self.static_length)
+            filled = chunk + [chunk[-1]] * (self.min_rows - len(chunk))    # rows an engine's profile asks for
+            feeds = processor.feeds(filled, pad_to=pad_to)
             outputs = self.run(feeds)
-            for row, item in zip(index, self.postprocess_text(outputs, feeds, chunk)):
+            for row, item in zip(index, self.postprocess_text(outputs, feeds, filled)):
                 results[row] = item
         if self.task == "feature-extraction":
             return np.stack(results)
         return results
+
+    def _batch_size(self, asked: int) -> int:
+        """The micro-batch size: the graph's fixed batch, or ``asked`` within an engine's profile."""
+        if self.static_batch:
+            return self.static_batch
+        return min(max(asked, self.min_rows), self.max_rows or asked)
 
     def _empty_result(self):
         if self.task == "feature-extraction":
@@ -204,13 +205,14 @@ class Model:
         if len(pixels) == 0:
             return self._empty_result()
         name = self.inputs[0].name
-        if self.static_batch:
-            batch_size = self.static_batch
+        batch_size = self._batch_size(batch_size)
         results: list[Any] = []
         classify = self.task in ("image-classification", "custom")
         for start in range(0, len(pixels), batch_size):
-            outputs = self.run({name: pixels[start:start + batch_size]})
-            scores = outputs[self.output_names[0]]
+            chunk = pixels[start:start + batch_size]
+            filled = np.concatenate([chunk, np.repeat(chunk[-1:], self.min_rows - len(chunk), axis=0)]) \
+                if len(chunk) < self.min_rows else chunk
+            scores = self.run({name: filled})[self.output_names[0]][:len(chunk)]
             if classify:
                 results.extend(self._label(row) for row in softmax(scores.astype(np.float64)))
             else:

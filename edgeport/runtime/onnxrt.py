@@ -5,6 +5,7 @@ graph-inspection sessions of the quantizers all come from ``SessionSettings``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +25,14 @@ PROVIDERS = {
 OPTIMIZATIONS = ("none", "basic", "extended", "all")
 
 
+THREADS_PER_CORE = 8
+
+
+def max_threads() -> int:
+    """More threads than this only oversubscribes the cores (and a huge count never starts)."""
+    return max(16, THREADS_PER_CORE * (os.cpu_count() or 1))
+
+
 @dataclass(frozen=True)
 class SessionSettings:
     device: str = "auto"
@@ -40,6 +49,9 @@ class SessionSettings:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise InvalidOptionError(f"{name} must be a whole number >= 1 (got {value!r})")
+            if value is not None and value > max_threads():
+                raise InvalidOptionError(f"{name} {value} is more than this machine can use (at most {max_threads()}: "
+                                         f"{THREADS_PER_CORE} per core); ONNX Runtime starts one thread per count")
         if self.optimization not in OPTIMIZATIONS:
             raise InvalidOptionError(f"optimization must be one of {', '.join(OPTIMIZATIONS)} "
                                      f"(got {self.optimization!r})")
@@ -94,22 +106,44 @@ def choose_providers(device: str) -> list[str]:
     wanted = PROVIDERS[device]
     if wanted not in available:
         raise DeviceError(f"device '{device}' needs ONNX Runtime's {wanted}, which this installation lacks "
-                          f"(available: {', '.join(available)}); install onnxruntime-gpu or use --device cpu")
+                          f"(available: {', '.join(available)}); {gpu_install_advice()}, or use --device cpu")
     return [wanted] if device == "cpu" else [wanted, PROVIDERS["cpu"]]
 
 
+def gpu_install_advice() -> str:
+    """How to get ONNX Runtime's GPU providers, given what is installed: the CPU and GPU
+    wheels install the same module, and whichever was installed last owns its files."""
+    from importlib import metadata
+
+    installed = set()
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(name)
+            installed.add(name)
+        except metadata.PackageNotFoundError:
+            pass
+    if installed == {"onnxruntime", "onnxruntime-gpu"}:
+        return ("both onnxruntime and onnxruntime-gpu are installed and the CPU wheel's files won: run 'pip uninstall "
+                "-y onnxruntime && pip install --force-reinstall --no-deps onnxruntime-gpu'")
+    return "install the GPU providers with: pip install 'edgeport[gpu]' (then the two commands in the README)"
+
+
 def create_session(model: Path | str | bytes, settings: SessionSettings = QUIET_CPU,
-                   provider_options: dict[str, dict[str, str]] | None = None):
+                   provider_options: dict[str, dict[str, str]] | None = None, save_optimized: Path | None = None):
     """An InferenceSession for a model file (or its bytes); a model ONNX Runtime cannot load
     is an ArtifactError with ONNX Runtime's reason.  ``provider_options``: provider name ->
-    its options, for the providers that get used (an artifact's TensorRT EP settings)."""
+    its options, for the providers that get used (an artifact's TensorRT EP settings).
+    ``save_optimized``: where ONNX Runtime writes the graph after its optimizations."""
     import onnxruntime as ort
 
     providers = [(p, provider_options[p]) if provider_options and p in provider_options else p
                  for p in choose_providers(settings.device)]
     source = model if isinstance(model, bytes) else str(model)
+    options = session_options(settings)
+    if save_optimized is not None:
+        options.optimized_model_filepath = str(save_optimized)
     try:
-        return ort.InferenceSession(source, session_options(settings), providers=providers)
+        return ort.InferenceSession(source, options, providers=providers)
     except ort_errors() as exc:
         what = "the model" if isinstance(model, bytes) else f"'{model}'"
         raise ArtifactError(f"ONNX Runtime cannot load {what}: {_first_line(exc)}") from exc

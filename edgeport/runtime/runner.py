@@ -17,12 +17,18 @@ from ..manifest import TensorSpec
 
 
 class Runner:
-    """Base class: feed checking and the lifecycle; subclasses implement ``_infer``."""
+    """Base class: feed checking and the lifecycle; subclasses implement ``_infer``.
+
+    ``run`` may be called from several threads at once on every runner (each serializes what
+    its engine cannot share).  ``shape_range`` bounds the shapes an engine accepts beyond
+    the manifest (input name -> (min shape, max shape), a TensorRT optimisation profile);
+    ``Model`` pads and batches within it."""
 
     def __init__(self, inputs: Sequence[TensorSpec], output_names: Sequence[str], device: str):
         self.inputs = {spec.name: spec for spec in inputs}
         self.output_names = list(output_names)
         self.device = device
+        self.shape_range: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._closed = False
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:

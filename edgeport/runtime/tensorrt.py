@@ -7,18 +7,25 @@ are checked against the manifest (like every runner) and against the engine's op
 profile, whose range TensorRT would otherwise reject with a bare error.
 
 Supported: TensorRT 10.x and 11.x (the named-tensor API: ``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3``), cuda-python 12 and 13.
+``set_tensor_address``, ``execute_async_v3``), cuda-python 12 and 13.  Every TensorRT call
+that reports failure through its return value (False, None, -1) is checked.  Engines whose
+output shapes depend on the data (NonZero, NonMaxSuppression...) are refused when such an
+output is met: outputs are sized before execution.  A runner is safe to share between
+threads (``serve`` does): one execution context, so runs are serialized by a lock.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import AcceleratorUnavailableError, ArtifactError, DeviceError, ModelInputError
+from ..errors import AcceleratorUnavailableError, ArtifactError, DeviceError, ModelInputError, UnsupportedModelError
 from .runner import Runner
 
 INSTALL_HINT = "on a machine with an NVIDIA GPU: pip install 'edgeport[tensorrt]' (tensorrt, cuda-python)"
@@ -111,23 +118,52 @@ def check_in_profile(name: str, shape: tuple[int, ...], profile: dict[str, Any])
                                   f"--shapes {name}:MIN,OPT,MAX to cover it")
 
 
-def ort_tensorrt_options(manifest, folder) -> dict[str, str]:
+def ort_tensorrt_options(manifest, cache: Path) -> dict[str, str]:
     """ONNX Runtime TensorRT execution provider options for an artifact built with
-    ``--via onnxruntime``: its profile, and its engine cache inside the artifact."""
+    ``--via onnxruntime``: its profile, its workspace, and the engine and timing caches in
+    ``cache``.  Precision is the graph's own: a Q/DQ graph is explicitly quantized, and
+    ``trt_int8_enable`` (implicit INT8 with calibration) would make the provider build a
+    weakly typed network from it, so it stays off, as does ``trt_fp16_enable``."""
     engine = manifest.graph["engine"]
     profile = engine["profile"]
 
     def shapes(key: str) -> str:
         return ",".join(f"{p['name']}:{'x'.join(map(str, p[key]))}" for p in profile)
 
-    folder = Path(folder)
-    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(folder / engine["cache"]),
-            "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(folder / engine["cache"]),
+    return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
             "trt_max_workspace_size": str(engine["workspace_mb"] << 20),
-            "trt_fp16_enable": "False",               # precision is the graph's own
-            "trt_int8_enable": "True" if manifest.precision.get("mode") == "int8-static" else "False",
+            "trt_fp16_enable": "False", "trt_int8_enable": "False",
             "trt_profile_min_shapes": shapes("min"), "trt_profile_opt_shapes": shapes("opt"),
             "trt_profile_max_shapes": shapes("max")}
+
+
+def provider_cache(artifact) -> Path:
+    """Where ONNX Runtime's TensorRT provider keeps this artifact's engines: a folder of the
+    user's cache named by the manifest's digest, seeded with the engines built at export.
+    The artifact itself is never written (it may be read-only, and its files are checksummed)."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    folder = base / "edgeport" / "tensorrt-ep" / artifact.manifest_sha256[:32]
+    if not folder.is_dir():
+        staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        prefix = artifact.manifest.graph["engine"].get("cache", "") + "/"
+        for name in artifact.manifest.files:
+            if prefix != "/" and name.startswith(prefix):
+                shutil.copyfile(artifact.member(name), staging / name[len(prefix):])
+        try:
+            os.replace(staging, folder)
+        except OSError:            # another process seeded it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def checked(result, what: str):
+    """TensorRT reports some failures only through its return value: False, None or -1."""
+    if result is None or result is False or (isinstance(result, int) and not isinstance(result, bool) and result < 0):
+        raise DeviceError(f"TensorRT could not {what}")
+    return result
 
 
 class TensorRTRunner(Runner):
@@ -140,17 +176,21 @@ class TensorRTRunner(Runner):
         check_engine_fits(engine_info, engine_environment(), where)
         super().__init__(manifest.inputs, [s["name"] for s in manifest.graph["outputs"]], "tensorrt")
         self._profiles = {p["name"]: p for p in engine_info.get("profile", [])}
+        self.shape_range = {name: (tuple(p["min"]), tuple(p["max"])) for name, p in self._profiles.items()}
+        self._lock = threading.Lock()
+        self._buffers: dict[str, tuple[int, int]] = {}       # tensor name -> (device pointer, bytes)
+        self._stream = self._context = self._engine = None
         self._logger = trt.Logger(trt.Logger.ERROR)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(Path(plan_file).read_bytes())
         if self._engine is None:
             raise ArtifactError(f"TensorRT could not deserialize '{plan_file}' (damaged, or built by "
                                 "another TensorRT version)")
-        self._context = self._engine.create_execution_context()
+        self._context = checked(self._engine.create_execution_context(), "create an execution context (out of "
+                                                                          "GPU memory?)")
         self._dtypes = {name: np.dtype(trt.nptype(self._engine.get_tensor_dtype(name)))
                         for name in (*self.inputs, *self.output_names)}
         self._stream = cuda_call(self._cudart.cudaStreamCreate())
-        self._buffers: dict[str, tuple[int, int]] = {}       # tensor name -> (device pointer, bytes)
 
     def _device_buffer(self, name: str, nbytes: int) -> int:
         """A device buffer of at least ``nbytes`` for ``name``, grown (never shrunk) as needed."""
@@ -162,7 +202,19 @@ class TensorRTRunner(Runner):
             self._buffers[name] = (pointer, nbytes)
         return pointer
 
+    def _output_shape(self, name: str) -> tuple[int, ...]:
+        shape = tuple(self._context.get_tensor_shape(name))
+        if any(d < 0 for d in shape):
+            raise UnsupportedModelError(f"the engine's output '{name}' has a shape that depends on the data "
+                                        f"({list(shape)} before running); edgeport's TensorRT runner sizes outputs "
+                                        "before execution and does not run such engines: run the ONNX artifact")
+        return shape
+
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:            # one execution context: runs from several threads take turns
+            return self._infer_locked(feeds)
+
+    def _infer_locked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cudart = self._cudart
         to_device, to_host = (cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
                               cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
@@ -174,15 +226,15 @@ class TensorRTRunner(Runner):
             staged.append(value)             # kept alive until the stream is synchronized
             pointer = self._device_buffer(name, value.nbytes)
             cuda_call(cudart.cudaMemcpyAsync(pointer, value.ctypes.data, value.nbytes, to_device, self._stream))
-            self._context.set_input_shape(name, value.shape)
-            self._context.set_tensor_address(name, pointer)
+            checked(self._context.set_input_shape(name, value.shape), f"set input '{name}' to {list(value.shape)}")
+            checked(self._context.set_tensor_address(name, pointer), f"bind input '{name}'")
         outputs = {}
         for name in self.output_names:
-            host = np.empty(tuple(self._context.get_tensor_shape(name)), dtype=self._dtypes[name])
-            self._context.set_tensor_address(name, self._device_buffer(name, host.nbytes))
+            host = np.empty(self._output_shape(name), dtype=self._dtypes[name])
+            checked(self._context.set_tensor_address(name, self._device_buffer(name, host.nbytes)),
+                    f"bind output '{name}'")
             outputs[name] = host
-        if not self._context.execute_async_v3(self._stream):
-            raise DeviceError("TensorRT failed to run the engine on these inputs")
+        checked(self._context.execute_async_v3(self._stream), "run the engine on these inputs")
         for name, host in outputs.items():
             cuda_call(cudart.cudaMemcpyAsync(host.ctypes.data, self._buffers[name][0], host.nbytes, to_host,
                                              self._stream))
@@ -191,9 +243,17 @@ class TensorRTRunner(Runner):
                 for name, value in outputs.items()}
 
     def close(self) -> None:
+        """Free in the reverse order of creation: device buffers and the stream, then the
+        execution context, the engine and the runtime (an engine must outlive its contexts)."""
         if not self._closed:
-            for pointer, _ in self._buffers.values():
-                self._cudart.cudaFree(pointer)
-            self._buffers.clear()
-            self._cudart.cudaStreamDestroy(self._stream)
+            with self._lock:
+                for pointer, _ in self._buffers.values():
+                    self._cudart.cudaFree(pointer)
+                self._buffers.clear()
+                if self._stream is not None:
+                    self._cudart.cudaStreamDestroy(self._stream)
+                    self._stream = None
+                self._context = None
+                self._engine = None
+                self._runtime = None
         super().close()

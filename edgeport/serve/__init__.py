@@ -6,31 +6,55 @@ unless told otherwise."""
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
+import re
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InvalidOptionError, ServerError, require
+from .. import vocabulary as v
+from ..errors import InvalidOptionError, ServerError, StoppedByUser, require
+from ..runtime.onnxrt import SessionSettings
 
 TOKEN_VARIABLE = "EDGEPORT_AUTH_TOKEN"
+# A request waits at most this long for others to batch with: past it, a lone request on a
+# quiet server would wait for company that never comes.
+MAX_DELAY_MS = 10_000.0
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_model_name(name: str, option: str = "--name") -> str:
+    """A model name goes into every URL (/v2/models/NAME/...): letters, digits, '-', '_', '.'."""
+    if not isinstance(name, str) or not MODEL_NAME.match(name) or name in (".", ".."):
+        raise InvalidOptionError(f"{option} '{name}' must be letters, digits, '-', '_' and '.', starting with a letter "
+                                 "or digit (it is part of every URL)")
+    return name
+
+
+def default_model_name(path) -> str:
+    """The artifact folder's (or bundle's) name, with anything a URL path cannot carry as '_'."""
+    name = Path(path).name.removesuffix(".tar.gz").removesuffix(".tgz")
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip("._-") or "model"
+    return name[:128]
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = v.DEFAULT_HOST
+    port: int = v.DEFAULT_PORT
     name: str | None = None              # default: the artifact folder's name
-    max_batch: int = 32
-    max_delay_ms: float = 2.0
-    max_queue: int = 256
-    max_body_bytes: int = 16 << 20
+    max_batch: int = v.DEFAULT_MAX_BATCH
+    max_delay_ms: float = v.DEFAULT_MAX_DELAY_MS
+    max_queue: int = v.DEFAULT_MAX_QUEUE
+    max_body_bytes: int = v.DEFAULT_MAX_BODY_BYTES
     auth_token: str | None = None        # default: $EDGEPORT_AUTH_TOKEN
+    auth_token_file: str | None = None   # a file holding the token (not visible in the process list)
     certfile: str | None = None
     keyfile: str | None = None
     threads: int | None = None
     graceful_seconds: float = 30.0
+    trusted_key: str | None = None       # a bundle must be signed by this public key
 
     def check(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -39,15 +63,44 @@ class ServeOptions:
                               ("--max-body-bytes", self.max_body_bytes)):
             if not isinstance(value, int) or value < 1:
                 raise InvalidOptionError(f"{option} must be a whole number >= 1 (got {value!r})")
-        if not math.isfinite(self.max_delay_ms) or self.max_delay_ms < 0:
-            raise InvalidOptionError("--max-delay-ms must be a finite number >= 0")
+        if not isinstance(self.max_delay_ms, (int, float)) or not 0 <= self.max_delay_ms <= MAX_DELAY_MS:
+            raise InvalidOptionError(f"--max-delay-ms must be between 0 and {MAX_DELAY_MS:g} (got "
+                                     f"{self.max_delay_ms!r}): it is how long a request waits for others to batch with")
+        if self.name is not None:
+            check_model_name(self.name)
+        if self.threads is not None:
+            SessionSettings(device="cpu", threads=self.threads)     # bounded before anything starts
         if bool(self.certfile) != bool(self.keyfile):
             raise InvalidOptionError("TLS needs both --certfile and --keyfile")
         for option, path in (("--certfile", self.certfile), ("--keyfile", self.keyfile)):
             if path and not Path(path).is_file():
                 raise ServerError(f"{option} '{path}' does not exist")
-        if self.auth_token is not None and not self.auth_token.strip():
-            raise InvalidOptionError("--auth-token must not be empty")
+        self.token()
+
+    def token(self) -> str | None:
+        """The bearer token: --auth-token, --auth-token-file or $EDGEPORT_AUTH_TOKEN (one of
+        them); an empty one is refused wherever it comes from, never read as "no auth"."""
+        if self.auth_token is not None and self.auth_token_file is not None:
+            raise InvalidOptionError("give --auth-token or --auth-token-file, not both")
+        if self.auth_token_file is not None:
+            try:
+                token = Path(self.auth_token_file).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InvalidOptionError(f"--auth-token-file '{self.auth_token_file}' cannot be read: "
+                                         f"{getattr(exc, 'strerror', None) or exc}") from exc
+            if not token:
+                raise InvalidOptionError(f"--auth-token-file '{self.auth_token_file}' is empty")
+            return token
+        if self.auth_token is not None:
+            if not self.auth_token.strip():
+                raise InvalidOptionError("--auth-token must not be empty")
+            return self.auth_token
+        if TOKEN_VARIABLE in os.environ:
+            if not os.environ[TOKEN_VARIABLE].strip():
+                raise InvalidOptionError(f"${TOKEN_VARIABLE} is set but empty; set a token, or unset it to serve "
+                                         "without authentication")
+            return os.environ[TOKEN_VARIABLE]
+        return None
 
 
 def is_loopback(host: str) -> bool:
@@ -71,25 +124,41 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def startup_warnings(options: ServeOptions, token: str | None) -> list[str]:
-    if is_loopback(options.host) or token is not None:
-        return []
-    return [f"warning: serving on {options.host}, reachable from other machines, without --auth-token: anyone who "
-            f"can reach port {options.port} can use the model"]
+    warnings = []
+    if options.auth_token is not None:
+        warnings.append("warning: a token given with --auth-token is visible to every local user (in the process list);"
+                        f" prefer --auth-token-file or ${TOKEN_VARIABLE}")
+    if not is_loopback(options.host) and token is None:
+        warnings.append(f"warning: serving on {options.host}, reachable from other machines, without --auth-token: "
+                        f"anyone who can reach port {options.port} can use the model")
+    return warnings
 
 
-def make_app(path, options: ServeOptions = ServeOptions()):
-    """The ASGI app for ``path`` (artifact folder or bundle), for embedding in another server."""
+def make_app(path, options: ServeOptions = ServeOptions(), batcher=None):
+    """The ASGI app for ``path`` (artifact folder or bundle), for embedding in another server.
+    The model runs its own golden check first: a server never takes traffic with a model
+    that does not reproduce the outputs it was verified with."""
     from ..runtime import load
     from .app import Limits, build_app
 
     options.check()
-    model = load(path, device="cpu", threads=options.threads)
-    name = options.name or model.artifact.path.name
-    if Path(path).is_file():
-        name = options.name or Path(path).name.removesuffix(".tar.gz").removesuffix(".tgz")
-    token = options.auth_token if options.auth_token is not None else os.environ.get(TOKEN_VARIABLE) or None
+    token = options.token()
+    model = load(path, device="cpu", threads=options.threads, trusted_key=options.trusted_key)
+    check_golden(model, path)
+    name = options.name or default_model_name(path)
     limits = Limits(options.max_batch, options.max_delay_ms, options.max_queue, options.max_body_bytes)
-    return build_app(model, name, limits, token), name, token
+    return build_app(model, name, limits, token, batcher), name, token
+
+
+def check_golden(model, path) -> None:
+    from ..errors import ArtifactError
+    from ..parity import golden_check
+
+    report = golden_check(model.runner, model.artifact)
+    if report is not None and not report.passed:
+        model.close()
+        raise ArtifactError(f"'{path}' fails its own golden check here ({'; '.join(report.failures)}): it does not "
+                            "compute what it was verified to compute, so it is not served")
 
 
 def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
@@ -108,7 +177,28 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                             ssl_certfile=options.certfile, ssl_keyfile=options.keyfile,
                             timeout_graceful_shutdown=options.graceful_seconds, lifespan="on")
+    server = _signal_noting_server(config)
     try:
-        uvicorn.Server(config).run()
+        server.run()
     except (OSError, ValueError) as exc:    # a certificate that does not load, an address taken meanwhile
         raise ServerError(f"the server could not start: {exc}") from exc
+    except KeyboardInterrupt:               # uvicorn re-raises Ctrl-C once the accepted requests are answered
+        server.signals.append(signal.SIGINT)
+    if signal.SIGINT in server.signals:     # exit 130 as for every command stopped with Ctrl-C (SIGTERM: 0)
+        raise StoppedByUser("stopped by Ctrl-C, after answering the requests it had accepted")
+
+
+def _signal_noting_server(config):
+    """uvicorn's server, noting which signals stopped it (the exit code depends on it)."""
+    import uvicorn
+
+    class SignalNotingServer(uvicorn.Server):
+        def __init__(self, config):
+            super().__init__(config)
+            self.signals: list[int] = []
+
+        def handle_exit(self, sig, frame) -> None:
+            self.signals.append(sig)
+            super().handle_exit(sig, frame)
+
+    return SignalNotingServer(config)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import time
 from dataclasses import dataclass
 
@@ -18,18 +17,19 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 
+from .. import vocabulary as v
 from ..errors import EdgeportError, ModelInputError
 from .batching import DynamicBatcher, QueueFull
 from .metrics import Metrics
-from .protocol import HEADER_LENGTH, ProtocolError, datatype_of, encode_infer, parse_infer
+from .protocol import HEADER_LENGTH, ProtocolError, datatype_of, encode_infer, parse_infer, parse_json
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_batch: int = 32
-    max_delay_ms: float = 2.0
-    max_queue: int = 256
-    max_body_bytes: int = 16 << 20
+    max_batch: int = v.DEFAULT_MAX_BATCH
+    max_delay_ms: float = v.DEFAULT_MAX_DELAY_MS
+    max_queue: int = v.DEFAULT_MAX_QUEUE
+    max_body_bytes: int = v.DEFAULT_MAX_BODY_BYTES
 
 
 class BodyTooLarge(Exception):
@@ -76,14 +76,15 @@ class AuthMiddleware:
 class ModelServer:
     """One loaded model and its endpoints."""
 
-    def __init__(self, model, name: str, limits: Limits):
+    def __init__(self, model, name: str, limits: Limits, batcher=None):
         self.model = model
         self.name = name
         self.limits = limits
         self.generative = model.task == "text-generation"
         self.metrics = Metrics(name)
         self.ready = False
-        self.batcher = None if self.generative else DynamicBatcher(
+        make_batcher = batcher or DynamicBatcher
+        self.batcher = None if self.generative else make_batcher(
             model.run, limits.max_batch, limits.max_delay_ms / 1000, limits.max_queue, self.metrics.batch)
         if self.batcher:
             self.metrics.queue_depth = lambda: self.batcher.depth
@@ -134,11 +135,7 @@ class ModelServer:
     async def text(self, request: Request) -> Response:
         if self.generative or not self.model.takes_text():
             return error(400, "this model does not take raw text; use /v2/models/{name}/infer")
-        body = await read_body(request, self.limits.max_body_bytes)
-        try:
-            request_json = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+        request_json = parse_json(await read_body(request, self.limits.max_body_bytes))
         texts = request_json.get("texts") if isinstance(request_json, dict) else None
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise ProtocolError("give {\"texts\": [\"...\", ...]} with at least one string")
@@ -167,9 +164,11 @@ def _jsonable(value):
     return value
 
 
-def build_app(model, name: str, limits: Limits = Limits(), token: str | None = None):
-    """The ASGI application serving ``model`` (a loaded Model or GenerativeModel) as ``name``."""
-    server = ModelServer(model, name, limits)
+def build_app(model, name: str, limits: Limits = Limits(), token: str | None = None, batcher=None):
+    """The ASGI application serving ``model`` (a loaded Model or GenerativeModel) as ``name``.
+    ``batcher``: what forms dynamic batches, made as ``batcher(run, max_batch, max_delay_s,
+    max_queue, on_batch)`` (default: edgeport's own ``DynamicBatcher``)."""
+    server = ModelServer(model, name, limits, batcher)
 
     def endpoint(label: str, handler, model_route: bool = True):
         async def wrapped(request: Request) -> Response:

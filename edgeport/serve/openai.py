@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from ..errors import AdapterError, EdgeportError, InvalidOptionError
 from .app import BodyTooLarge, read_body
-from .protocol import ProtocolError
+from .protocol import ProtocolError, parse_json
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -39,11 +39,7 @@ def _options(request: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _parse(request: Request, limit: int) -> dict[str, Any]:
-    body = await read_body(request, limit)
-    try:
-        parsed = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    parsed = parse_json(await read_body(request, limit))
     if not isinstance(parsed, dict):
         raise ProtocolError("the request must be a JSON object")
     return parsed
@@ -97,8 +93,11 @@ def openai_routes(server, endpoint) -> list[Route]:
                 options = _options(body)
                 if kind == "chat":
                     messages = body.get("messages")
-                    if not isinstance(messages, list) or not messages:
-                        raise ProtocolError("'messages' must be a non-empty list")
+                    if not isinstance(messages, list) or not messages or not all(
+                            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                            for m in messages):
+                        raise ProtocolError("'messages' must be a non-empty list of {\"role\": \"...\", "
+                                            "\"content\": \"...\"} objects")
                     prompt = messages
                 else:
                     prompt = body.get("prompt")

@@ -5,6 +5,7 @@ tensors back to back), which tritonclient uses by default."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ DATATYPES = {"BOOL": "bool", "UINT8": "uint8", "INT8": "int8", "INT16": "int16",
              "INT64": "int64", "FP16": "float16", "FP32": "float32", "FP64": "float64"}
 TO_DATATYPE = {np.dtype(v).name: k for k, v in DATATYPES.items()}
 HEADER_LENGTH = "inference-header-content-length"
+MAX_JSON_VALUES = 1 << 31             # far past any body limit: beyond it a shape cannot match its data
 
 
 class ProtocolError(Exception):
@@ -26,6 +28,16 @@ class InferRequest:
     outputs: list[str] | None            # None: every output
     binary_outputs: set[str]
     request_id: str | None
+
+
+def parse_json(body: bytes):
+    """A request body as JSON; anything a JSON reader refuses (or cannot nest that deep) is a 400."""
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("the request's JSON is nested too deeply") from None
 
 
 def datatype_of(dtype: np.dtype) -> str:
@@ -43,15 +55,14 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
         header, binary = body[:length], body[length:]
     else:
         header, binary = body, b""
-    try:
-        request = json.loads(header)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"the request is not valid JSON: {exc}") from None
+    request = parse_json(header)
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
         raise ProtocolError("the request must be an object with a non-empty 'inputs' list")
     inputs, offset = {}, 0
     for index, item in enumerate(request["inputs"]):
         tensor, offset = _tensor(item, index, binary, offset)
+        if item["name"] in inputs:
+            raise ProtocolError(f"input '{item['name']}' is given twice")
         inputs[item["name"]] = tensor
     if offset != len(binary):
         raise ProtocolError(f"the body has {len(binary) - offset} bytes of binary data no input claims")
@@ -83,8 +94,10 @@ def _tensor(item: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarr
     if datatype not in DATATYPES:
         raise ProtocolError(f"input '{name}': datatype '{datatype}' is not one of {', '.join(DATATYPES)}")
     dtype = np.dtype(DATATYPES[datatype])
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)          # Python integers: a shape whose product overflows int64 stays exact
     size = (item.get("parameters") or {}).get("binary_data_size")
+    if size is None and "data" in item and count > MAX_JSON_VALUES:
+        raise ProtocolError(f"input '{name}': shape {shape} holds {count} values, more than a JSON request carries")
     if size is not None:
         if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(binary):
             raise ProtocolError(f"input '{name}': binary_data_size does not match its shape and datatype")

@@ -7,6 +7,7 @@ import copy
 import json
 
 import jsonschema
+import numpy as np
 import pytest
 
 from edgeport.bench.compare import compare
@@ -131,3 +132,22 @@ def test_every_mutation_of_a_valid_report_gets_a_clean_answer(cli, tmp_path):
         count += 1
     assert count > 60
     assert copy.deepcopy(valid) == _report(10, 100, 0.99)          # the generator never touched the original
+
+
+def _with_rounds(report: dict, rounds: list[float]) -> dict:
+    report = copy.deepcopy(report)
+    for row in report["results"]:
+        row["rounds_ms"] = rounds
+    return report
+
+
+@pytest.mark.parametrize("rounds, code, verdict", [
+    ([10.8, 9.1, 12.4, 10.9, 8.6], 0, "within the noise"),     # +8% at the median, but the rounds scatter
+    ([14.2, 13.8, 15.1, 14.6, 13.9], 16, "REGRESSION"),         # +42%: past 5% even at the interval's low end
+], ids=["noisy-inside-the-noise", "noisy-but-real"])
+def test_the_regression_gate_uses_the_interval(cli, tmp_path, rounds, code, verdict):
+    old = _with_rounds(_report(10.0, 100.0, 0.995), [10.2, 9.4, 11.6, 10.0, 9.0])
+    new = _with_rounds(_report(float(np.median(rounds)), 100.0 * 10.0 / float(np.median(rounds)), 0.995), rounds)
+    result = cli("bench", "compare", *_write(tmp_path, old, new), "--max-regression", "5%")
+    assert result.exit_code == code, result.output
+    assert verdict in result.output and "95% interval" in result.output

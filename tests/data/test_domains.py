@@ -28,3 +28,21 @@ def test_unknown_domain_and_too_many_sentences():
         domain_sentences("poetry", 10)
     with pytest.raises(CalibrationDataError, match="available"):
         domain_sentences("science", 10_000)
+
+
+def test_examples_are_batched_and_padded_within_an_engine_profile():
+    """A TensorRT profile (min batch 3, min length 12, max batch 4, max length 20) bounds every
+    batch; short batches repeat their last row, short sequences are padded with mask 0."""
+    import numpy as np
+
+    from edgeport.data import ExampleSet, fit_to_range
+
+    rows = [np.arange(1, 1 + n)[None] for n in (5, 9, 30, 7, 3)]
+    examples = ExampleSet("five texts", "0" * 64, tuple({"input_ids": r, "attention_mask": np.ones_like(r)}
+                                                        for r in rows))
+    fitted = fit_to_range(examples, {"input_ids": ((3, 12), (4, 20)), "attention_mask": ((3, 12), (4, 20))})
+    shapes = [b["input_ids"].shape for b in fitted.batches]
+    assert shapes == [(4, 20), (3, 20)]
+    last = fitted.batches[1]
+    assert (last["input_ids"][1:] == last["input_ids"][0]).all() and last["attention_mask"][0, 3:].sum() == 0
+    assert fit_to_range(examples, {}) is examples

@@ -172,6 +172,10 @@ def test_cli_run_texts_and_npz(cli, tmp_path, minilm_onnx, monkeypatch):
 
 @pytest.mark.gpu
 def test_cuda_device_runs_with_io_binding(minilm_onnx, sentences):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has no CUDA provider (install the gpu extra: see the README)")
     cpu = load(minilm_onnx.path, device="cpu").predict(sentences[:16])
     model = load(minilm_onnx.path, device="cuda")
     assert model.provider == "CUDAExecutionProvider"

@@ -1,0 +1,278 @@
+"""Recipes for encoder, classifier and vision graphs (INT8 and FP16): every candidate is
+measured against the input artifact's outputs on real data, and, with a budget, the most
+sensitive nodes are kept in higher precision until it holds (sensitivity.py).  Without a
+budget, a recipe with a worst-case guard holds it on the calibration data.  The winner is
+also measured against the source framework's golden outputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from ..artifact import Artifact
+from ..data import ExampleSet, examples_for
+from ..errors import ArtifactError, CalibrationDataError, InvalidOptionError, ModelInputError, QuantizationError
+from ..parity import ParityBudget, ParityReport, compare_outputs, measure, reference_outputs
+from ..runtime.onnxrt import QUIET_CPU, OnnxRuntimeRunner, SessionSettings
+from . import graph
+from .options import QuantizeOptions
+from .recipes import Outcome, QuantizeJob, Recipe
+from .sensitivity import FallbackResult, keep_sensitive_nodes, leave_one_out_ranking
+from .targets import Target, detect_host
+
+# Q/DQ computed in float: no fusion into this host's integer kernels (see candidate_settings).
+SIMULATED_INT8 = SessionSettings(device="cpu", spinning=False, optimization="basic")
+
+
+@dataclass
+class EncoderJob(QuantizeJob):
+    per_channel: bool = True
+    calibration: ExampleSet | None = None
+    evaluation: ExampleSet | None = None
+
+
+class EncoderRecipe(Recipe):
+    default_min_cosine: ClassVar[float] = 0.95    # the gate when no budget is given: refuse a broken model
+    needs_calibration_file: ClassVar[bool] = False
+    # Without a budget, hold the worst case on the calibration data to this, keeping at most
+    # guard_max_kept nodes in higher precision (None: no guard).
+    guard: ClassVar[ParityBudget | None] = None
+    guard_max_kept: ClassVar[int] = 6
+
+    # ------------------------------------------------------------------ what each recipe says
+
+    def check(self, options: QuantizeOptions, target: Target) -> None:
+        language_model_options = [name for name, value in (("--max-token-disagreement", options.max_token_disagreement),
+                                                           ("--max-perplexity-increase", options.max_perplexity_increase))
+                                  if value is not None]
+        if language_model_options:
+            raise InvalidOptionError(f"{', '.join(language_model_options)} gate causal LMs (--mode int4 or "
+                                     f"int8-weight-only); --mode {self.mode} is gated on --min-cosine and the like")
+        if self.needs_calibration_file and not options.calib:
+            raise InvalidOptionError(f"--mode {self.mode} needs calibration data: --calib FILE "
+                                     "(text, jsonl, npz or an image folder)")
+
+    def fallback_limit(self, candidates: int, max_kept: int | None) -> int | None:
+        """How many ranked candidates a budget may keep in higher precision."""
+        return max_kept
+
+    def prepare(self, job: EncoderJob) -> Path:
+        """The FP32 graph every candidate starts from."""
+        raise NotImplementedError
+
+    def build(self, job: EncoderJob, prepared: Path, dest: Path, exclude: list[str]) -> None:
+        """Write a candidate to ``dest``, with the nodes in ``exclude`` kept in higher precision."""
+        raise NotImplementedError
+
+    def candidates(self, job: EncoderJob, prepared: Path) -> list[str]:
+        """Nodes the accuracy-aware fallback may keep in higher precision."""
+        raise NotImplementedError
+
+    def rank(self, job: EncoderJob, prepared: Path, build, evaluate) -> list[tuple[str, float]]:
+        """Candidates, most sensitive first, with their sensitivity (leave-one-out by default)."""
+        return leave_one_out_ranking(self.candidates(job, prepared), build, evaluate, job.say)
+
+    def finish(self, job: EncoderJob, result: FallbackResult, build: Callable[[list[str]], Path]) -> FallbackResult:
+        """Last checks on the chosen candidate (and a rebuild if the recipe needs one)."""
+        return result
+
+    def precision(self, job: EncoderJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def lineage_parameters(self, job: EncoderJob) -> dict[str, Any]:
+        options = job.options
+        return {**super().lineage_parameters(job), "per_channel": job.per_channel, "optimize": options.optimize,
+                "min_cosine": options.min_cosine, "max_abs_error": options.max_abs_error,
+                "min_top1_agreement": options.min_top1_agreement, "min_p01_cosine": options.min_p01_cosine}
+
+    # ------------------------------------------------------------------ the run
+
+    def run(self, base: QuantizeJob) -> Outcome:
+        options, source, target = base.options, base.source, base.target
+        budget = options.budget()
+        gate = budget if budget.given else ParityBudget(min_cosine=self.default_min_cosine)
+        calibration = examples_for(source, options.calib, role="calib")
+        evaluation = examples_for(source, options.data, role="eval")
+        base.say(f"calibration: {calibration.description}; evaluation: {evaluation.description}")
+        guarded = self.guard is not None and options.worst_case_guard and not budget.given
+        expected, calibration_expected = _reference(source, calibration, evaluation, guarded)
+        per_channel = target.per_channel if options.per_channel is None else options.per_channel
+        # The same notes, levers and details lists as ``base``: what the recipe records reaches the stage.
+        job = EncoderJob(**vars(base), per_channel=per_channel, calibration=calibration, evaluation=evaluation)
+        settings = candidate_settings(self, target)
+        prepared = self.prepare(job)
+        build = self._builder(job, prepared)
+
+        def evaluate(model_file: Path, examples=evaluation, outputs=expected, thresholds=gate) -> ParityReport:
+            try:
+                with OnnxRuntimeRunner(model_file, settings) as candidate:
+                    return measure(candidate, outputs, examples, source.task, thresholds,
+                                   reference_name=f"input artifact '{source.path}'")
+            except (ArtifactError, ModelInputError) as exc:
+                raise QuantizationError(f"the {options.mode} model does not run in ONNX Runtime: {exc}") from exc
+
+        job.say(f"quantizing ({options.mode}, target {target.name}{' (detected)' if job.target_detected else ''})...")
+        first_file = build([])
+        result = FallbackResult(first_file, evaluate(first_file), [])
+        with LatencyProbe(evaluation) as latency:
+            if budget.given:
+                ranking = self.rank(job, prepared, build, evaluate)
+                limit = self.fallback_limit(len(ranking), options.max_kept_nodes)
+                result = keep_sensitive_nodes(ranking, build, evaluate, result, latency, max_kept=limit,
+                                              progress=job.say)
+            elif calibration_expected is not None:
+                result = self._guard(job, prepared, build, evaluate, result, calibration_expected, latency)
+        result.report.raise_for_failure(f"the {options.mode} model")
+        result = self.finish(job, result, build)
+        parity = {"quantize": result.report.to_dict()}
+        golden = _golden_parity(source, result.model_file, settings)
+        if golden:
+            parity["quantize-vs-source"] = golden
+        if settings is SIMULATED_INT8:
+            job.notes.append(f"parity measured with Q/DQ computed in float (what {target.name} computes in integers): "
+                             f"this machine ({detect_host()}) is not the target, and its own INT8 kernels differ")
+        operators = operator_counts(graph.load(result.model_file))
+        return Outcome(result.model_file, self.precision(job, result, operators), parity, self.lineage_parameters(job))
+
+    def _builder(self, job: EncoderJob, prepared: Path) -> Callable[[list[str]], Path]:
+        counter = itertools.count()
+
+        def build(exclude: list[str]) -> Path:
+            dest = job.work / f"candidate-{next(counter)}.onnx"
+            try:
+                with graph.without_preprocessing_advice():
+                    self.build(job, prepared, dest, exclude)
+            except (InvalidOptionError, CalibrationDataError):
+                raise
+            except (ValueError, RuntimeError, KeyError, IndexError, TypeError, AssertionError) as exc:
+                # onnxruntime.quantization's failures on a graph it cannot handle.
+                raise QuantizationError(f"{job.options.mode} quantization failed: {type(exc).__name__}: "
+                                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+            return dest
+        return build
+
+    def _guard(self, job: EncoderJob, prepared: Path, build, evaluate, first: FallbackResult, calibration_expected,
+               latency) -> FallbackResult:
+        """The worst-case guard: hold the recipe's budget on the calibration data (never on the
+        evaluation data, which stays unseen), keeping at most a few nodes."""
+        def on_calibration(model_file: Path) -> ParityReport:
+            return evaluate(model_file, job.calibration, calibration_expected, self.guard)
+
+        check = on_calibration(first.model_file)
+        if check.passed:
+            return first
+        job.say(f"worst case on the calibration data: {check.failures[0]}; keeping the most sensitive nodes...")
+        trial = FallbackResult(first.model_file, check, [])
+        ranking = self.rank(job, prepared, build, on_calibration)
+        limit = self.guard_max_kept if job.options.max_kept_nodes is None else job.options.max_kept_nodes
+        guarded = keep_sensitive_nodes(ranking, build, on_calibration, trial, latency, max_kept=limit, required=False,
+                                       progress=job.say)
+        figures = ", ".join(f"{k} {v:g}" for k, v in self.guard.thresholds().items())
+        job.levers.append(f"worst-case guard ({figures} on calibration data): {len(guarded.kept)} node(s) kept in FP32")
+        return FallbackResult(guarded.model_file, evaluate(guarded.model_file), guarded.kept, guarded.steps,
+                              guarded.latency_ms)
+
+
+def _reference(source: Artifact, calibration: ExampleSet, evaluation: ExampleSet, guarded: bool):
+    """The input artifact's outputs on the evaluation data (and on the calibration data for
+    the guard); mismatched data fails with its own message, not inside ORT's quantizer."""
+    with OnnxRuntimeRunner(source.model_path, inputs=source.manifest.inputs) as reference:
+        try:
+            reference.run(calibration.batches[0])
+        except ModelInputError as exc:
+            raise CalibrationDataError(f"the calibration data does not fit the model: {exc}") from exc
+        try:
+            expected = reference_outputs(reference, evaluation)
+        except ModelInputError as exc:
+            raise CalibrationDataError(f"the evaluation data does not fit the model: {exc}") from exc
+        return expected, reference_outputs(reference, calibration) if guarded else None
+
+
+class LatencyProbe:
+    """A candidate's median latency on one evaluation example, timed in blocks alternating with
+    the first (fully quantized) candidate: this machine's noise moves medians by up to 1.6x
+    between rounds, so the cost of a kept node is read from one run.  Returns the candidate's
+    latency scaled to the first candidate's, measured once.  Closes its sessions on exit."""
+
+    def __init__(self, evaluation: ExampleSet):
+        self.feeds = {name: value[:1] for name, value in evaluation.batches[0].items()}
+        self.first: OnnxRuntimeRunner | None = None
+        self.first_ms: float | None = None
+
+    def _block(self, runner) -> list[float]:
+        samples = []
+        for _ in range(8):
+            start = time.perf_counter()
+            runner.run(self.feeds)
+            samples.append(time.perf_counter() - start)
+        return samples
+
+    def __call__(self, model_file: Path) -> float:
+        if self.first is None:
+            self.first = OnnxRuntimeRunner(model_file)
+        with OnnxRuntimeRunner(model_file) as runner:
+            for _ in range(2):
+                runner.run(self.feeds)
+                self.first.run(self.feeds)
+            mine, theirs = [], []
+            for _ in range(4):
+                mine += self._block(runner)
+                theirs += self._block(self.first)
+        mine_ms, theirs_ms = (float(sorted(v)[len(v) // 2] * 1000) for v in (mine, theirs))
+        self.first_ms = self.first_ms or theirs_ms
+        return mine_ms / theirs_ms * self.first_ms
+
+    def __enter__(self) -> "LatencyProbe":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.first is not None:
+            self.first.close()
+            self.first = None
+
+
+def candidate_settings(recipe: Recipe, target: Target) -> SessionSettings:
+    """How candidates run for their parity checks.  On the target, ONNX Runtime's own INT8
+    kernels.  For a Q/DQ graph quantized for another target, the Q/DQ pairs computed in
+    float instead (no fusion): exact INT8 arithmetic up to float rounding, which is what the
+    target computes, whereas this host's kernels may not be.  Measured: the digits CNN
+    quantized for the gpu target (symmetric int8, no reduce_range) reads top-1 92% through
+    this AVX2 machine's kernels, whose 16-bit intermediate sums saturate, and 98.7% simulated."""
+    if recipe.mode == "int8-static" and target.name != detect_host():
+        return SIMULATED_INT8
+    return QUIET_CPU
+
+
+def _golden_parity(source: Artifact, model_file: Path, settings: SessionSettings) -> dict | None:
+    """The candidate against the source framework's outputs recorded at export (no torch or
+    Keras needed)."""
+    golden = source.golden()
+    if golden is None:
+        return None
+    inputs, outputs = golden
+    with OnnxRuntimeRunner(model_file, settings) as runner:
+        try:
+            got = runner.run(inputs)
+        except ModelInputError as exc:
+            raise ArtifactError(f"the golden inputs of '{source.path}' do not fit its model: {exc}") from exc
+    return compare_outputs(outputs, got, task=source.task, token_mask=inputs.get("attention_mask"),
+                           data="golden inputs (export)",
+                           reference_name=f"{_golden_source(source)} (golden.npz)").to_dict()
+
+
+def _golden_source(source: Artifact) -> str:
+    """Who computed the golden outputs: the export's reference, up the lineage."""
+    export = source.manifest.parity.get("export") or {}
+    reference = str(export.get("reference", ""))
+    return reference.split(" (")[0] if reference.startswith("Keras") else "PyTorch"
+
+
+def operator_counts(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts

@@ -1,0 +1,30 @@
+"""Causal LMs built by ONNX Runtime GenAI's model builder: an ONNX decoder with its KV cache
+and ``genai_config.json``, run by ONNX Runtime GenAI's generator."""
+
+from __future__ import annotations
+
+from . import GraphFormat, register
+from .onnx import operator_histogram
+
+
+def genai_generator(artifact, settings, adapters=None):
+    from ..genai import GenerativeModel
+
+    return GenerativeModel(artifact, settings, adapters)
+
+
+def genai_runner(artifact, settings):
+    return genai_generator(artifact, settings).runner
+
+
+GENAI = register(GraphFormat(
+    name="genai",
+    description="causal LM for ONNX Runtime GenAI (KV cache, sampling, runtime LoRA adapters)",
+    runner=genai_runner,
+    generative=True,
+    generator=genai_generator,
+    details=operator_histogram,
+    triton_refusal=("causal LMs are served by edgeport serve (OpenAI endpoints) or Triton's TensorRT-LLM / vLLM "
+                    "backends; a plain onnxruntime_onnx repository would lose the KV cache loop"),
+    runtime_requirements=("onnxruntime-genai",),
+))

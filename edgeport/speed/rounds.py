@@ -1,0 +1,137 @@
+"""Timing several variants side by side: each warmed up until its latency settles, then
+measured in interleaved blocks (the order reversed every round) so the machine's drift
+hits them all alike, with the machine's state sampled around every round.
+
+Warm-up ends when the coefficient of variation of the last ``window`` calls falls under
+``settle_cv``, or when two consecutive windows agree on the median within
+``settle_drift`` (a steady but noisy machine), bounded by ``warmup_max_calls`` and
+``warmup_max_seconds``; at least ``warmup`` calls are made.  Blocks last at least
+``min_duration`` seconds and ``min_count`` calls.  Callers time; runners never time themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InvalidOptionError
+from ..vocabulary import DEFAULT_MIN_COUNT, DEFAULT_MIN_DURATION_S, DEFAULT_ROUNDS
+from .load import Monitor
+
+
+@dataclass(frozen=True)
+class Settings:
+    rounds: int = DEFAULT_ROUNDS
+    warmup: int = 3                # calls at least, before the settling test
+    min_duration: float = DEFAULT_MIN_DURATION_S      # seconds per block
+    min_count: int = DEFAULT_MIN_COUNT                # calls per block
+    max_count: int = 10_000
+    pause: float = 0.05            # between blocks: let the other variant's threads settle
+    window: int = 8                # warm-up: calls per sliding window
+    settle_cv: float = 0.05
+    settle_drift: float = 0.03
+    warmup_max_calls: int = 200
+    warmup_max_seconds: float = 10.0
+
+    def __post_init__(self):
+        for name in ("rounds", "min_count", "max_count", "window", "warmup_max_calls"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidOptionError(f"--{name.replace('_', '-')} must be a whole number >= 1 (got {value!r})")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise InvalidOptionError(f"warmup must be a whole number >= 0 (got {self.warmup!r})")
+        for name in ("min_duration", "pause", "settle_cv", "settle_drift", "warmup_max_seconds"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InvalidOptionError(f"--{name.replace('_', '-')} must be a finite number >= 0 (got {value!r})")
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a measurement; carries the samples measured so far."""
+
+    def __init__(self, samples: dict[str, list[float]]):
+        super().__init__("interrupted")
+        self.samples = samples
+
+
+@dataclass
+class Measurement:
+    """Per variant, the samples (seconds) of each round; per round, the machine's state; per
+    variant, how its warm-up went."""
+
+    rounds: dict[str, list[np.ndarray]]
+    machine: list[dict | None] = field(default_factory=list)
+    warmup: dict[str, dict] = field(default_factory=dict)
+
+    def samples(self, name: str) -> np.ndarray:
+        return np.concatenate(self.rounds[name]) if self.rounds[name] else np.zeros(0)
+
+    def round_medians_ms(self, name: str) -> list[float]:
+        return [round(float(np.median(r)) * 1000, 4) for r in self.rounds[name]]
+
+    def disturbed_rounds(self) -> int:
+        return sum(1 for state in self.machine if state and state["disturbed"])
+
+
+def _timed(run: Callable, feeds) -> float:
+    begin = time.perf_counter()
+    run(feeds)
+    return time.perf_counter() - begin
+
+
+def warm_up(run: Callable, feeds_cycle: list, settings: Settings) -> dict:
+    """Call ``run`` until its latency settles (see the module's docstring); what happened."""
+    times: list[float] = []
+    start, cv, settled = time.perf_counter(), None, False
+    window = settings.window
+    while True:
+        times.append(_timed(run, feeds_cycle[len(times) % len(feeds_cycle)]))
+        if len(times) >= max(settings.warmup, window):
+            last = np.asarray(times[-window:])
+            cv = float(last.std() / last.mean()) if last.mean() > 0 else 0.0
+            previous = np.asarray(times[-2 * window:-window]) if len(times) >= 2 * window else None
+            steady = previous is not None and \
+                abs(np.median(last) - np.median(previous)) <= settings.settle_drift * np.median(previous)
+            if cv <= settings.settle_cv or steady:
+                settled = True
+                break
+        if len(times) >= settings.warmup_max_calls or time.perf_counter() - start >= settings.warmup_max_seconds:
+            break
+    return {"calls": len(times), "settled": settled, "window_cv": None if cv is None else round(cv, 4),
+            "seconds": round(time.perf_counter() - start, 3)}
+
+
+def _block(run: Callable, feeds_cycle: list, settings: Settings) -> np.ndarray:
+    samples: list[float] = []
+    start = time.perf_counter()
+    while (len(samples) < settings.min_count or time.perf_counter() - start < settings.min_duration) \
+            and len(samples) < settings.max_count:
+        samples.append(_timed(run, feeds_cycle[len(samples) % len(feeds_cycle)]))
+    return np.asarray(samples)
+
+
+def interleaved(runners: dict[str, Callable], feeds_cycle: list, settings: Settings, monitor: Monitor | None = None,
+                tick: Callable[[str], None] = lambda name: None) -> Measurement:
+    """Every variant warmed up, then ``settings.rounds`` rounds of one block each, the order
+    reversed every round, the machine sampled around each round.  Ctrl-C raises
+    ``Interrupted`` holding what was measured."""
+    monitor = monitor or Monitor()
+    measurement = Measurement({name: [] for name in runners})
+    try:
+        for name, run in runners.items():
+            measurement.warmup[name] = warm_up(run, feeds_cycle, settings)
+        for round_index in range(settings.rounds):
+            names = list(runners) if round_index % 2 == 0 else list(reversed(runners))
+            before = monitor.sample()
+            for name in names:
+                measurement.rounds[name].append(_block(runners[name], feeds_cycle, settings))
+                tick(name)
+                time.sleep(settings.pause)
+            measurement.machine.append(monitor.between(before, monitor.sample()))
+    except KeyboardInterrupt:
+        raise Interrupted({name: list(measurement.samples(name)) for name in runners}) from None
+    return measurement
