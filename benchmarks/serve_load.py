@@ -1,6 +1,7 @@
 """`edgeport serve` under concurrent load: requests per second and p99 latency on MiniLM INT8
-with dynamic batching on and off, and the share of a batch-1 request's time spent outside
-the model (HTTP, JSON, queueing).
+with dynamic batching on and off, on the single-process server and (``--with-ray``) as a
+Ray Serve deployment of 1 and 2 replicas on a local cluster, and the share of a batch-1
+request's time spent outside the model (HTTP, JSON, queueing).
 
 The servers are real `edgeport serve` processes on 127.0.0.1; the client sends Open
 Inference Protocol v2 infer requests (one sentence, padded to 128 tokens as fixed-shape
@@ -10,7 +11,10 @@ The overhead is read against the same artifact run in this process on the same f
 blocks alternating with the HTTP requests.  Client and server share this machine's cores,
 as they would on an edge device.
 
-    python benchmarks/serve_load.py [--artifact out/minilm-int8] [--requests 800] [--concurrency 16]
+    python benchmarks/serve_load.py [--artifact out/minilm-int8] [--requests 800] [--concurrency 16] [--with-ray]
+
+On a 2-core machine client, server(s) and Ray's own processes share the two cores: a second
+replica has no core of its own, so scaling is bounded here; the figures say how much.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class Server:
         self.process = subprocess.Popen([sys.executable, "-m", "edgeport", "serve", str(artifact), "--port",
                                          str(self.port), "--name", "m", *args],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
+        deadline = time.time() + 300          # a Ray deployment starts a local cluster first
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited: {self.process.stderr.read()}")
@@ -164,6 +168,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=800)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--with-ray", action="store_true", help="also Ray Serve, 1 and 2 replicas")
     parser.add_argument("--json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as work:
@@ -172,6 +177,9 @@ def main() -> None:
         body, headers = infer_body(feeds)
         settings = {"batching on (max batch 32, 2 ms)": ("--max-batch", "32", "--max-delay-ms", "2"),
                     "batching off": ("--max-batch", "1")}
+        if args.with_ray:
+            settings["ray, 1 replica of 2 CPUs"] = ("--engine", "ray", "--replicas", "1", "--cpus-per-replica", "2")
+            settings["ray, 2 replicas of 1 CPU"] = ("--engine", "ray", "--replicas", "2", "--cpus-per-replica", "1")
         runs: dict[str, list[dict]] = {name: [] for name in settings}
         for round_index in range(args.rounds):
             names = list(settings) if round_index % 2 == 0 else list(reversed(settings))
@@ -180,19 +188,22 @@ def main() -> None:
                 try:
                     load(server.port, body, headers, 64, args.concurrency)             # warm-up
                     result = load(server.port, body, headers, args.requests, args.concurrency)
-                    batches = server.metric("edgeport_batch_rows_count")
-                    result["mean_rows_per_batch"] = (args.requests + 64) / batches if batches else None
+                    # Per scrape: one process's batches (with Ray, the replica that answered the scrape).
+                    batches, rows = server.metric("edgeport_batch_rows_count"), server.metric("edgeport_batch_rows_sum")
+                    result["mean_rows_per_batch"] = rows / batches if batches else None
                 finally:
                     server.stop()
                 runs[name].append(result)
                 print(f"round {round_index + 1} {name}: {result['rps']:.1f} req/s, p99 {result['p99_ms']:.1f} ms, "
                       f"{result['mean_rows_per_batch'] or 0:.1f} rows/batch, {result['errors']} errors", flush=True)
-        on, off = (runs[name] for name in settings)
-        summary = {name: {key: statistics.median(r[key] for r in results)
-                          for key in ("rps", "p50_ms", "p99_ms", "mean_rows_per_batch")}
+        first = next(iter(settings))
+        summary = {name: {key: statistics.median(r[key] for r in results if r[key] is not None)
+                          for key in ("rps", "p50_ms", "p99_ms", "mean_rows_per_batch")
+                          if any(r[key] is not None for r in results)}
                    for name, results in runs.items()}
-        summary["rps ratio on/off (median of per-round ratios)"] = statistics.median(
-            a["rps"] / b["rps"] for a, b in zip(on, off))
+        for name in list(settings)[1:]:
+            summary[f"rps ratio {first} / {name} (median of per-round ratios)"] = statistics.median(
+                a["rps"] / b["rps"] for a, b in zip(runs[first], runs[name]))
         summary["batch 1 overhead"] = overhead(artifact, body, headers, feeds, args.rounds * 2)
     from edgeport.speed import machine_info
 

@@ -74,6 +74,7 @@ def _html_report(path: Path) -> bool:
 ARTIFACT = OutputKind("edgeport artifact", True, _has(MANIFEST_NAME))
 MERGED_MODEL = OutputKind("merged model folder (edgeport merge)", True, _has("edgeport-merge.json"))
 TRITON_REPOSITORY = OutputKind("Triton model repository (edgeport package)", True, _has(".edgeport-triton.json"))
+KSERVE_FOLDER = OutputKind("KServe deployment folder (edgeport package)", True, _has(".edgeport-kserve.json"))
 SHIP_FOLDER = OutputKind("ship output folder", True,
                          lambda p: _has("ship-summary.json")(p) or (p / ".ship-cache").is_dir())
 BUNDLE = OutputKind("edgeport bundle", False, _bundle)

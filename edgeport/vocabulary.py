@@ -38,7 +38,7 @@ WEIGHT_DTYPES = ("fp32", "fp16", "bf16")
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 SCENARIOS = ("single-stream", "offline", "server", "sweep", "generation")   # generation: causal LMs
-PACKAGE_FORMATS = ("bundle", "triton")
+PACKAGE_FORMATS = ("bundle", "triton", "kserve")
 PLATFORMS = ("linux/arm64",)
 
 # ------------------------------------------------------------------ defaults (the library resolves them; the CLI passes None)

@@ -1,0 +1,87 @@
+"""package --format kserve: the manifests validated against KServe's own SDK classes (and the
+Kubernetes client's), strictly; the folder holds what they point at; bad settings refused."""
+
+from __future__ import annotations
+
+import copy
+import tarfile
+
+import pytest
+import yaml
+
+from edgeport.errors import InvalidOptionError
+from helpers import assert_fails
+
+pytest.importorskip("kserve", reason="the kserve extra: pip install 'edgeport[kserve]'")
+
+
+@pytest.fixture(scope="module")
+def kserve_folder(onnx_artifacts, tmp_path_factory):
+    from edgeport.package import KServeOptions, PackageOptions, package
+
+    out = tmp_path_factory.mktemp("kserve") / "deploy"
+    options = KServeOptions(name="classifier", namespace="models", storage_uri="s3://bucket/edgeport/classifier",
+                            cpu="500m", memory="1Gi", min_replicas=1, max_replicas=3, auth_secret="edgeport-token")
+    return package(onnx_artifacts["classifier"].path, out, PackageOptions("kserve", kserve=options))
+
+
+def _load(folder, name):
+    return yaml.safe_load((folder / name).read_text())
+
+
+def test_the_manifests_validate_against_kserves_sdk(kserve_folder):
+    from edgeport.package.kserve import validate
+
+    edgeport_isvc = _load(kserve_folder, "inferenceservice-edgeport.yaml")
+    validate(edgeport_isvc, "V1beta1InferenceService")
+    validate(_load(kserve_folder, "inferenceservice-triton.yaml"), "V1beta1InferenceService")
+    validate(_load(kserve_folder, "servingruntime-triton.yaml"), "V1alpha1ServingRuntime")
+    predictor = edgeport_isvc["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 3)
+    container = predictor["containers"][0]
+    assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
+    assert "edgeport serve /mnt/models/classifier.tar.gz" in " ".join(container["command"] + container["args"])
+    env = {e["name"]: e for e in container["env"]}
+    assert env["EDGEPORT_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "edgeport-token", "key": "token"}
+    assert env["STORAGE_URI"]["value"] == "s3://bucket/edgeport/classifier/bundle/classifier.tar.gz"
+    triton = _load(kserve_folder, "inferenceservice-triton.yaml")["spec"]["predictor"]["model"]
+    assert triton["runtime"] == "edgeport-triton" and triton["storageUri"] == "s3://bucket/edgeport/classifier/triton"
+
+
+def test_the_folder_holds_what_the_manifests_point_at(kserve_folder):
+    with tarfile.open(kserve_folder / "bundle" / "classifier.tar.gz") as archive:
+        assert "classifier/bundle.json" in archive.getnames()
+    assert (kserve_folder / "triton" / "classifier" / "config.pbtxt").is_file()
+    assert "kubectl -n models apply" in (kserve_folder / "README.txt").read_text()
+
+
+@pytest.mark.parametrize("edit, phrase", [
+    (lambda d: d["spec"]["predictor"].update(minReplica=2), "unknown field(s) ['minReplica']"),
+    (lambda d: d["spec"]["predictor"].update(minReplicas="two"), "expected int"),
+    (lambda d: d["spec"]["predictor"].update(maxReplicas=True), "expected int"),
+    (lambda d: d["spec"]["predictor"]["containers"][0].pop("name"), "name"),
+    (lambda d: d["spec"]["predictor"]["containers"][0].update(enviroment=[]), "enviroment"),
+    (lambda d: d["spec"]["predictor"]["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"].pop("key"), "key"),
+    (lambda d: d["spec"].pop("predictor"), "predictor"),
+    (lambda d: d["metadata"].update(namespce="x"), "namespce"),
+], ids=["typo", "string-replicas", "bool-replicas", "container-without-name", "container-typo", "secret-without-key",
+        "no-predictor", "metadata-typo"])
+def test_the_validation_refuses_what_kserves_own_deserializer_would_let_through(kserve_folder, edit, phrase):
+    from edgeport.package.kserve import validate
+
+    document = copy.deepcopy(_load(kserve_folder, "inferenceservice-edgeport.yaml"))
+    edit(document)
+    with pytest.raises(InvalidOptionError, match="invalid") as caught:
+        validate(document, "V1beta1InferenceService")
+    assert phrase in str(caught.value)
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (("--name", "Not_A_Name"), "Kubernetes name"),
+    (("--memory", "lots"), "Kubernetes quantity"),
+    (("--min-replicas", "3", "--max-replicas", "2"), "--max-replicas must be >="),
+    (("--storage-uri", "bucket/path"), "URI KServe can fetch"),
+])
+def test_bad_settings_are_refused_and_nothing_is_written(cli, onnx_artifacts, tmp_path, args, phrase):
+    assert_fails(cli("package", onnx_artifacts["classifier"].path, "--format", "kserve", "-o", tmp_path / "k", *args),
+                 InvalidOptionError.exit_code, phrase, absent=tmp_path / "k")
