@@ -92,6 +92,7 @@ _GENERATION = {
         "eos_token_ids": {"type": "array", "items": {"type": "integer", "minimum": 0}},
         "chat_template": {"type": "boolean"},
         "family": {"type": "string"},
+        "route": {"type": "string"},
         "adapters": {"type": "object", "additionalProperties": {"type": "string", "minLength": 1}},
     },
 }

@@ -5,7 +5,6 @@ input.  One row per case; every row checks the exit code, the message, and what 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import os
@@ -23,7 +22,7 @@ import yaml
 
 from edgeport.errors import (ArtifactError, InvalidOptionError, OutputExistsError, SourceError, StoppedByUser,
                              UnsafeFileError)
-from helpers import TESTS_DIR, assert_fails, edit_manifest, folder_names
+from helpers import assert_fails, edit_manifest, folder_names
 from serving import free_port, request, running
 
 

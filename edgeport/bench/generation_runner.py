@@ -31,9 +31,10 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
         raise InvalidOptionError(f"scenario {', '.join(unsupported)} does not apply to causal LMs; they are measured "
                                  "with the generation scenario (time to first token, tokens per second)")
     models, variants = {}, []
+    threads, threads_from = options.thread_count()
     for artifact in artifacts:
         start = time.perf_counter()
-        model = load(artifact.path, device="cpu", check_files=False)
+        model = load(artifact.path, device="cpu", threads=threads, spinning=False, check_files=False)
         name = artifact.path.name if artifact.path.name not in models else f"{artifact.path.name} ({len(models) + 1})"
         info = {"name": name, "path": str(artifact.path), "kind": format_of(artifact).kind,
                 "manifest_sha256": artifact.manifest_sha256,
@@ -72,7 +73,11 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
             model.close()
         for variant in extra:
             variant.runner.close()
-    report.settings = {"threads_from": "ONNX Runtime GenAI's own choice", "spinning": "the generators' defaults"}
+    kinds = {v.get("kind") for v in variants}
+    report.settings = {"threads": threads, "threads_from": threads_from + (
+        "; ONNX Runtime GenAI artifacts: the generator's own choice (it takes no thread count)"
+        if "genai" in kinds else ""),
+        "spinning": "off for edgeport's decoder loop; ONNX Runtime GenAI's generator keeps its default"}
     report.finish(options.reports, options.strict)
     return report
 

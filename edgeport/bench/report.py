@@ -124,7 +124,7 @@ class BenchReport:
         state.update(before=self.machine_quiet.get("before"), after=self.machine_quiet.get("after"), warmup=self.warmup)
         spreads = [r["round_spread"] for r in self.results if r.get("round_spread") is not None]
         state["noise"] = round(float(sorted(spreads)[len(spreads) // 2]), 4) if spreads else None
-        widths = [r["speedup"]["ci95"][1] / r["speedup"]["ci95"][0] - 1 for r in self.results
+        widths = [r["speedup"]["ci95"][1] / r["speedup"]["ci95"][0] - 1 for r in self.with_speedups()
                   if r.get("speedup") and r["variant"] != r["speedup"].get("vs") and r["speedup"]["ci95"][0] > 0]
         uncertainty = max(widths) / 2 if widths else (state["noise"] or 0) / 2
         self.machine_state, self.warnings = state, []

@@ -30,6 +30,9 @@ def export() -> None:
 @click.option("--rtol", type=float, help=f"Relative tolerance of the parity check (default {v.DEFAULT_RTOL:g}).")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int4"]),
               help="Causal LMs: precision the model builder writes (default fp32).")
+@click.option("--route", type=click.Choice(["auto", "genai", "onnx"]),
+              help="Causal LMs: ONNX Runtime GenAI's builder, edgeport's own KV-cache export, or auto (the builder "
+                   "where it knows the family and matches, else the second route).")
 @click.option("--no-validate", is_flag=True, help="Skip the ONNX Runtime vs PyTorch parity check.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Force weights into model.onnx.data (default: only over 2 GB).")
@@ -42,14 +45,14 @@ def export() -> None:
               help="Causal LMs: a peft LoRA adapter kept separate and switched at run time (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def export_onnx_command(source, out, task, opset, static_shapes, sequence_length, inputs, output_names, exporter,
-                        atol, rtol, precision, no_validate, external_data, allow_pickle, force, adapters, weights,
+                        atol, rtol, precision, route, no_validate, external_data, allow_pickle, force, adapters, weights,
                         runtime_adapters, as_json):
     """Export SOURCE (a Hugging Face model folder, a .keras file or module:callable) to an ONNX artifact."""
     from ..export.api import export_with_adapters
     from ..export.onnx import ExportOptions
 
     options = ExportOptions(**given(task=task, opset=opset, sequence_length=sequence_length, exporter=exporter,
-                                    atol=atol, rtol=rtol, precision=precision),
+                                    atol=atol, rtol=rtol, precision=precision, route=route),
                             static_shapes=static_shapes, validate=not no_validate, force=force,
                             allow_pickle=allow_pickle, inputs=list(inputs), output_names=list(output_names),
                             external_data=external_data, runtime_adapters=_named(runtime_adapters))

@@ -116,7 +116,7 @@ def adapter_file(base: Path, adapter: Path, precision: str, slots: dict[str, lis
                  work: Path) -> str:
     """Write ``out_dir/<name>.onnx_adapter`` for the peft ``adapter``; return its name inside
     the artifact (``adapters/<name>.onnx_adapter``)."""
-    from .llm import run_builder
+    from .lm_builder import run_builder
 
     if not name.replace("-", "").replace("_", "").isalnum():
         raise AdapterError(f"adapter name '{name}' must be letters, digits, '-' and '_'")
@@ -152,7 +152,7 @@ def export_runtime_adapter(artifact_path, adapter: str, out, force: bool = False
             work = Path(work_dir)
             if progress:
                 progress(f"building adapter '{Path(adapter).name}' against {base}...")
-            from .llm import run_builder
+            from .lm_builder import run_builder
 
             check_adapter_fits_base(base, Path(adapter))
             run_builder(base, work / "built", parameters.get("precision", "fp32"), work / "cache",

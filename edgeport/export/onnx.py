@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..artifact import Artifact, finalize_manifest, save_onnx
-from ..errors import EdgeportError, ExportError, InvalidOptionError, ParityError, require
+from ..errors import EdgeportError, ExportError, InvalidOptionError, ModelInputError, ParityError, require
 from ..golden import save_golden
 from ..manifest import GOLDEN_NAME, Manifest, tool_versions
 from ..outputs import ARTIFACT, check_output, staged_output
@@ -61,6 +61,7 @@ class ExportOptions:
     output_names: list[str] = field(default_factory=list)
     external_data: bool | None = None   # None: only when the model is too big for one file
     precision: str = "fp32"             # causal LMs: the builder's fp32 | fp16 | int4
+    route: str = "auto"                 # causal LMs: auto | genai (the builder) | onnx (edgeport's own export)
     runtime_adapters: dict[str, str] = field(default_factory=dict)   # causal LMs: name -> peft adapter folder
 
     def check(self) -> None:
@@ -145,6 +146,8 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: Expo
 
 
 def _refuse_builder_precision(options: ExportOptions) -> None:
+    if options.route != "auto":
+        raise InvalidOptionError(f"--route {options.route} picks how a causal LM is exported (task text-generation)")
     if options.precision != "fp32":
         raise InvalidOptionError(f"--precision {options.precision} is for causal LMs (task text-generation), which are "
                                  "built in that precision; quantize this model after export with 'edgeport quantize "
@@ -194,6 +197,9 @@ def _try_route(route: str, job: ExportJob, options: ExportOptions, references, f
             OnnxRuntimeRunner(model_file).close()   # at least prove ONNX Runtime loads it
     except ParityError as exc:
         return RouteResult(route, job.variant, False, time.perf_counter() - start, str(exc)), None
+    except ModelInputError as exc:   # the graph fails on edgeport's own check inputs: a shape tracing froze
+        return RouteResult(route, job.variant, False, time.perf_counter() - start,
+                           f"the graph does not run on the check inputs: {exc}"), None
     except EdgeportError:
         raise
     except Exception as exc:  # any exporter failure (torch.onnx raises whatever its passes raise) means: next route

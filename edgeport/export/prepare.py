@@ -62,9 +62,17 @@ def named_outputs_module(model, input_names, output_attrs, forward_kwargs):
         def forward(self, *args):
             # transformers 5.x: pass by keyword, positional order is not guaranteed.
             out = self.model(**dict(zip(input_names, args)), **forward_kwargs)
-            return tuple(out[name] for name in output_attrs)
+            return tuple(output_of(out, name) for name in output_attrs)
 
     return OutputsOf().eval()
+
+
+def output_of(out, name: str):
+    """``out[name]``; a classifier that returns its class scores as a 2-D ``last_hidden_state``
+    instead of ``logits`` (PP-LCNet in transformers 5) gives those as its logits."""
+    if name == "logits" and "logits" not in out and getattr(out.get("last_hidden_state"), "ndim", 0) == 2:
+        return out["last_hidden_state"]
+    return out[name]
 
 
 def run_module(module, input_names: list[str], feeds: dict[str, np.ndarray]) -> list:
@@ -218,7 +226,8 @@ class HfSource:
             probe = setup.probe_pair(job.trace_inputs, variant == "dynamic")
             job.fixed_size_reason = setup.fixed_size_reason if variant != "dynamic" else None
         if self.task in ("text-classification", "token-classification", "image-classification"):
-            job.processing["labels"] = [str(self.config.id2label[i]) for i in sorted(self.config.id2label)]
+            names = self.config.id2label or {i: f"LABEL_{i}" for i in range(int(self.config.num_labels or 0))}
+            job.processing["labels"] = [str(names[i]) for i in sorted(names)]
         if static:
             job.notes.append(f"static shapes: every dimension fixed ({_shapes(job.trace_inputs)})")
         job.module = named_outputs_module(self.model, job.input_names, job.output_names, forward_kwargs)
@@ -256,10 +265,15 @@ def _unknown_type_message(model_type: str) -> str:
 def _load_for_export(auto_class, folder: Path, config, safetensors: bool):
     """Load with eager attention where the model has it: the SDPA path exports with a NaN
     guard (IsNaN + Where over every attention matrix) that cost 14% of MiniLM's INT8
-    latency here; eager attention exports 516 nodes instead of 669, with the same outputs."""
+    latency here; eager attention exports 516 nodes instead of 669, with the same outputs.
+    Mixture-of-experts layers are computed densely (experts.py); other models ignore it."""
     import torch
 
+    from .experts import DENSE_EXPERTS, register_dense_experts
+
     kwargs = dict(config=config, dtype=torch.float32, output_loading_info=True, use_safetensors=safetensors)
+    if register_dense_experts():
+        kwargs["experts_implementation"] = DENSE_EXPERTS
     try:
         return auto_class.from_pretrained(folder, attn_implementation="eager", **kwargs)
     except (ValueError, TypeError, ImportError):

@@ -5,8 +5,11 @@ for the duration of a block and restored after it, never switched off for the pr
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import warnings
+
+TORCH_LOGGERS = ("torch.onnx", "torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export")
 
 
 @contextlib.contextmanager
@@ -27,16 +30,31 @@ def quiet_transformers():
             log.enable_progress_bar()
 
 
+class _OnlyErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 @contextlib.contextmanager
 def quiet_torch_onnx():
-    """torch.onnx warns about deprecations and TracerWarnings for every trace; dynamo's
-    progress lines are turned off with ``verbose=False`` at the call instead."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """torch.onnx warns about deprecations and TracerWarnings for every trace, and
+    torch.export's shape solver logs the whole traced graph when it gives up on a
+    data-dependent shape (the route's one-line reason is reported instead); dynamo's
+    progress lines are turned off with ``verbose=False`` at the call."""
+    loggers = [logging.getLogger(name) for name in TORCH_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    # A level for the loggers' children, and a filter too: torch.export resets some levels.
+    only_errors = _OnlyErrors()
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+        logger.addFilter(only_errors)
     try:
-        with warnings.catch_warnings():
+        # torch.export also prints the traced graph to stderr when it fails; the exception
+        # that follows carries the reason, so the printout is dropped.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.removeFilter(only_errors)
+            logger.setLevel(level)

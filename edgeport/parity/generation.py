@@ -129,7 +129,7 @@ def compare_generation(reference_tokens, candidate_tokens, forced_predictions, r
 def measure_generation(model, prompt_ids: list[list[int]], reference_tokens: list[list[int]],
                        reference_logits: np.ndarray, texts: list[str], perplexity_reference: float | None, *,
                        reference: str, data: str, new_tokens: int, thresholds: dict[str, float]) -> GenerationParity:
-    """A loaded generative model (runtime.genai.GenerativeModel) against reference answers:
+    """A loaded generative model (runtime.generation.GenerativeModel) against reference answers:
     its free-running greedy tokens (one prompt at a time, and as one ragged batch, which must
     agree), its predictions along the reference's tokens, next-token logits, perplexity."""
     single = [model.generate([ids], max_new_tokens=new_tokens)[0].tokens for ids in prompt_ids]

@@ -154,3 +154,42 @@ def unshare_initializers(model) -> int:
             else:
                 seen.add(name)
     return copies
+
+
+def gemms_as_matmuls(model) -> int:
+    """Rewrite ``Gemm(A, W[, C])`` with a constant ``W`` (alpha = beta = 1, A not transposed)
+    as ``MatMul(A, W) [+ C]``, in place; returns how many.  The same product, in the form
+    ONNX Runtime's block-wise weight quantizer (MatMulNBits) recognises: GPT-2's Conv1D and
+    the TorchScript exporter's ``addmm`` come out as Gemm."""
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    rewritten, nodes, replaced = 0, [], set()
+    for node in model.graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = initializers.get(node.input[1]) if node.op_type == "Gemm" and len(node.input) > 1 else None
+        if weight is None or attributes.get("transA", 0) or attributes.get("alpha", 1.0) != 1.0 \
+                or attributes.get("beta", 1.0) != 1.0 or len(weight.dims) != 2:
+            nodes.append(node)
+            continue
+        weight_name = node.input[1]
+        if attributes.get("transB", 0):
+            transposed = numpy_helper.to_array(weight).T.copy()
+            weight_name = f"{node.input[1]}_transposed_{rewritten}"
+            model.graph.initializer.append(numpy_helper.from_array(transposed, weight_name))
+            replaced.add(node.input[1])
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight_name], [product],
+                                      name=f"{node.name or 'gemm'}_matmul_{rewritten}"))
+        if has_bias:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]],
+                                          name=f"{node.name or 'gemm'}_bias_{rewritten}"))
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        used = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+        for init in [i for i in model.graph.initializer if i.name in replaced and i.name not in used]:
+            model.graph.initializer.remove(init)
+    return rewritten

@@ -27,7 +27,7 @@ ENCODER_OPTIONS = ("calib", "min_cosine", "max_abs_error", "min_top1_agreement",
 class WeightOnly(Recipe):
     """MatMul weights to ``bits`` bits, block-wise; activations stay in float."""
 
-    formats = ("genai",)
+    formats = ("genai", "onnx-decoder")
     purpose = "causal language models (task text-generation)"
     tools = ("onnx", "onnxruntime", "onnxruntime-genai")
     bits: ClassVar[int]
@@ -49,13 +49,13 @@ class WeightOnly(Recipe):
 
     def run(self, job: QuantizeJob) -> Outcome:
         from ..parity.generation import measure_generation
-        from ..runtime.genai import GenerativeModel
+        from ..runtime.formats import make_generator
 
         options, source = job.options, job.source
         budget = self.gate(options)
         prompts, texts = generation_prompts(8), stdlib_sentences(24)
         job.say(f"reference: {source.path} (FP32) on {len(prompts)} prompts and {len(texts)} sentences...")
-        with GenerativeModel(source, SessionSettings(device="cpu")) as reference:
+        with make_generator(source, SessionSettings(device="cpu")) as reference:
             prompt_ids = [reference.encode(p) for p in prompts]
             tokens = [g.tokens for g in reference.generate(prompt_ids, max_new_tokens=NEW_TOKENS)]
             logits = np.stack([reference.logits(ids)[-1] for ids in prompt_ids])
@@ -67,7 +67,7 @@ class WeightOnly(Recipe):
         outcome = Outcome(model_file, self._precision(job, operators), {}, {**self.lineage_parameters(job), **budget})
         job.say("checking generation against the FP32 artifact...")
         candidate = candidate_folder(job.work / "candidate", source, outcome)
-        with GenerativeModel(candidate, SessionSettings(device="cpu")) as model:
+        with make_generator(candidate, SessionSettings(device="cpu")) as model:
             parity = measure_generation(model, prompt_ids, tokens, logits, texts, perplexity,
                                         reference=f"input artifact '{source.path}'",
                                         data=f"{len(prompts)} docstring prompts x {NEW_TOKENS} greedy tokens; "
@@ -82,7 +82,10 @@ class WeightOnly(Recipe):
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+        from .graph import gemms_as_matmuls
+
         model = onnx.load(str(source))
+        gemms_as_matmuls(model)
         quantizer = MatMulNBitsQuantizer(model, bits=self.bits, block_size=options.block_size, is_symmetric=True,
                                          accuracy_level=options.accuracy_level or None)
         try:
@@ -96,6 +99,10 @@ class WeightOnly(Recipe):
         counts: dict[str, int] = {}
         for node in quantized.graph.node:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        if not counts.get("MatMulNBits"):
+            raise QuantizationError(f"no MatMul weight in '{source.name}' could be quantized to {self.bits} bits "
+                                    f"(block size {options.block_size} needs weights at least that wide); the "
+                                    "graph would be written unchanged")
         return counts
 
     def _precision(self, job: QuantizeJob, operators: dict[str, int]) -> dict[str, Any]:

@@ -123,3 +123,61 @@ def test_resnet_exported_at_its_size_takes_a_32x32_image(tmp_path, tiny_models):
     assert artifact.manifest.processing["image"]["size"] == [224, 224]
     logits = load(artifact.path).run({"pixel_values": np.zeros((1, 3, 32, 32), np.float32)})["logits"]
     assert logits.shape == (1, 3)
+
+
+def _classifier(folder, model_type: str):
+    """A tiny random classifier of one of the sweep's former misses, saved with a tokenizer
+    for the text ones."""
+    import transformers
+    from causal_families import FAMILIES, config
+    from llm_models import tokenizer
+
+    if model_type in FAMILIES:                     # mixture of experts: the causal-LM table's config
+        built, auto = config(model_type), transformers.AutoModelForSequenceClassification
+        built.pad_token_id = 1
+    elif model_type == "longformer":
+        built = transformers.LongformerConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2,
+                                              num_attention_heads=4, intermediate_size=128, attention_window=[8, 8],
+                                              max_position_embeddings=130, pad_token_id=1)
+        auto = transformers.AutoModelForSequenceClassification
+    else:
+        sizes = dict(hidden_sizes=[16, 32, 40, 64], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
+                     image_size=64) if model_type == "pvt" else {}
+        built, auto = transformers.AutoConfig.for_model(model_type, **sizes), transformers.AutoModelForImageClassification
+    built.num_labels = 3
+    torch.manual_seed(0)
+    auto.from_config(built).eval().save_pretrained(folder)
+    if auto is transformers.AutoModelForSequenceClassification:
+        tokenizer(folder)
+    return folder
+
+
+@pytest.mark.parametrize("model_type,how", [("mixtral", "dynamic"), ("qwen2_moe", "dynamic"),
+                                            ("longformer", "static"), ("pvt", "fixed-size"),
+                                            ("pp_lcnet", "dynamic")])
+def test_the_sweeps_former_misses_export(tmp_path, model_type, how):
+    """Mixture-of-experts classifiers (dense experts), Longformer (its chunked attention
+    freezes the traced length: the dynamic graphs fail on other lengths and the static one is
+    kept, with the reasons), PVT (its patch grid keeps the image size) and PP-LCNet (which
+    returns its class scores as last_hidden_state)."""
+    folder = _classifier(tmp_path / model_type, model_type)
+    artifact = export_onnx(folder, tmp_path / "out")
+    export = artifact.manifest.lineage[-1]
+    assert artifact.manifest.parity["export"]["passed"]
+    assert export["parameters"]["shape_variant"] == how
+    assert artifact.manifest.graph["outputs"][0]["name"] == "logits"
+    if model_type == "longformer":
+        reasons = {r["route"]: r for r in export["routes"] if not r.get("ok")}
+        assert "does not run on the check inputs" in reasons["torchscript"]["reason"]
+    if model_type in ("mixtral", "qwen2_moe"):
+        # a batch and length the export never saw, against transformers' own (grouped) experts
+        import transformers
+
+        ids = np.random.default_rng(3).integers(5, 500, size=(3, 11)).astype(np.int64)
+        mask = np.ones_like(ids)
+        mask[0, 8:] = 0
+        got = load(artifact.path).run({"input_ids": ids, "attention_mask": mask})["logits"]
+        reference = transformers.AutoModelForSequenceClassification.from_pretrained(folder).eval()
+        with torch.no_grad():
+            expected = reference(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+        np.testing.assert_allclose(got, expected.numpy(), atol=1e-4, rtol=1e-3)

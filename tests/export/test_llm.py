@@ -163,7 +163,10 @@ def test_an_adapter_for_another_base_is_refused(lms, tmp_path):
         load(artifact.path, adapters={"f": str(other_slots.path / "adapters" / "f.onnx_adapter")})
 
 
-def test_families_the_builder_does_not_cover_are_refused(cli, tmp_path):
+def test_the_builder_route_refuses_families_it_does_not_know(cli, tmp_path):
+    """``--route genai`` is a promise about the runtime; without the builder's family it is refused
+    before anything is exported (the default route takes the second route instead:
+    tests/export/test_causal_routes.py)."""
     import transformers
 
     folder = tmp_path / "gpt2"
@@ -171,5 +174,6 @@ def test_families_the_builder_does_not_cover_are_refused(cli, tmp_path):
     from llm_models import tokenizer
 
     tokenizer(folder)
-    assert_fails(cli("export", "onnx", folder, "-o", tmp_path / "out"), UnsupportedModelError.exit_code,
-                 "'GPT2LMHeadModel' is not a family", "Llama", "Qwen2", absent=tmp_path / "out")
+    assert_fails(cli("export", "onnx", folder, "--route", "genai", "-o", tmp_path / "out"),
+                 UnsupportedModelError.exit_code, "'GPT2LMHeadModel' is not a family", "--route onnx",
+                 absent=tmp_path / "out")

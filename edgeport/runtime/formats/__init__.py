@@ -14,7 +14,7 @@ one module here, a word in ``vocabulary.GRAPH_FORMATS``, and one CLI command.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import ArtifactError
@@ -41,25 +41,24 @@ class GraphFormat:
     description: str
     runner: Callable[["Artifact", "SessionSettings"], "Runner"]
     generative: bool = False                     # a causal LM: load() gives a generator, not a Model
-    generator: Callable[..., Any] | None = None  # (artifact, settings, adapters) -> GenerativeModel
+    generator: Callable[..., Any] | None = None  # (artifact, settings, adapters) -> generation.GenerativeModel
     details: Callable[["Artifact"], dict[str, Any]] = lambda artifact: {}   # what inspect shows beyond the manifest
     triton: TritonModel | None = None
     triton_refusal: str = ""                     # why Triton cannot serve it, when ``triton`` is None
     bench_kind: str = ""                         # the variant kind in bench reports (default: the name)
     runtime_requirements: tuple[str, ...] = ()   # pip packages a bundle needs beyond the light runtime
     mobile_convertible: bool = False             # ONNX Runtime's .ort converter takes it
-    extra_files: tuple[str, ...] = field(default=())   # graph files besides graph.file (GenAI's config...)
 
     @property
     def kind(self) -> str:
         return self.bench_kind or self.name
 
     def graph_files(self, artifact: "Artifact") -> list[str]:
-        """The artifact's files that make up the graph: the model file, its external data, and
-        the format's own companions; everything else (tokenizer, golden data) is processing."""
+        """The artifact's files that make up the graph: the model file and its external data;
+        everything else (tokenizer, golden data, configs) is processing."""
         graph_file = artifact.manifest.graph["file"]
         return sorted(name for name in artifact.manifest.files
-                      if name == graph_file or name.startswith(graph_file + ".") or name in self.extra_files)
+                      if name == graph_file or name.startswith(graph_file + "."))
 
 
 _FORMATS: dict[str, GraphFormat] = {}
@@ -75,7 +74,7 @@ def register(graph_format: GraphFormat) -> GraphFormat:
 
 def _registered() -> dict[str, GraphFormat]:
     if not _FORMATS:
-        from . import genai, onnx, tensorrt  # noqa: F401  (each registers its format)
+        from . import decoder, genai, onnx, tensorrt  # noqa: F401  (each registers its format)
     return _FORMATS
 
 
@@ -104,4 +103,13 @@ def make_runner(artifact: "Artifact", settings: "SessionSettings") -> "Runner":
     return format_of(artifact).runner(artifact, settings)
 
 
-__all__ = ["GraphFormat", "TritonModel", "all_formats", "bench_kinds", "format_of", "get", "make_runner", "register"]
+def make_generator(artifact: "Artifact", settings: "SessionSettings", adapters: dict[str, str] | None = None):
+    """The generator (``runtime.generation.GenerativeModel``) of a causal-LM artifact."""
+    graph_format = format_of(artifact)
+    if not graph_format.generative:
+        raise ArtifactError(f"'{artifact.path}' holds a {graph_format.description}, which does not generate text")
+    return graph_format.generator(artifact, settings, adapters)
+
+
+__all__ = ["GraphFormat", "TritonModel", "all_formats", "bench_kinds", "format_of", "get", "make_generator",
+           "make_runner", "register"]

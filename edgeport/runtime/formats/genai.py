@@ -8,9 +8,9 @@ from .onnx import operator_histogram
 
 
 def genai_generator(artifact, settings, adapters=None):
-    from ..genai import GenerativeModel
+    from ..genai import GenAIModel
 
-    return GenerativeModel(artifact, settings, adapters)
+    return GenAIModel(artifact, settings, adapters)
 
 
 def genai_runner(artifact, settings):

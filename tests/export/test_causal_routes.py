@@ -1,0 +1,197 @@
+"""The second causal-LM route (edgeport's own KV-cache export and generation loop): every
+family in tests/causal_families.py exports and generates what transformers generates, the
+route is chosen and recorded, and what cannot work is refused with the reason."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from causal_families import FAMILIES, REFUSED, build, wordpiece_tokenizer
+from helpers import assert_fails
+
+from edgeport.errors import InvalidOptionError, ModelInputError, SourceError, UnsupportedModelError
+from edgeport.export.onnx import ExportOptions, export_onnx
+from edgeport.runtime import load
+
+PROMPT_LENGTHS = (5, 17)
+NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def bpe(tmp_path_factory):
+    from llm_models import tokenizer
+
+    folder = tmp_path_factory.mktemp("bpe")
+    tokenizer(folder)
+    return folder
+
+
+def transformers_greedy(folder, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """transformers' own greedy ``generate`` from token ids, each cut at its first
+    end-of-sequence."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    answers = []
+    for prompt in prompts:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                 do_sample=False, pad_token_id=1)[0, len(prompt):].tolist()
+        answers.append(next((out[:i] for i, t in enumerate(out) if t in eos), out))
+    return answers
+
+
+def prompts(vocab: int) -> list[list[int]]:
+    rng = np.random.default_rng(7)
+    return [rng.integers(2, vocab, size=length).tolist() for length in PROMPT_LENGTHS]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_every_family_generates_what_transformers_generates(family, bpe, tmp_path):
+    source = build(tmp_path / family, family, bpe)
+    artifact = export_onnx(source, tmp_path / "out", ExportOptions(route="onnx", exporter="torchscript"))
+    generation = artifact.manifest.processing["generation"]
+    assert generation["route"] == "onnx-torchscript" and generation["family"] == family
+    assert artifact.manifest.parity["export"]["passed"]
+    expected = transformers_greedy(source, prompts(512), NEW_TOKENS)
+    with load(artifact.path, device="cpu") as model:
+        for prompt, tokens in zip(prompts(512), expected):
+            assert model.generate(prompt, max_new_tokens=NEW_TOKENS)[0].tokens == tokens, \
+                f"{family}, prompt of {len(prompt)} tokens"
+
+
+def test_auto_takes_the_second_route_for_a_family_the_builder_does_not_know(bpe, tmp_path, cli):
+    """GPT-2 through the default route: the dynamo graph; the builder's refusal is recorded;
+    ragged batches, streaming, sampling and stop strings work on the new loop."""
+    source = build(tmp_path / "gpt2", "gpt2", bpe)
+    result = cli("export", "onnx", source, "-o", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.output
+    artifact_path = tmp_path / "out"
+    manifest = json.loads((artifact_path / "edgeport.json").read_text())
+    assert manifest["graph"]["format"] == "onnx-decoder"
+    assert manifest["processing"]["generation"]["route"] == "onnx-dynamo"
+    routes = manifest["lineage"][-1]["routes"]
+    assert routes[0]["route"] == "genai-builder" and not routes[0]["ok"] and "not a family" in routes[0]["reason"]
+    assert routes[-1] == {"route": "onnx-dynamo", "ok": True}
+    with load(artifact_path, device="cpu") as model:
+        ragged = prompts(512)
+        batch = model.generate(ragged, max_new_tokens=NEW_TOKENS)
+        assert [g.tokens for g in batch] == transformers_greedy(source, ragged, NEW_TOKENS)
+        text = model.generate("Return the", max_new_tokens=8)[0]
+        assert "".join(piece.text for piece in model.stream("Return the", max_new_tokens=8)) == text.text
+        drawn = [model.generate("Return the", max_new_tokens=8, temperature=0.9, top_k=20, top_p=0.9, seed=s)[0].tokens
+                 for s in (1, 1, 2)]
+        assert drawn[0] == drawn[1]
+        if len(text.text) > 3:
+            stop = text.text[2:4]
+            stopped = model.generate("Return the", max_new_tokens=8, stop=[stop])[0]
+            assert stop not in stopped.text and text.text.startswith(stopped.text)
+    run = cli("run", artifact_path, "--prompt", "Return the", "--max-new-tokens", "4")
+    assert run.exit_code == 0, run.output
+
+
+def test_a_gpt2_with_a_bert_wordpiece_tokenizer_answers_a_text_prompt(tmp_path):
+    """GPT2LMHeadModel + BertTokenizer, as many Chinese GPT-2 checkpoints ship: ONNX Runtime
+    GenAI cannot read the tokenizer; the second route encodes and decodes through
+    ``tokenizers``.  BERT's special tokens close the text with [SEP], after which a causal LM
+    would be continuing past an end marker, so prompts are encoded without them."""
+    import torch
+    import transformers
+
+    words = tmp_path / "wordpiece"
+    fast = wordpiece_tokenizer(words)
+    source = build(tmp_path / "gpt2", "gpt2", words)
+    artifact = export_onnx(source, tmp_path / "out", ExportOptions(exporter="torchscript"))
+    assert artifact.manifest.processing["generation"]["route"] == "onnx-torchscript"
+    text = "return the value of the attribute"
+    with load(artifact.path, device="cpu") as model:
+        answer = model.generate(text, max_new_tokens=NEW_TOKENS)[0]
+    ids = fast(text, add_special_tokens=False)["input_ids"]
+    assert model.encode(text) == ids and fast.unk_token_id not in ids
+    reference = transformers.AutoModelForCausalLM.from_pretrained(source).eval()
+    with torch.no_grad():
+        prompt = torch.tensor([ids])
+        expected = reference.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=NEW_TOKENS,
+                                      do_sample=False, pad_token_id=0)[0, prompt.shape[1]:].tolist()
+    assert answer.tokens == expected[:len(answer.tokens)] and answer.tokens
+    assert answer.text == fast.decode(answer.tokens, skip_special_tokens=True) and "##" not in answer.text
+
+
+@pytest.mark.parametrize("family", sorted(REFUSED))
+def test_families_without_a_key_value_cache_are_refused_with_the_reason(family, bpe, tmp_path, cli):
+    source = build(tmp_path / family, family, bpe, REFUSED)
+    assert_fails(cli("export", "onnx", source, "-o", tmp_path / "out"), UnsupportedModelError.exit_code,
+                 "not per-layer keys and values", "Mamba", absent=tmp_path / "out")
+
+
+def test_a_builder_failure_falls_through_to_the_second_route(bpe, tmp_path, monkeypatch):
+    """The builder fails (here: it raises on its own model) and the export goes on with the
+    second route, recording why the first was passed over."""
+    import edgeport.export.llm as llm
+    from edgeport.errors import ExportError
+
+    def broken_builder(*args, **kwargs):
+        raise ExportError("the model builder failed: GroupQueryAttention cannot run this graph")
+
+    monkeypatch.setattr(llm, "build_with_genai", broken_builder)
+    source = build(tmp_path / "llama", "llama", bpe)
+    artifact = export_onnx(source, tmp_path / "out", ExportOptions(exporter="torchscript"))
+    routes = artifact.manifest.lineage[-1]["routes"]
+    assert routes == [{"route": "genai-builder", "ok": False,
+                       "reason": "the model builder failed: GroupQueryAttention cannot run this graph"},
+                      {"route": "onnx-torchscript", "ok": True}]
+
+
+def test_the_second_route_refuses_what_it_cannot_do(bpe, tmp_path, cli):
+    source = build(tmp_path / "gpt2", "gpt2", bpe)
+    out = tmp_path / "out"
+    assert_fails(cli("export", "onnx", source, "--route", "onnx", "--precision", "int4", "-o", out),
+                 InvalidOptionError.exit_code, "export fp32, then 'edgeport quantize --mode int4'", absent=out)
+    assert_fails(cli("export", "onnx", source, "--route", "onnx", "--runtime-adapter", f"a={source}", "-o", out),
+                 InvalidOptionError.exit_code, "--runtime-adapter needs ONNX Runtime GenAI", absent=out)
+
+
+def test_short_contexts_lower_the_check_and_long_prompts_are_refused(bpe, tmp_path):
+    """A 24-position model: the export check cuts its prompts to fit (it does not refuse);
+    a prompt longer than the context is refused when generating."""
+    import causal_families
+
+    table = {"gpt2": dict(causal_families.FAMILIES["gpt2"], n_positions=24)}
+    source = build(tmp_path / "gpt2", "gpt2", bpe, table)
+    artifact = export_onnx(source, tmp_path / "out", ExportOptions(exporter="torchscript"))
+    assert artifact.manifest.processing["generation"]["context_length"] == 24
+    assert artifact.manifest.parity["export"]["generation"]["new_tokens"] <= 12
+    with load(artifact.path, device="cpu") as model:
+        with pytest.raises(ModelInputError, match="24"):
+            model.generate(list(range(2, 40)), max_new_tokens=4)
+
+
+def test_a_config_with_a_wrong_field_type_is_a_source_error(bpe, tmp_path, cli):
+    source = build(tmp_path / "gpt2", "gpt2", bpe)
+    config = json.loads((source / "config.json").read_text())
+    config["n_layer"] = "two"
+    (source / "config.json").write_text(json.dumps(config))
+    assert_fails(cli("export", "onnx", source, "-o", tmp_path / "out"), SourceError.exit_code, "config.json",
+                 absent=tmp_path / "out")
+
+
+def test_int4_and_int8_weight_only_on_the_second_route(bpe, tmp_path, cli):
+    """GPT-2's Conv1D layers come out of the exporter as Gemm; they are quantized too."""
+    source = build(tmp_path / "gpt2", "gpt2", bpe)
+    artifact = export_onnx(source, tmp_path / "fp32", ExportOptions(exporter="torchscript"))
+    for mode in ("int4", "int8-weight-only"):
+        result = cli("quantize", artifact.path, "--mode", mode, "-o", tmp_path / mode)
+        assert result.exit_code == 0, result.output
+        manifest = json.loads((tmp_path / mode / "edgeport.json").read_text())
+        assert manifest["graph"]["format"] == "onnx-decoder"
+        assert manifest["precision"]["operators"].get("MatMulNBits", 0) >= 8
+        assert "Gemm" not in manifest["precision"]["operators"]
+        assert manifest["parity"]["quantize"]["passed"]
+        with load(tmp_path / mode, device="cpu") as model:
+            assert model.generate("Return the", max_new_tokens=4)[0].tokens
