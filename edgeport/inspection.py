@@ -56,7 +56,8 @@ def format_inspection(info: dict[str, Any]) -> str:
         f"artifact   {info['path']}  ({mb:.1f} MB, checksums {info['checksums']})",
         f"manifest   sha256 {info['manifest_sha256']}",
         f"task       {info['task']}",
-        f"graph      {info['graph']['format']}, opset {info['graph'].get('opset')}"
+        f"graph      {info['graph']['format']}"
+        + (f", opset {info['graph']['opset']}" if info["graph"].get("opset") is not None else "")
         + (", static shapes" if info["graph"].get("static_shapes") else ""),
     ]
     for kind in ("inputs", "outputs"):

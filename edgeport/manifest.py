@@ -131,6 +131,11 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "external_data": {"type": "boolean"},
                 "fixed_size_reason": {"type": "string"},
                 "engine": {"type": "object"},
+                # executorch: each named dim's [min, max], XNNPACK's share, the planned arena
+                "bounds": {"type": "object", "additionalProperties": {
+                    "type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 2, "maxItems": 2}},
+                "delegation": {"type": "object"},
+                "memory": {"type": "object", "additionalProperties": {"type": "integer", "minimum": 0}},
             },
         },
         "precision": {
@@ -155,6 +160,9 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "block_size": {"type": "integer", "minimum": 16},
                 "accuracy_level": {"type": "integer", "minimum": 0, "maximum": 4},
                 "bits": {"type": "integer", "minimum": 2, "maximum": 8},
+                "quantizer": {"type": "string"},
+                "activations": {"type": "string"},
+                "candidates": {"type": "array", "items": {"type": "object"}},
             },
         },
         "parity": {"type": "object", "additionalProperties": _PARITY_RECORD},

@@ -20,7 +20,7 @@ BATCH, SEQUENCE, HEIGHT, WIDTH = "batch", "sequence", "height", "width"
 # ------------------------------------------------------------------ graphs and precision
 
 # Every graph format edgeport runs; each has one module in edgeport/runtime/formats/.
-GRAPH_FORMATS = ("onnx", "tensorrt", "genai", "onnx-decoder")
+GRAPH_FORMATS = ("onnx", "tensorrt", "genai", "onnx-decoder", "executorch")
 EXPORTERS = ("auto", "torchscript", "dynamo", "static")
 INT8_MODES = ("int8-dynamic", "int8-static")
 WEIGHT_ONLY_MODES = ("int4", "int8-weight-only")          # causal LMs (MatMulNBits)

@@ -37,7 +37,7 @@ def read_bench_labels(reference: Artifact, options, count: int) -> np.ndarray | 
 
 def _accuracy(runner: Runner, examples, labels: np.ndarray) -> dict:
     """Top-1 accuracy of the classifier's first output (its logits) against the true classes."""
-    predicted = np.concatenate([np.asarray(next(iter(runner.run(feeds).values()))).argmax(-1)
+    predicted = np.concatenate([np.asarray(next(iter(runner.run_in_rows(feeds).values()))).argmax(-1)
                                 for feeds in examples.batches])
     return {"samples": len(labels), "top1": round(float((predicted == labels).mean()), 6)}
 

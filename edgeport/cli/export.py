@@ -1,4 +1,4 @@
-"""``edgeport export onnx|tensorrt`` and ``edgeport merge``."""
+"""``edgeport export onnx|executorch|tensorrt`` and ``edgeport merge``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,49 @@ def export_onnx_command(source, out, task, opset, static_shapes, sequence_length
                             external_data=external_data, runtime_adapters=_named(runtime_adapters))
     artifact = export_with_adapters(source, out, options, list(adapters), list(weights),
                                     progress=None if as_json else say)
+    show_artifact(artifact.path, as_json)
+
+
+@export.command("executorch")
+@click.argument("source")
+@click.option("-o", "--output", "out", required=True, type=click.Path(), help="Artifact folder to write.")
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="8-bit with the XNNPACK quantizer (PT2E): static activations where they hold the budget, else "
+                   "dynamic; gated on --min-cosine / --min-top1-agreement (default min cosine 0.99).")
+@click.option("--task", type=click.Choice(v.EXPORT_TASKS), help="Default: detected from config.json.")
+@click.option("--input", "inputs", multiple=True, metavar="NAME:SHAPE:DTYPE",
+              help="Input of a module:callable source, e.g. images:1x1x8x8:float32 (repeatable).")
+@click.option("--output-name", "output_names", multiple=True, help="Output names of a module:callable source.")
+@click.option("--max-batch", type=int, help="Largest batch the program takes (default 8): activation memory is "
+                                            "planned for it.")
+@click.option("--sequence-length", type=int, help="Text: the longest sequence the program takes (default: the "
+                                                  "model's maximum length).")
+@click.option("--calib", type=click.Path(), help="module:callable sources: an .npz of real inputs to calibrate "
+                                                 "static INT8 on (without one, INT8 is dynamic).")
+@click.option("--atol", type=float, help=f"FP32 parity tolerance (default {v.DEFAULT_ATOL:g}).")
+@click.option("--rtol", type=float, help=f"FP32 relative tolerance (default {v.DEFAULT_RTOL:g}).")
+@click.option("--min-cosine", type=float, help="INT8: lowest cosine against PyTorch on any check input.")
+@click.option("--min-top1-agreement", type=float, help="INT8 classifiers: lowest top-1 agreement with PyTorch.")
+@click.option("--adapter", "adapters", multiple=True, type=click.Path(),
+              help="peft LoRA adapter to merge first (repeatable; verified, recorded in the lineage).")
+@click.option("--weight", "weights", multiple=True, type=float, help="Weight per --adapter when combining several.")
+@click.option("--allow-pickle", is_flag=True, help="Allow pickle (.bin) weights.")
+@click.option("--force", is_flag=True, help="Replace an existing artifact folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export_executorch_command(source, out, quantize, task, inputs, output_names, max_batch, sequence_length, calib,
+                              atol, rtol, min_cosine, min_top1_agreement, adapters, weights, allow_pickle, force,
+                              as_json):
+    """Export SOURCE (a Hugging Face folder, a .keras file or module:callable) to an ExecuTorch
+    program (.pte) lowered to XNNPACK, checked against PyTorch in ExecuTorch's runtime."""
+    from ..export.api import export_with_adapters
+    from ..export.executorch import ExecuTorchOptions, export_executorch
+
+    options = ExecuTorchOptions(**given(task=task, max_batch=max_batch, atol=atol, rtol=rtol),
+                                quantize=quantize, inputs=list(inputs), output_names=list(output_names),
+                                sequence_length=sequence_length, calib=calib, min_cosine=min_cosine,
+                                min_top1_agreement=min_top1_agreement, allow_pickle=allow_pickle, force=force)
+    artifact = export_with_adapters(source, out, options, list(adapters), list(weights),
+                                    progress=None if as_json else say, exporter=export_executorch)
     show_artifact(artifact.path, as_json)
 
 

@@ -12,11 +12,11 @@ from .source import is_callable_source
 
 
 def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
-                         adapters: list[str], weights: list[float], progress=None) -> Artifact:
-    """``export onnx SOURCE --adapter A``: merge (verified) into a temporary folder, then
-    export that; the merge record goes into the artifact's lineage."""
+                         adapters: list[str], weights: list[float], progress=None, exporter=export_onnx) -> Artifact:
+    """``export onnx|executorch SOURCE --adapter A``: merge (verified) into a temporary folder,
+    then export that with ``exporter``; the merge record goes into the artifact's lineage."""
     if not adapters:
-        return export_onnx(source, out, options, progress=progress)
+        return exporter(source, out, options, progress=progress)
     from .lora import MergeOptions, merge
 
     inputs = () if is_callable_source(str(source)) else (source, *adapters)
@@ -24,4 +24,4 @@ def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, opti
     with tempfile.TemporaryDirectory(prefix="edgeport-merged-") as work:
         merged = merge(source, f"{work}/merged", MergeOptions(list(adapters), list(weights),
                                                                allow_pickle=options.allow_pickle), progress=progress)
-        return export_onnx(merged, out, options, progress=progress, extra_inputs=(source, *adapters))
+        return exporter(merged, out, options, progress=progress, extra_inputs=(source, *adapters))

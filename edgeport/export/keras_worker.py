@@ -2,11 +2,12 @@
 backend from ``KERAS_BACKEND`` once, at import, for the whole process, so the export sets it
 (to torch: no TensorFlow needed) in a child rather than in the caller.
 
-    python -m edgeport.export.keras_worker MODEL.keras WORK_DIR
+    python -m edgeport.export.keras_worker MODEL.keras WORK_DIR [executorch SETTINGS_JSON]
 
-writes WORK_DIR/model.onnx (Keras' own ONNX export), WORK_DIR/samples.npz (the inputs it
-ran and Keras' predictions for them) and WORK_DIR/info.json; on failure, a one-line reason
-on stderr and exit code 3.
+writes WORK_DIR/model.onnx (Keras' own ONNX export) or, for ExecuTorch, WORK_DIR/model.pte
+(the backend's torch module captured and lowered by export/executorch.py),
+WORK_DIR/samples.npz (the inputs it ran and Keras' predictions for them) and
+WORK_DIR/info.json; on failure, a one-line reason on stderr and exit code 3.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def _samples(shape, dtype, np):
         rows = (np.arange(height) * 8 // height).clip(0, 7)
         cols = (np.arange(width) * 8 // width).clip(0, 7)
         resized = images[:, rows][:, :, cols][..., None].repeat(channels, axis=-1)
-        return {"validation": resized[1400:1424], "extra": resized[1424:1427], "trace": resized[:2]}
+        return {"validation": resized[1400:1424], "extra": resized[1424:1427], "trace": resized[:2],
+                "calibration": resized[100:164]}
     make = (lambda n: rng.standard_normal((n, *dims)).astype(dtype)) if dtype.startswith("float") else \
         (lambda n: rng.integers(0, 10, (n, *dims)).astype(dtype))
     return {"validation": make(8), "extra": make(3), "trace": make(2)}
@@ -66,7 +68,7 @@ def _unregistered_objects(source: str, keras) -> list[str]:
     return sorted(found)
 
 
-def main(source: str, work: str) -> None:
+def main(source: str, work: str, target: str = "onnx", settings: str = "{}") -> None:
     os.environ["KERAS_BACKEND"] = "torch"
     try:
         import keras
@@ -97,10 +99,14 @@ def main(source: str, work: str) -> None:
               "model with a fixed input size (keras.Input(shape=(32, 32, 3)), say) and save it again")
     samples = _samples(tuple(spec.shape), dtype, np)
     predictions = {name: np.asarray(model.predict(value, verbose=0)) for name, value in samples.items()}
-    try:
-        model.export(str(work_dir / "model.onnx"), format="onnx", verbose=False)
-    except Exception as exc:  # Keras wraps torch.onnx; any failure there means this model cannot be exported
-        _fail(f"Keras could not export '{source}' to ONNX: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    lowered = {}
+    if target == "executorch":
+        lowered = _executorch(model, samples, json.loads(settings), work_dir)
+    else:
+        try:
+            model.export(str(work_dir / "model.onnx"), format="onnx", verbose=False)
+        except Exception as exc:  # Keras wraps torch.onnx; any failure there means this model cannot be exported
+            _fail(f"Keras could not export '{source}' to ONNX: {type(exc).__name__}: {str(exc).splitlines()[0]}")
     np.savez(work_dir / "samples.npz", **{f"input:{k}": v for k, v in samples.items()},
              **{f"output:{k}": v for k, v in predictions.items()})
     last = model.layers[-1]
@@ -108,8 +114,43 @@ def main(source: str, work: str) -> None:
         "input_shape": [d for d in spec.shape], "input_dtype": dtype, "output_shape": list(model.outputs[0].shape),
         "keras": keras.__version__, "backend": keras.backend.backend(), "name": model.name,
         "last_layer": type(last).__name__, "activation": getattr(getattr(last, "activation", None), "__name__", None),
-        "layers": [type(layer).__name__ for layer in model.layers]}))
+        "layers": [type(layer).__name__ for layer in model.layers], **lowered}))
+
+
+def _executorch(model, samples: dict, settings: dict, work_dir: Path) -> dict:
+    """The Keras model's torch module captured with a bounded batch and lowered to XNNPACK
+    (fp32, or int8 calibrated on the sample images): what export/executorch.py does for
+    torch sources, here because only this process has the torch backend."""
+    import numpy as np
+    import torch
+
+    from ..errors import EdgeportError
+    from .executorch import ExecuTorchOptions, lowered_for_job
+    from .prepare import ExportJob
+
+    class KerasModule(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            return (self.model(inputs[0]),)
+
+    job = ExportJob(module=KerasModule().eval(), task="custom", variant="dynamic", input_names=["inputs"],
+                    output_names=["outputs"], input_axes={"inputs": {0: "batch"}}, output_axes={},
+                    trace_inputs={"inputs": samples["trace"]}, validation_batches=[{"inputs": samples["validation"]}],
+                    validation_data="")
+    calibration = [{"inputs": samples["calibration"]}] if "calibration" in samples else []
+    checks = [{"inputs": samples["validation"][:8]}]
+    references = [{"outputs": np.asarray(model.predict(checks[0]["inputs"], verbose=0))}]
+    try:
+        lowered = lowered_for_job(job, ExecuTorchOptions(**settings), calibration, checks, references)
+    except EdgeportError as exc:
+        _fail(f"{type(exc).__name__}: {exc}")
+    (work_dir / "model.pte").write_bytes(lowered.buffer)
+    return {"executorch": {"scheme": lowered.scheme, "delegation": lowered.delegation,
+                           "planned_bytes": lowered.planned_bytes, "candidates": lowered.candidates}}
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:5])

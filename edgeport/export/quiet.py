@@ -9,7 +9,8 @@ import io
 import logging
 import warnings
 
-TORCH_LOGGERS = ("torch.onnx", "torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export")
+TORCH_LOGGERS = ("torch.onnx", "torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export",
+                 "torch.utils._pytree", "torchao", "executorch")
 
 
 @contextlib.contextmanager
@@ -36,11 +37,9 @@ class _OnlyErrors(logging.Filter):
 
 
 @contextlib.contextmanager
-def quiet_torch_onnx():
-    """torch.onnx warns about deprecations and TracerWarnings for every trace, and
-    torch.export's shape solver logs the whole traced graph when it gives up on a
-    data-dependent shape (the route's one-line reason is reported instead); dynamo's
-    progress lines are turned off with ``verbose=False`` at the call."""
+def quiet_torch_loggers():
+    """torch's, torchao's and ExecuTorch's loggers held to errors for the block (torchao logs
+    the GPU kernels a CPU wheel lacks on import; torch.export's shape solver, whole graphs)."""
     loggers = [logging.getLogger(name) for name in TORCH_LOGGERS]
     levels = [logger.level for logger in loggers]
     # A level for the loggers' children, and a filter too: torch.export resets some levels.
@@ -49,12 +48,21 @@ def quiet_torch_onnx():
         logger.setLevel(logging.ERROR)
         logger.addFilter(only_errors)
     try:
-        # torch.export also prints the traced graph to stderr when it fails; the exception
-        # that follows carries the reason, so the printout is dropped.
-        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
+        yield
     finally:
         for logger, level in zip(loggers, levels):
             logger.removeFilter(only_errors)
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_torch_onnx():
+    """torch.onnx warns about deprecations and TracerWarnings for every trace, and
+    torch.export's shape solver logs the whole traced graph when it gives up on a
+    data-dependent shape (the route's one-line reason is reported instead); dynamo's
+    progress lines are turned off with ``verbose=False`` at the call."""
+    # torch.export also prints the traced graph to stderr when it fails; the exception
+    # that follows carries the reason, so the printout is dropped.
+    with quiet_torch_loggers(), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield

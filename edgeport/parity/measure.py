@@ -67,7 +67,7 @@ def measure(candidate: Runner, expected: Sequence[dict[str, np.ndarray]], exampl
     reports = []
     thresholds = (budget or ParityBudget()).thresholds()
     for feeds, reference in zip(examples.batches, expected):
-        got = candidate.run(feeds)
+        got = candidate.run_in_rows(feeds)
         reports.append(compare_outputs(reference, got, task=task, token_mask=feeds.get("attention_mask"),
                                        data=examples.description, reference_name=reference_name,
                                        thresholds=thresholds))
@@ -92,7 +92,7 @@ def golden_check(runner: Runner, artifact: Artifact) -> ParityReport | None:
     if golden is None or artifact.task == "text-generation":
         return None
     inputs, expected = golden
-    got = runner.run(inputs)
+    got = runner.run_in_rows(inputs)
     return compare_outputs(expected, got, task=artifact.task, token_mask=inputs.get("attention_mask"),
                            data="golden inputs", reference_name="golden.npz",
                            thresholds=recorded_thresholds(artifact))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ArtifactError, InvalidOptionError, ParityError
+from ..errors import ArtifactError, InvalidOptionError, ParityError, UnsupportedModelError
 from ..manifest import now_iso
 from .emulator import (check_cpu, get_platform, guest_requirements, guest_site, host_tools, run_guest,
                        userland)
@@ -98,6 +98,11 @@ def verify_on_platform(bundle, platform: str, cpu: str | None = None, budget=Non
         raise InvalidOptionError(f"'{bundle}' is a folder; --platform checks a bundle (edgeport package --format "
                                  "bundle)")
     artifact = open_bundle(bundle, trusted_key=trusted_key)     # integrity (and who made it) first, on the host
+    from ..runtime.formats import format_of
+
+    refusal = format_of(artifact).emulation_refusal
+    if refusal:
+        raise UnsupportedModelError(f"'{bundle}' cannot be checked on {platform}: {refusal}")
     golden = artifact.golden()
     if golden is None or artifact.task == "text-generation":
         raise ArtifactError(f"'{bundle}' carries no golden.npz to check on {platform}")

@@ -133,7 +133,9 @@ def guest_requirements(requirements: list[str]) -> list[str]:
     dependencies.  edgeport itself is pure Python and comes from this host (run_guest);
     click serves only the command line."""
     skipped = ("edgeport", "click")
-    return sorted(r for r in requirements if r.split("==")[0].strip().lower() not in skipped)
+    # A local version label names a build of this host's index (torch's "+cpu"); the guest's
+    # wheels come from PyPI, where the same release has none.
+    return sorted(r.split("+")[0] for r in requirements if r.split("==")[0].strip().lower() not in skipped)
 
 
 def guest_site(platform: Platform, requirements: list[str], say) -> Path:

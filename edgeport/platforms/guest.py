@@ -40,10 +40,15 @@ def main(bundle: str, out: str) -> None:
     inputs, _ = golden
     outputs = model.run(inputs)
     numpy.savez(Path(out) / "outputs.npz", **outputs)
+    versions = {}
+    for name in ("executorch", "torch"):            # present where the bundle's format needs them
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "?")
     (Path(out) / "info.json").write_text(json.dumps({
         "machine": platform.machine(), "cpu_part": _cpu(), "python": platform.python_version(),
         "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__, "provider": model.provider,
-        "seconds": round(time.perf_counter() - start, 1)}))
+        **versions, "seconds": round(time.perf_counter() - start, 1)}))
 
 
 if __name__ == "__main__":

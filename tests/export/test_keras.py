@@ -123,3 +123,23 @@ def test_savedmodel_folders_and_damaged_files_are_refused(cli, tmp_path, keras_c
         archive.writestr("notes.txt", "not a model")
     result = cli("export", "onnx", hollow, "-o", tmp_path / "out")
     assert_fails(result, 3, "hollow.keras", absent=tmp_path / "out")
+
+
+def test_the_keras_cnn_as_an_executorch_program(keras_cnn, cli, tmp_path):
+    """Keras on its torch backend is a torch module: captured and lowered in the Keras child
+    process, checked in ExecuTorch's runtime against Keras' predictions; raw uint8 images in."""
+    pytest.importorskip("executorch")
+    from edgeport.runtime import load
+
+    out = tmp_path / "pte"
+    result = cli("export", "executorch", keras_cnn / "cnn.keras", "-o", out)
+    assert result.exit_code == 0, result.output
+    manifest = Artifact.load(out).manifest
+    assert manifest.graph["format"] == "executorch" and manifest.processing["image"]["layout"] == "NHWC"
+    assert manifest.parity["export"]["reference"].startswith("Keras")
+    with np.load(keras_cnn / "eval.npz") as data:
+        images = data["images"][:40]
+    keras_top1 = np.load(keras_cnn / "keras_logits.npy")[:40].argmax(-1)
+    with load(out) as program:
+        labels = [int(p["label"]) for p in program.predict(images)]
+    assert labels == keras_top1.tolist()

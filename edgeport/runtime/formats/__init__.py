@@ -48,6 +48,7 @@ class GraphFormat:
     bench_kind: str = ""                         # the variant kind in bench reports (default: the name)
     runtime_requirements: tuple[str, ...] = ()   # pip packages a bundle needs beyond the light runtime
     mobile_convertible: bool = False             # ONNX Runtime's .ort converter takes it
+    emulation_refusal: str = ""                  # why verify --platform cannot run it emulated, if it cannot
 
     @property
     def kind(self) -> str:
@@ -74,7 +75,7 @@ def register(graph_format: GraphFormat) -> GraphFormat:
 
 def _registered() -> dict[str, GraphFormat]:
     if not _FORMATS:
-        from . import decoder, genai, onnx, tensorrt  # noqa: F401  (each registers its format)
+        from . import decoder, executorch, genai, onnx, tensorrt  # noqa: F401  (each registers its format)
     return _FORMATS
 
 

@@ -1,0 +1,147 @@
+"""ExecuTorch as a target: the bundled MiniLM and the digits CNN exported to ``.pte``
+programs lowered to XNNPACK (FP32 and 8-bit), checked against PyTorch and ONNX Runtime,
+run, benchmarked, bundled; and what must be refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import assert_fails
+
+from edgeport.artifact import Artifact
+from edgeport.errors import ArtifactError, ModelInputError, UnsupportedModelError
+from edgeport.parity import verify
+from edgeport.runtime import load
+
+pytest.importorskip("executorch")   # the executorch extra (in dev: CI runs every test here)
+
+DIGITS = ("factories.digits:trained_digits_cnn", "--input", "images:1x1x8x8:float32", "--output-name", "logits")
+TEXTS = ["Return the number of items in the container.", "A sentence to embed.",
+         "Raise ValueError if the argument is negative."] * 4      # 12 texts: more than one batch of 8
+
+
+@pytest.fixture(scope="module")
+def minilm_pte(tmp_path_factory, minilm_dir):
+    from click.testing import CliRunner
+
+    from edgeport.cli import main
+
+    root = tmp_path_factory.mktemp("pte")
+    for name, extra in (("fp32", []), ("int8", ["--quantize", "int8"])):
+        result = CliRunner().invoke(main, ["export", "executorch", str(minilm_dir), "-o", str(root / name), *extra])
+        assert result.exit_code == 0, result.output
+    return root
+
+
+def test_minilm_program_matches_pytorch_and_onnx(minilm_pte, minilm_onnx):
+    artifact = Artifact.load(minilm_pte / "fp32")
+    graph = artifact.manifest.graph
+    assert graph["format"] == "executorch" and graph["bounds"] == {"batch": [1, 8], "sequence": [1, 256]}
+    assert graph["delegation"]["delegated_nodes"] > 100 and "aten_native_layer_norm_default" in \
+        graph["delegation"]["not_delegated_ops"]
+    assert graph["memory"]["planned_activation_bytes"] > 2**20
+    assert artifact.manifest.parity["export"]["passed"]
+    assert verify(artifact, minilm_onnx).passed            # batches of 16 run in rows of 8
+    with load(artifact.path) as program, load(minilm_onnx.path) as onnx:
+        assert program.provider == "executorch-xnnpack"
+        got, expected = np.asarray(program.predict(TEXTS)), np.asarray(onnx.predict(TEXTS))
+    cosine = (got * expected).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(expected, axis=-1)
+    assert got.shape == (12, 384) and cosine.min() > 0.99999
+
+
+def test_int8_is_dynamic_on_minilm_and_says_why(minilm_pte, minilm_onnx):
+    """Static activation quantization collapses on MiniLM (its fake-quantized model is checked
+    first and passed over, with the figure); dynamic holds the default budget."""
+    manifest = Artifact.load(minilm_pte / "int8").manifest
+    precision = manifest.precision
+    assert precision["mode"] == "int8-dynamic"
+    static, kept = precision["candidates"][0], precision["candidates"][-1]
+    assert static["scheme"] == "static" and not static["kept"] and static["min_cosine"] < 0.99
+    assert kept == {"scheme": "dynamic", "kept": True}
+    assert manifest.parity["export"]["thresholds"] == {"min_cosine": 0.99}
+    assert manifest.graph["delegation"]["delegated_nodes"] > Artifact.load(minilm_pte / "fp32").manifest.graph[
+        "delegation"]["delegated_nodes"]                 # the quantize/dequantize nodes go to XNNPACK too
+    report = verify(minilm_pte / "int8", minilm_onnx)
+    assert report.passed and 0.99 < report.headline().mean_cosine < 0.99999
+
+
+def test_bench_package_and_run_from_a_bundle(minilm_pte, minilm_onnx, cli, tmp_path):
+    report_file = tmp_path / "bench.json"
+    result = cli("bench", "run", minilm_onnx.path, minilm_pte / "int8", "--rounds", "1", "--json", report_file)
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_file.read_text())
+    kinds = {v["name"]: v["kind"] for v in report["variants"]}
+    assert kinds == {minilm_onnx.path.name: "onnx", "int8": "executorch"}
+    assert report["parity"]["int8"]["passed"] is not False
+    bundle = tmp_path / "minilm-pte.tar.gz"
+    assert cli("package", minilm_pte / "int8", "--format", "bundle", "-o", bundle).exit_code == 0
+    run = cli("run", bundle, "--text", "A sentence to embed.")
+    assert run.exit_code == 0, run.output
+    assert len(json.loads(run.output)["predictions"][0]) == 384
+    assert_fails(cli("package", minilm_pte / "int8", "--format", "triton", "-o", tmp_path / "triton"), 2,
+                 "Triton has no ExecuTorch backend", absent=tmp_path / "triton")
+    assert_fails(cli("verify", bundle, "--platform", "linux/arm64"), UnsupportedModelError.exit_code,
+                 "aarch64 torch 2.13 wheel is its CUDA build")
+
+
+def test_shapes_outside_the_bounds_and_wrong_dtypes_are_refused(minilm_pte):
+    with load(minilm_pte / "fp32") as program:
+        ids = np.ones((1, 300), np.int64)
+        with pytest.raises(ModelInputError, match="exported for 1..256"):
+            program.run({"input_ids": ids, "attention_mask": ids, "token_type_ids": ids})
+        wide = np.ones((9, 4), np.int64)
+        with pytest.raises(ModelInputError, match="exported for 1..8"):
+            program.runner.run({"input_ids": wide, "attention_mask": wide, "token_type_ids": wide})
+        floats = np.ones((1, 4), np.float32)
+        with pytest.raises(ModelInputError, match="int64"):
+            program.run({"input_ids": floats, "attention_mask": floats, "token_type_ids": floats})
+
+
+def test_a_damaged_program_is_refused_before_executorch_reads_it(minilm_pte, tmp_path):
+    """Random bytes crash ExecuTorch's loader (SIGABRT, measured): the header is checked
+    first; a flipped weight passes ExecuTorch's own checks, so the artifact's hash catches it."""
+    from edgeport.runtime.executorch import ExecuTorchRunner
+
+    manifest = Artifact.load(minilm_pte / "fp32").manifest
+    garbage = tmp_path / "model.pte"
+    garbage.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ArtifactError, match="not an ExecuTorch program"):
+        ExecuTorchRunner(garbage, manifest)
+    truncated = tmp_path / "truncated.pte"
+    truncated.write_bytes((minilm_pte / "fp32" / "model.pte").read_bytes()[:100_000])
+    with pytest.raises(ArtifactError, match="ExecuTorch cannot load"):
+        ExecuTorchRunner(truncated, manifest)
+
+
+def test_the_digits_cnn_in_int8_static_keeps_its_answers(cli, tmp_path, digits_setup):
+    """A CNN calibrated on real digits keeps static int8 (the fake-quantized model meets the
+    budget); batches larger than the exported bound run in rows."""
+    root, _, images, labels = digits_setup
+    out = tmp_path / "digits-int8"
+    result = cli("export", "executorch", *DIGITS, "--quantize", "int8", "--calib", root / "calib.npz",
+                 "--min-top1-agreement", "0.97", "--max-batch", "16", "-o", out)
+    assert result.exit_code == 0, result.output
+    artifact = Artifact.load(out)
+    assert artifact.manifest.precision["mode"] == "int8-static"
+    assert artifact.manifest.graph["bounds"] == {"batch": [1, 16]}
+    with load(out) as program:
+        logits = program.runner.run_in_rows({"images": images})["logits"]
+    accuracy = float((logits.argmax(-1) == labels).mean())
+    from factories.digits import trained_digits_cnn
+
+    import torch
+
+    with torch.no_grad():
+        reference = trained_digits_cnn()(torch.from_numpy(images)).numpy().argmax(-1)
+    assert float((logits.argmax(-1) == reference).mean()) >= 0.97 and accuracy > 0.9
+
+
+def test_what_torch_export_cannot_capture_is_refused(cli, tmp_path):
+    out = tmp_path / "out"
+    assert_fails(cli("export", "executorch", "factories.executorch:data_dependent", "--input", "x:2x4:float32",
+                     "-o", out), UnsupportedModelError.exit_code, "torch.export cannot capture", absent=out)
+    assert_fails(cli("export", "executorch", *DIGITS, "--max-batch", "0", "-o", out), 2, "--max-batch", absent=out)
+    assert_fails(cli("export", "executorch", *DIGITS, "--min-cosine", "0.9", "-o", out), 2, "--quantize int8",
+                 absent=out)
