@@ -161,6 +161,9 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "accuracy_level": {"type": "integer", "minimum": 0, "maximum": 4},
                 "bits": {"type": "integer", "minimum": 2, "maximum": 8},
                 "quantizer": {"type": "string"},
+                "search": {"type": "object"},         # int8: the speed-aware search's frontier
+                "speed": {"type": "object"},          # int8: the paired speed-up over FP32 measured on the host
+                "host": {"type": "object"},           # the CPU and instruction sets the recipe was chosen on
                 "activations": {"type": "string"},
                 "candidates": {"type": "array", "items": {"type": "object"}},
             },

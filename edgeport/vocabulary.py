@@ -26,7 +26,7 @@ INT8_MODES = ("int8-dynamic", "int8-static")
 WEIGHT_ONLY_MODES = ("int4", "int8-weight-only")          # causal LMs (MatMulNBits)
 QUANTIZE_MODES = INT8_MODES + ("fp16",) + WEIGHT_ONLY_MODES
 PRECISIONS = ("fp32",) + QUANTIZE_MODES
-TARGETS = ("x86-avx2", "x86-avx512-vnni", "arm64", "gpu")
+TARGETS = ("x86-avx2", "x86-avx512-vnni", "x86-amx", "arm64", "gpu")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 
 # ------------------------------------------------------------------ merge

@@ -66,7 +66,9 @@ REPORT_SCHEMA: dict[str, Any] = {
                            "speedup": {"type": "object", "properties": {"value": _NUMBER, "ci95": {
                                "type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}}},
                            "rounds_ms": {"type": "array", "items": _NUMBER},
-                           "disturbed_rounds": {"type": "integer", "minimum": 0}}}},
+                           "disturbed_rounds": {"type": "integer", "minimum": 0},
+                           "tokens": {"type": "integer", "minimum": 1},
+                           "speed_of_light": {"type": "object", "required": ["peak", "floor_ms", "fraction"]}}}},
         "parity": {"type": "object", "additionalProperties": {
             "type": "object", "required": ["passed"],
             "properties": {"passed": {"type": "boolean"}, "outputs": {"type": "object",
@@ -212,6 +214,9 @@ class BenchReport:
                 extra += "  bound " + ("held" if row["bound_held"] else "MISSED")
             if "max_qps" in row:
                 extra += f"  max qps {row['max_qps']:.1f}"
+            if row.get("speed_of_light"):
+                light = row["speed_of_light"]
+                extra += f"  {light['fraction']:.0%} of its {light['peak'].upper()} floor ({light['floor_ms']:.2f} ms)"
             if "ttft_ms" in row:
                 decode = row.get("decode_tokens_per_s")
                 extra += (f"  TTFT p50 {row['ttft_ms']['p50_ms']:.2f} ms, prefill {row['prefill_tokens_per_s']:.0f} tok/s"

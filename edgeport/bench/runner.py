@@ -64,6 +64,7 @@ class BenchOptions:
     labels: str | None = None             # true classes of the --data examples: adds accuracy
     device: str = "cpu"                   # where ONNX artifacts run (engines always run on TensorRT)
     strict: bool = False                  # refuse to report figures taken on a machine too busy to trust
+    speed_of_light: bool = False          # each ONNX variant's fraction of this machine's GEMM floor
 
     def thread_count(self) -> tuple[int, str]:
         """Every variant's intra-op threads, and where the number came from."""
@@ -212,6 +213,9 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
         meter.start(planned_blocks(options, inputs, len(variants)))
         measure_scenarios(report, {v.name: v.runner.run for v in variants}, inputs, options, progress, meter, monitor)
         report.machine_quiet["after"] = quiet_state(monitor)
+        if options.speed_of_light:
+            progress("the speed of light: this machine's FP32 and INT8 GEMM peaks...")
+            speed_of_light(report, variants, artifacts, options.thread_count()[0])
         progress("measuring parity...")
         measure_parity(report, variants, reference, options, labels)
     except Interrupted:
@@ -223,6 +227,24 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
             variant.runner.close()
     report.finish(options.reports, options.strict)
     return report
+
+
+def speed_of_light(report: BenchReport, variants: list[Variant], artifacts: list[Artifact], threads: int) -> None:
+    """Each ONNX variant's rows get its floor (its weight GEMMs at this machine's peak) and
+    the fraction of it the median reached (edgeport.speed.floor)."""
+    from ..runtime.formats import format_of
+    from ..speed.floor import floor_record, gemm_peaks, weight_ops_per_row
+
+    peaks = gemm_peaks(threads)
+    report.machine["gemm_peaks_gops"] = {kind: round(value / 1e9, 1) for kind, value in peaks.items()}
+    work = {}
+    for variant, artifact in zip(variants, artifacts):
+        if format_of(artifact).name == "onnx":
+            work[variant.name] = (weight_ops_per_row(artifact.model_path), variant.info.get("precision", "fp32"))
+    for row in report.results:
+        if row["variant"] in work and row.get("tokens"):
+            ops, precision = work[row["variant"]]
+            row["speed_of_light"] = floor_record(ops, row["tokens"], precision, row["latency"]["p50_ms"], peaks)
 
 
 def _unique(name: str, taken) -> str:

@@ -5,6 +5,8 @@ paired rounds; and the server scenario (Poisson arrivals)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from typing import Callable
 
 from ..speed import Interrupted, Monitor, interleaved, paired_ratio, spread
@@ -55,8 +57,17 @@ class Timer:
                    "disturbed_rounds": measurement.disturbed_rounds()}
             value, low, high = paired_ratio(measurement.rounds[self.reference], measurement.rounds[name])
             row["speedup"] = {"value": value, "ci95": [low, high], "vs": self.reference, "method": "paired rounds"}
+            tokens = _tokens(feeds_cycle)
+            if tokens:
+                row["tokens"] = tokens
             self.report.results.append(row)
         return p50
+
+
+def _tokens(feeds_cycle: list) -> int | None:
+    """Rows x length of a text model's call (the median over the cycle), for the speed of light."""
+    counts = [int(np.prod(feeds["input_ids"].shape[:2])) for feeds in feeds_cycle if "input_ids" in feeds]
+    return int(np.median(counts)) if counts else None
 
 
 def measure_scenarios(report: BenchReport, runners: dict[str, Callable], inputs: BenchInputs, options, progress,

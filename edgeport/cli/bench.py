@@ -71,6 +71,9 @@ def _domains(text: str | None) -> list[str]:
               help="Calls per variant per round.")
 @click.option("--threads", type=int, help="Intra-op threads of every variant, the PyTorch baseline included "
                                          "(default: the physical cores this process may use).")
+@click.option("--speed-of-light", "speed_of_light", is_flag=True,
+              help="Add each ONNX variant's fraction of this machine's GEMM floor (FP32 or INT8 peak x its weight "
+                   "GEMMs; needs onnx).")
 @click.option("--strict", is_flag=True, help="Write no report (exit 16) when the machine was too busy to trust it.")
 @click.option("--min-cosine", type=float)
 @click.option("--min-p01-cosine", type=float)
@@ -85,7 +88,7 @@ def _domains(text: str | None) -> list[str]:
 @click.option("--force", is_flag=True, help="Replace existing report files.")
 def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, reference, data, labels, batch_sizes,
                       sequence_lengths, rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration, min_count,
-                      threads, strict, min_cosine, min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens,
+                      threads, speed_of_light, strict, min_cosine, min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens,
                       domains, no_memory, json_path, html_path, force):
     """Measure ARTIFACTS side by side: latency, throughput, size, memory, start-up and parity."""
     from ..bench.runner import BenchOptions, ReportFiles, run_bench
@@ -100,7 +103,8 @@ def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, r
         budget=ParityBudget(min_cosine, max_abs_error, min_top1_agreement, min_p01_cosine),
         settings=Settings(rounds=rounds, min_duration=min_duration, min_count=min_count),
         measure_memory=not no_memory, threads=threads, reports=ReportFiles(json_path, html_path, force),
-        max_new_tokens=max_new_tokens, domains=_domains(domains), strict=strict)
+        max_new_tokens=max_new_tokens, domains=_domains(domains), strict=strict,
+        speed_of_light=speed_of_light)
     options.check(list(artifacts))
     extra = []
     if baseline == "torch":

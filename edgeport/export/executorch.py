@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from ..artifact import Artifact, finalize_manifest
-from ..errors import (CalibrationDataError, EdgeportError, ExportError, InvalidOptionError, ParityError, UnsupportedModelError,
+from ..errors import (CalibrationDataError, EdgeportError, ExportError, InvalidOptionError, UnsupportedModelError,
                       require)
 from ..golden import save_golden
 from ..manifest import GOLDEN_NAME, Manifest, tool_versions

@@ -26,7 +26,7 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 # The gates each task's parity records a figure for: a gate whose figure a task never has
 # would always "pass", so the recipe is refused instead.
-ENCODER_GATES = ("min_cosine", "min_p01_cosine", "max_abs_error")
+ENCODER_GATES = ("min_cosine", "min_p01_cosine", "max_abs_error", "min_speedup")
 TASK_GATES = {task: ENCODER_GATES + (("min_top1_agreement",) if task in CLASSIFICATION_TASKS else ())
               for task in EXPORT_TASKS}
 TASK_GATES["text-generation"] = ("min_cosine", "max_token_disagreement", "max_perplexity_increase")
@@ -37,7 +37,8 @@ _GATES = {"type": "object", "additionalProperties": False,
                          "max_abs_error": {"type": "number", "minimum": 0},
                          "min_top1_agreement": {"type": "number", "minimum": 0, "maximum": 1},
                          "max_token_disagreement": {"type": "number", "minimum": 0, "maximum": 1},
-                         "max_perplexity_increase": {"type": "number", "minimum": 0}}}
+                         "max_perplexity_increase": {"type": "number", "minimum": 0},
+                         "min_speedup": {"type": "number", "minimum": 0}}}
 RECIPE_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["source", "variants"], "additionalProperties": False,
     "properties": {
@@ -231,6 +232,10 @@ def check_feasible(recipe: Recipe) -> None:
             raise RecipeError(f"{recipe.where}: 'variants[{index}]' is gated (in its gates or the shared ones) on "
                               f"{', '.join(unmeasured)}, which a {task} model's parity never measures (a gate without "
                               f"a figure would always pass); gates for it: {', '.join(TASK_GATES[task])}")
+        if "min_speedup" in variant.gates and not variant.precision.startswith("int8-"):
+            raise RecipeError(f"{recipe.where}: 'variants[{index}]' is gated on min_speedup, the speed-up over FP32 "
+                              f"that INT8 quantization measures; a {variant.precision} variant has none (give the "
+                              "gate to the INT8 variants only)")
     if recipe.previous_report:
         from ..bench.compare import load_report
 

@@ -66,8 +66,9 @@ class ShipResult:
             raise error(f"{len(self.failures)} step(s) failed: " + "; ".join(self.failures))
 
 
-def _gate_failures(gates: dict, parity: dict) -> list[str]:
-    """The recipe's gates against the parity a stage recorded."""
+def _gate_failures(gates: dict, parity: dict, speed: dict | None = None) -> list[str]:
+    """The recipe's gates against the parity a stage recorded (and, for ``min_speedup``, the
+    paired speed-up over FP32 quantize measured: its interval's lower end must reach it)."""
     figures = parity.get("sentence_embedding") or next(iter(parity.get("outputs", {}).values()), {})
     generation = parity.get("generation") or {}
     checks = [("min_cosine", figures.get("min_cosine"), lambda v, t: v >= t),
@@ -76,15 +77,22 @@ def _gate_failures(gates: dict, parity: dict) -> list[str]:
               ("min_top1_agreement", figures.get("top1_agreement"), lambda v, t: v >= t),
               ("max_token_disagreement", None if "token_agreement" not in generation
                else 1 - generation["token_agreement"], lambda v, t: v <= t),
-              ("max_perplexity_increase", generation.get("perplexity_increase"), lambda v, t: v <= t)]
+              ("max_perplexity_increase", generation.get("perplexity_increase"), lambda v, t: v <= t),
+              ("min_speedup", (speed or {}).get("ci95", [None])[0] if (speed or {}).get("measured") else None,
+               lambda v, t: v >= t)]
     failures = []
     for name, value, ok in checks:
         if name not in gates:
             continue
-        if value is None:          # the recipe check refuses such gates; a record without the figure fails too
+        if value is None and name == "min_speedup":
+            failures.append(f"min_speedup {gates[name]:g} cannot be checked: quantize measured no speed-up here "
+                            f"({(speed or {}).get('reason', 'no speed record')})")
+        elif value is None:        # the recipe check refuses such gates; a record without the figure fails too
             failures.append(f"{name} {gates[name]:g} cannot be checked: the parity record has no such figure")
         elif not ok(value, gates[name]):
-            failures.append(f"{name} {gates[name]:g} not met ({value:.6g})")
+            failures.append(f"{name} {gates[name]:g} not met ({value:.6g}"
+                            + (f": the lower end of the 95% interval of {speed['speedup']:.3g}x over FP32)"
+                               if name == "min_speedup" else ")"))
     return failures
 
 
@@ -195,7 +203,7 @@ class Shipment:
         parity = artifact.manifest.parity.get(stage, {})
         result.parity = parity
         result.size_bytes = artifact.size_bytes()
-        failures = _gate_failures(variant.gates, parity)
+        failures = _gate_failures(variant.gates, parity, artifact.manifest.precision.get("speed"))
         if failures:
             result.failure = f"{variant.name}: gate failed: {'; '.join(failures)}"
             self.say(f"  {result.failure}")

@@ -1,27 +1,42 @@
-"""int8-dynamic, the default INT8 recipe: ONNX Runtime's transformer fusions where the graph
-is BERT-like, activation smoothing calibrated on real data (smooth.py), then per-channel
-dynamic quantization through onnxruntime.quantization.quantize_dynamic."""
+"""int8-dynamic, the default INT8 recipe: activation smoothing calibrated on real data
+(smooth.py), per-channel dynamic quantization through onnxruntime.quantization's
+quantize_dynamic, and residual sums ONNX Runtime does not fuse into its slow
+SkipLayerNormalization (outliers.py).  Where the worst case needs more, a speed-aware search
+adds what buys the most accuracy per millisecond on this host: the feed-forward outlier
+split (outliers.py, ~2%), then whole nodes kept in FP32 (7-10% each).
+
+Measured on all-MiniLM-L6-v2 (Intel Xeon, AVX-512 VNNI + AMX, 2 cores; worst of three
+held-out domains; ORT FP32 = 1x; research in the issue's note):
+
+    stock quantize_dynamic per-tensor         2.67x   mean 0.957  min 0.865
+    previous default (fusions, guard keeps 3) 1.84x   mean 0.998  min 0.996
+    smoothing + sums                          3.06x   mean 0.995  min 0.987
+    smoothing + sums + outlier split          2.91x   mean 0.998  min 0.995
+
+ONNX Runtime's transformer fusions (Attention, EmbedLayerNormalization) are off by default:
+with the sums in place they gain nothing, and before them cost 12% (``--optimize`` asks
+for them)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, ParityError
 from ..parity import ParityBudget
 from . import graph
 from .encoder import EncoderJob, EncoderRecipe
 from .int8 import RankedByLocalError, int8_precision, save_prepared, smooth, smoothing_alpha, transformer_fusions
+from .outliers import Split, residual_sums, split_outlier_channels
 from .recipes import register
+from .search import Option, speed_aware_search
 from .sensitivity import FallbackResult
 
-# Measured on all-MiniLM-L6-v2 (AMD EPYC, AVX2): without a guard the default reached min
-# cosine 0.982-0.988 on legal, scientific and docstring text it was not calibrated on.  A
-# guard of 0.99 (or 0.992) on the calibration sentences kept two feed-forward output MatMuls
-# and scientific text still fell to 0.9887: the calibration data's worst case needs a margin
-# over the unseen text's.  At 0.995 it keeps three, and all three domains held >= 0.993
-# (mean >= 0.997) for about 6% of the INT8 speed at batch 1, sequence 128.
-WORST_CASE_GUARD = ParityBudget(min_cosine=0.995)
+# The worst case held on the calibration data when no budget is given.  The issue's budget
+# is mean >= 0.995 and min >= 0.99 on text the calibration never saw; the calibration's own
+# worst case needs a margin over that (measured: calibration min 0.9962 with the split, the
+# held-out domains' worst 0.9953; without it, 0.9912 against 0.9870).
+WORST_CASE_GUARD = ParityBudget(min_cosine=0.994)
 
 
 @register
@@ -35,13 +50,23 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
             raise InvalidOptionError(f"target '{target.name}' needs static QDQ quantization; use --mode int8-static")
 
     def prepare(self, job: EncoderJob) -> Path:
-        model = transformer_fusions(job) or graph.load(job.source.model_path)
+        model = (transformer_fusions(job) if job.options.optimize else None) or graph.load(job.source.model_path)
         graph.ensure_node_names(model)
         smooth(job, model, smoothing_alpha(job, self.mode))
         job.levers.append("per-channel weights" if job.per_channel else "per-tensor weights")
+        job.levers.append("residual sums (no SkipLayerNormalization)")
         return save_prepared(job, model)
 
-    def build(self, job: EncoderJob, prepared: Path, dest: Path, exclude: list[str]) -> None:
+    def split(self, job: EncoderJob, prepared: Path) -> tuple[Path, Split]:
+        """The prepared graph with its feed-forward outlier channels in an FP32 branch."""
+        model = graph.load(prepared)
+        done = split_outlier_channels(model, job.calibration.batches)
+        dest = job.work / "prepared-split.onnx"
+        graph.save(model, dest)
+        return dest, done
+
+    def build(self, job: EncoderJob, prepared: Path, dest: Path, exclude: list[str], split: Split | None = None
+              ) -> None:
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -50,22 +75,62 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
             per_channel=job.per_channel,
             reduce_range=job.target.reduce_range,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(exclude),
+            nodes_to_exclude=list(exclude) + (split.branch_nodes if split else []),
             # Fused graphs (SkipLayerNormalization...) lack type info for some weights without
             # this; quantize_dynamic mutates the dict, so it is built fresh every call.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
+        model = graph.load(dest)
+        residual_sums(model, split.joins if split else None)
+        graph.save(model, dest)
 
     def candidates(self, job: EncoderJob, prepared: Path) -> list[str]:
         # Every node the quantizer would touch, fused ones (Attention, EmbedLayerNormalization) included.
         return [n.name for n in graph.weight_nodes(graph.load(prepared), graph.QUANTIZABLE_WEIGHT_OPS)]
 
+    def hold(self, job: EncoderJob, prepared: Path, build, check, first: FallbackResult, latency,
+             max_kept: int | None, required: bool) -> FallbackResult:
+        """The fastest candidate that passes ``check``: the outlier split and kept nodes,
+        chosen by accuracy gained per millisecond measured here (search.py)."""
+        split_state: dict[str, Any] = {}
+
+        def with_split():
+            if "split" not in split_state:
+                split_state["split"] = self.split(job, prepared)
+            return split_state["split"]
+
+        def build_option(split: bool, kept: list[str]) -> Path:
+            if not split:
+                return build(kept)
+            prepared_split, done = with_split()
+            return build(kept, prepared_split, done)
+
+        ranking = self.rank(job, prepared, build, check)
+        options = [Option("split", "move the feed-forward outlier channels to an FP32 branch")] + \
+            [Option(f"keep {node}", f"keep {node} in FP32", node, sensitivity) for node, sensitivity in ranking]
+        result, frontier = speed_aware_search(options, build_option, check, first, latency, max_kept, job.say)
+        job.details["search"] = frontier
+        if result.split:
+            _, done = with_split()
+            job.notes.append(f"feed-forward outlier split: {done.record()}")
+            job.levers.append(f"feed-forward outlier split ({done.record()['channels']} channels in FP32)")
+        if result.kept:
+            job.levers.append(f"{len(result.kept)} node(s) kept in FP32")
+        if not result.report.passed and required:
+            raise ParityError(
+                f"the budget cannot be met even with {len(result.kept)} of {len(ranking)} candidate nodes kept in "
+                f"higher precision{' and the outlier split' if result.split else ''} (search: {frontier['stopped']}); "
+                f"best reached with {len(result.kept)} kept: " + "; ".join(result.report.failures)
+                + f". Figures: {result.report.summary()}")
+        return result
+
     def precision(self, job: EncoderJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
         alpha = smoothing_alpha(job, self.mode)
-        return int8_precision(job, result, operators, job.target.dynamic_format, "dynamic uint8", alpha,
-                              job.calibration.to_dict() if alpha else None)
+        record = int8_precision(job, result, operators, job.target.dynamic_format, "dynamic uint8", alpha,
+                                job.calibration.to_dict() if alpha else None)
+        if "search" in job.details:
+            record["search"] = job.details["search"]
+        return record
 
     def lineage_parameters(self, job: EncoderJob) -> dict[str, Any]:
         return {**super().lineage_parameters(job), "smooth_alpha": smoothing_alpha(job, self.mode)}
-
-

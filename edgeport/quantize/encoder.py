@@ -22,7 +22,7 @@ from . import graph
 from .options import QuantizeOptions
 from .recipes import Outcome, QuantizeJob, Recipe
 from .sensitivity import FallbackResult, keep_sensitive_nodes, leave_one_out_ranking
-from .targets import Target, detect_host
+from .targets import Target, detect_host, runs_here
 
 # Q/DQ computed in float: no fusion into this host's integer kernels (see candidate_settings).
 SIMULATED_INT8 = SessionSettings(device="cpu", spinning=False, optimization="basic")
@@ -76,6 +76,15 @@ class EncoderRecipe(Recipe):
         """Candidates, most sensitive first, with their sensitivity (leave-one-out by default)."""
         return leave_one_out_ranking(self.candidates(job, prepared), build, evaluate, job.say)
 
+    def hold(self, job: EncoderJob, prepared: Path, build, check: Callable[[Path], ParityReport],
+             first: FallbackResult, latency, max_kept: int | None, required: bool) -> FallbackResult:
+        """From ``first``, keep the most sensitive nodes in higher precision until ``check``
+        passes (at most ``max_kept``); when it cannot: raise if ``required``, else the best."""
+        ranking = self.rank(job, prepared, build, check)
+        return keep_sensitive_nodes(ranking, build, check, first, latency,
+                                    max_kept=self.fallback_limit(len(ranking), max_kept), required=required,
+                                    progress=job.say)
+
     def finish(self, job: EncoderJob, result: FallbackResult, build: Callable[[list[str]], Path]) -> FallbackResult:
         """Last checks on the chosen candidate (and a rebuild if the recipe needs one)."""
         return result
@@ -120,10 +129,7 @@ class EncoderRecipe(Recipe):
         result = FallbackResult(first_file, evaluate(first_file), [])
         with LatencyProbe(evaluation) as latency:
             if budget.given:
-                ranking = self.rank(job, prepared, build, evaluate)
-                limit = self.fallback_limit(len(ranking), options.max_kept_nodes)
-                result = keep_sensitive_nodes(ranking, build, evaluate, result, latency, max_kept=limit,
-                                              progress=job.say)
+                result = self.hold(job, prepared, build, evaluate, result, latency, options.max_kept_nodes, True)
             elif calibration_expected is not None:
                 result = self._guard(job, prepared, build, evaluate, result, calibration_expected, latency)
         result.report.raise_for_failure(f"the {options.mode} model")
@@ -136,16 +142,37 @@ class EncoderRecipe(Recipe):
             job.notes.append(f"parity measured with Q/DQ computed in float (what {target.name} computes in integers): "
                              f"this machine ({detect_host()}) is not the target, and its own INT8 kernels differ")
         operators = operator_counts(graph.load(result.model_file))
-        return Outcome(result.model_file, self.precision(job, result, operators), parity, self.lineage_parameters(job))
+        precision = self.precision(job, result, operators)
+        if self.mode.startswith("int8"):
+            precision["speed"] = self._speed(job, result.model_file, evaluation)
+        return Outcome(result.model_file, precision, parity, self.lineage_parameters(job))
+
+    def _speed(self, job: EncoderJob, model_file: Path, evaluation: ExampleSet) -> dict:
+        """INT8 against FP32 on this host, when this host is the target (another machine's
+        speed cannot be measured here)."""
+        from .speedcheck import speed_against_fp32, verdict
+
+        if not runs_here(job.target):
+            return {"measured": False, "reason": f"target {job.target.name} is not this host ({detect_host()})"}
+        feeds = {name: value[:1] for name, value in evaluation.batches[0].items()}
+        job.say("timing INT8 against FP32 on this host (interleaved rounds)...")
+        record = {"measured": True, **speed_against_fp32(job.source.model_path, model_file, feeds)}
+        warning = verdict(record)
+        if warning:
+            job.say(f"warning: {warning}")
+        return record
 
     def _builder(self, job: EncoderJob, prepared: Path) -> Callable[[list[str]], Path]:
         counter = itertools.count()
 
-        def build(exclude: list[str]) -> Path:
+        def build(exclude: list[str], other_prepared: Path | None = None, split=None) -> Path:
             dest = job.work / f"candidate-{next(counter)}.onnx"
             try:
                 with graph.without_preprocessing_advice():
-                    self.build(job, prepared, dest, exclude)
+                    if split is None:
+                        self.build(job, other_prepared or prepared, dest, exclude)
+                    else:
+                        self.build(job, other_prepared or prepared, dest, exclude, split)
             except (InvalidOptionError, CalibrationDataError):
                 raise
             except (ValueError, RuntimeError, KeyError, IndexError, TypeError, AssertionError) as exc:
@@ -165,16 +192,14 @@ class EncoderRecipe(Recipe):
         check = on_calibration(first.model_file)
         if check.passed:
             return first
-        job.say(f"worst case on the calibration data: {check.failures[0]}; keeping the most sensitive nodes...")
+        job.say(f"worst case on the calibration data: {check.failures[0]}; holding it...")
         trial = FallbackResult(first.model_file, check, [])
-        ranking = self.rank(job, prepared, build, on_calibration)
         limit = self.guard_max_kept if job.options.max_kept_nodes is None else job.options.max_kept_nodes
-        guarded = keep_sensitive_nodes(ranking, build, on_calibration, trial, latency, max_kept=limit, required=False,
-                                       progress=job.say)
+        guarded = self.hold(job, prepared, build, on_calibration, trial, latency, limit, False)
         figures = ", ".join(f"{k} {v:g}" for k, v in self.guard.thresholds().items())
         job.levers.append(f"worst-case guard ({figures} on calibration data): {len(guarded.kept)} node(s) kept in FP32")
         return FallbackResult(guarded.model_file, evaluate(guarded.model_file), guarded.kept, guarded.steps,
-                              guarded.latency_ms)
+                              guarded.latency_ms, guarded.split)
 
 
 def _reference(source: Artifact, calibration: ExampleSet, evaluation: ExampleSet, guarded: bool):
@@ -242,7 +267,7 @@ def candidate_settings(recipe: Recipe, target: Target) -> SessionSettings:
     target computes, whereas this host's kernels may not be.  Measured: the digits CNN
     quantized for the gpu target (symmetric int8, no reduce_range) reads top-1 92% through
     this AVX2 machine's kernels, whose 16-bit intermediate sums saturate, and 98.7% simulated."""
-    if recipe.mode == "int8-static" and target.name != detect_host():
+    if recipe.mode == "int8-static" and not runs_here(target):
         return SIMULATED_INT8
     return QUIET_CPU
 

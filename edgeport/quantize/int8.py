@@ -104,6 +104,11 @@ def int8_precision(job: EncoderJob, result: FallbackResult, operators: dict[str,
     }
     if alpha:
         precision["smoothing_alpha"] = alpha
+    from ..speed import instruction_sets
+    from ..speed.host import cpu_model
+
+    precision["host"] = {"cpu": cpu_model(), "instruction_sets": instruction_sets(),
+                         "preset": job.target.name, "preset_detected": job.target_detected}
     if result.steps:
         precision["sensitivity"] = result.ranking_records()
     return precision

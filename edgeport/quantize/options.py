@@ -25,7 +25,7 @@ class QuantizeOptions:
     min_p01_cosine: float | None = None
     smooth: bool = True                    # INT8: activation smoothing (SmoothQuant)
     smooth_alpha: float | None = None      # None: the recipe's measured default
-    optimize: bool = True                  # ONNX Runtime transformer fusions first (int8-dynamic)
+    optimize: bool = False                 # ONNX Runtime transformer fusions first (int8-dynamic; measured slower)
     fp16_fallback: bool = True
     keep_io_types: bool = True
     block_size: int = 32                   # int4 / int8-weight-only: weights per scale

@@ -56,6 +56,7 @@ class FallbackResult:
     kept: list[str]
     steps: list[Step] = field(default_factory=list)
     latency_ms: float | None = None            # of the candidate with nothing kept
+    split: bool = False                        # int8-dynamic: the feed-forward outlier split taken
 
     def ranking_records(self, top: int = 20) -> list[dict]:
         records = []

@@ -112,6 +112,14 @@ class StaticInt8(RankedByLocalError, EncoderRecipe):
                            "CalibMovingAverage": method == "minmax",
                            "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)},
         )
+        if job.target.name != "gpu":
+            # ONNX Runtime's CPU SkipLayerNormalization is slower than the Add and LayerNorm it
+            # replaces (outliers.py); TensorRT fuses the plain Add itself.
+            from .outliers import residual_sums
+
+            quantized = graph.load(dest)
+            if residual_sums(quantized):
+                graph.save(quantized, dest)
 
     def fallback_limit(self, candidates: int, max_kept: int | None) -> int | None:
         # The candidates are every quantized node: keeping all of them leaves nothing in INT8.

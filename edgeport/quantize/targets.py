@@ -1,16 +1,21 @@
-"""Target presets: which quantization format and settings run well (and correctly) where.
+"""Target presets: which quantization format and settings run well (and correctly) where,
+chosen from the host's instruction sets (edgeport.speed.host) unless ``--target`` names
+another machine.
 
-Settings follow ONNX Runtime's quantization guide: x86 without VNNI can saturate in
-its u8*s8 multiply-add, so weights use 7 bits there (reduce_range), which costs accuracy
-(measured 0.68 cosine on MiniLM); VNNI and ARM64 need no such guard; TensorRT wants
-symmetric int8 QDQ for both activations and weights.
+Settings follow ONNX Runtime's quantization guide and what was measured here: x86 without
+VNNI can saturate in its u8*s8 multiply-add, so weights use 7 bits there (reduce_range),
+which costs accuracy (measured 0.68 cosine on MiniLM); VNNI, AMX and ARM64 need no such
+guard.  Activations are unsigned and weights signed (U8S8) on every CPU: ONNX Runtime's
+MLAS has a signed-by-signed kernel only with AVX-VNNI-INT8, and without it S8S8 ran at
+0.25-0.40x the U8S8 speed on the Xeon measured (AMX: u8*s8 GEMMs at 3.5 TOP/s, s8*s8 at
+0.04-0.07).  AMX is used by MLAS for u8*s8 on its own; its preset only records it.
+TensorRT wants symmetric int8 QDQ for both activations and weights.
 """
 
 from __future__ import annotations
 
 import platform
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from ..errors import InvalidOptionError
 
@@ -33,20 +38,30 @@ class Target:
 TARGETS = {
     "x86-avx2": Target("x86-avx2", "QOperator", "QDQ", True, True, "QUInt8", "QInt8", False),
     "x86-avx512-vnni": Target("x86-avx512-vnni", "QOperator", "QDQ", False, True, "QUInt8", "QInt8", False),
+    "x86-amx": Target("x86-amx", "QOperator", "QDQ", False, True, "QUInt8", "QInt8", False),
     "arm64": Target("arm64", "QOperator", "QDQ", False, True, "QUInt8", "QInt8", False),
     "gpu": Target("gpu", None, "QDQ", False, True, "QInt8", "QInt8", True),
 }
 
 
 def detect_host() -> str:
+    """The preset of this machine, from its instruction sets."""
+    from ..speed import instruction_sets
+
     machine = platform.machine().lower()
     if machine in ("aarch64", "arm64"):
         return "arm64"
-    flags = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        flags = cpuinfo.read_text(errors="ignore")
-    return "x86-avx512-vnni" if ("avx512_vnni" in flags or "avx_vnni" in flags) else "x86-avx2"
+    sets = set(instruction_sets())
+    if "AMX-INT8" in sets:
+        return "x86-amx"
+    return "x86-avx512-vnni" if sets & {"AVX-512 VNNI", "AVX-VNNI"} else "x86-avx2"
+
+
+def runs_here(target: Target) -> bool:
+    """Whether this host runs ``target``'s INT8 as the target would: its own preset, or one
+    whose settings are the same (VNNI and AMX differ only in name)."""
+    host = TARGETS[detect_host()]
+    return target == host or {**target.to_dict(), "name": ""} == {**host.to_dict(), "name": ""}
 
 
 def get_target(name: str | None) -> tuple[Target, bool]:

@@ -211,3 +211,20 @@ def test_sweep_is_skipped_for_models_without_text(onnx_artifacts):
                                     measure_memory=False))
     assert {r["scenario"] for r in report.results} == {"offline"}
     assert np.isfinite(report.results[0]["throughput_per_s"])
+
+
+def test_speed_of_light_gives_each_variant_its_floor(two_artifacts, cli, tmp_path):
+    """The floor is the variant's weight GEMMs at this machine's peak for its precision: the
+    INT8 row is measured against the INT8 peak, with the same matrix work as FP32's."""
+    fp32, int8 = two_artifacts
+    result = cli("bench", fp32.path, int8.path, *FAST_ARGS, "--no-memory", "--speed-of-light",
+                 "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    jsonschema.validate(report, REPORT_SCHEMA)
+    light = {r["variant"]: r["speed_of_light"] for r in report["results"]}
+    assert light[fp32.path.name]["peak"] == "fp32" and light[int8.path.name]["peak"] == "int8"
+    assert light[fp32.path.name]["gemm_gops_per_call"] == pytest.approx(light[int8.path.name]["gemm_gops_per_call"],
+                                                                        rel=0.05)
+    assert all(0 < figure["fraction"] < 1 and figure["floor_ms"] > 0 for figure in light.values())
+    assert report["machine"]["gemm_peaks_gops"]["int8"] > 0 and "of its INT8 floor" in result.output

@@ -1,0 +1,47 @@
+"""Never ship a slower INT8: the quantized graph against its FP32 input on this host, in
+interleaved rounds with a paired 95% interval (edgeport.speed), recorded in the manifest's
+``precision.speed``.  An INT8 model that is not measurably faster is said so at once, and
+``ship`` can refuse it (gate ``min_speedup``, on the interval's lower end)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.onnxrt import OnnxRuntimeRunner, SessionSettings
+from ..speed import Monitor, Settings, default_threads, instruction_sets, interleaved, paired_ratio, summarize
+from ..speed.host import cpu_model
+
+# Short: a few seconds per quantize, enough for an interval that separates 1.0 from 1.2.
+CHECK = Settings(rounds=5, min_duration=0.2, min_count=8, warmup_max_seconds=3.0)
+
+
+def speed_against_fp32(fp32_model: Path, int8_model: Path, feeds: dict[str, np.ndarray]) -> dict:
+    """The paired speed-up of ``int8_model`` over ``fp32_model`` on ``feeds`` (one example)."""
+    settings = SessionSettings(device="cpu", threads=default_threads(), spinning=False)
+    with OnnxRuntimeRunner(fp32_model, settings) as fp32, OnnxRuntimeRunner(int8_model, settings) as int8:
+        measured = interleaved({"fp32": fp32.run, "int8": int8.run}, [feeds], CHECK, Monitor())
+    return judge(measured.rounds["fp32"], measured.rounds["int8"], measured.machine, feeds)
+
+
+def judge(fp32_rounds: list[np.ndarray], int8_rounds: list[np.ndarray], machine: list, feeds: dict) -> dict:
+    """The record: the speed-up, its interval, and whether INT8 is measurably faster (the
+    interval's lower end above 1)."""
+    ratio, low, high = paired_ratio(fp32_rounds, int8_rounds)
+    state = summarize(machine)
+    return {"vs": "the FP32 input artifact", "speedup": round(ratio, 4), "ci95": [round(low, 4), round(high, 4)],
+            "faster": low > 1.0, "rounds": len(int8_rounds),
+            "feeds": ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items()),
+            "cpu": cpu_model(), "instruction_sets": instruction_sets(), "threads": default_threads(),
+            "other_cpu_share": state.get("other_cpu_share"), "disturbed_rounds": state.get("disturbed_rounds")}
+
+
+def verdict(record: dict) -> str | None:
+    """What to tell the user when INT8 is not measurably faster (None when it is)."""
+    if record.get("faster", True):
+        return None
+    low, high = record["ci95"]
+    return (f"this INT8 model is not measurably faster than FP32 on this host ({record['speedup']:.2f}x, 95% interval "
+            f"{low:.2f}-{high:.2f}, {record['feeds']}); the manifest records it, and 'ship' can refuse it with the "
+            "gate min_speedup")
