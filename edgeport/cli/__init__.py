@@ -33,6 +33,18 @@ class EdgeportGroup(click.Group):
 @click.version_option(package_name="edgeport")
 def main(debug: bool) -> None:
     """edgeport: take a trained model to a deployable artifact that is proven fast and faithful."""
+    if not debug:
+        _quiet_import_noise()
+
+
+def _quiet_import_noise() -> None:
+    """Where torchao is installed (ExecuTorch brings it), transformers and ExecuTorch import it,
+    and it logs the GPU kernels a CPU wheel lacks, and torch a deprecation, in every process:
+    lines about the environment, not the command (``--debug`` keeps them)."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 from . import artifacts, bench, export, package, quantize, serve, ship  # noqa: E402,F401  (each adds its commands to main)

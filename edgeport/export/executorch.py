@@ -139,6 +139,7 @@ def _export(source: str, out, options: ExecuTorchOptions, progress, extra_inputs
             # --input specs give random inputs, which say nothing about 8-bit ranges calibrated on
             # real data: the gate runs on the rows of --calib that calibration did not use.
             checks, job.validation_data = _held_out_calibration(job, bounds, options)
+        checks.append(at_upper_bounds(checks[0], job, bounds))
         references = [dict(zip(job.output_names, (o.detach().float().numpy() for o in
                                                   run_module(job.module, job.input_names, feeds)))) for feeds in checks]
         lowered = lowered_for_job(job, options, calibration, checks, references, say)
@@ -201,6 +202,25 @@ def _within(feeds: dict[str, np.ndarray], job: ExportJob, bounds) -> list[dict[s
     return chunks
 
 
+def at_upper_bounds(feeds: dict[str, np.ndarray], job: ExportJob, bounds) -> dict[str, np.ndarray]:
+    """``feeds`` grown to the largest shapes the program declares (rows repeated, text padded
+    with its pad id and a zero mask): memory is planned for them, so they are checked too."""
+    grown = {}
+    rows = bounds.get(BATCH, (0, None))[1]
+    longest = bounds.get(SEQUENCE, (0, None))[1]
+    for name in job.input_names:
+        value = feeds[name]
+        axes = job.input_axes.get(name, {})
+        if rows and BATCH in axes.values():
+            value = np.resize(value, (rows, *value.shape[1:]))
+        if longest and SEQUENCE in axes.values() and value.shape[1] < longest:
+            fill = job.processing.get("pad_id", 0) if name == "input_ids" else 0
+            value = np.pad(value, [(0, 0), (0, longest - value.shape[1])] + [(0, 0)] * (value.ndim - 2),
+                           constant_values=fill)
+        grown[name] = np.ascontiguousarray(value)
+    return grown
+
+
 def _dims(job: ExportJob, bounds, flat: bool = False):
     from torch.export import Dim
 
@@ -233,23 +253,28 @@ def _capture(job: ExportJob, bounds, module=None):
                                     f"{first}") from exc
 
 
-def restore_ranges(edge) -> None:
+def restore_ranges(edge, ranges: dict) -> None:
     """ExecuTorch 1.5.1: lowering convolutions to XNNPACK narrows a dynamic batch's range
-    (to 2..15 here), so memory is planned too small and batches of 16 fail; the exported
-    program's own ranges are put back before planning."""
+    (to 2..15 here, in the shape environment and the program's range constraints alike), so
+    memory is planned too small and batches of 16 fail; the ranges the model was captured
+    with (``ranges``: symbol name -> range) are put back before planning."""
     program = edge.exported_program()
+    for symbol in list(program.range_constraints):
+        if str(symbol) in ranges:
+            program.range_constraints[symbol] = ranges[str(symbol)]
     for node in program.graph_module.graph.nodes:
         value = node.meta.get("val")
         for size in getattr(value, "shape", ()):
             if hasattr(size, "node") and hasattr(size.node, "shape_env"):
                 environment = size.node.shape_env
-                for symbol, value_range in program.range_constraints.items():
-                    if symbol in environment.var_to_range:
-                        environment.var_to_range[symbol] = value_range
+                for symbol in list(environment.var_to_range):
+                    if str(symbol) in ranges:
+                        environment.var_to_range[symbol] = ranges[str(symbol)]
                 return
 
 
 def _lower(program, scheme: str) -> Program:
+    captured = {str(symbol): value_range for symbol, value_range in program.range_constraints.items()}
     try:
         with quiet_torch_onnx():       # importing torchao (through ExecuTorch) logs about kernels it lacks
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -257,8 +282,8 @@ def _lower(program, scheme: str) -> Program:
             from executorch.exir import to_edge_transform_and_lower
 
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            restore_ranges(edge, captured)
             info = get_delegation_info(edge.exported_program().graph_module)   # before to_executorch rewrites it
-            restore_ranges(edge)
             executorch_program = edge.to_executorch()
     except EdgeportError:
         raise

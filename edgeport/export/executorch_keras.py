@@ -24,7 +24,7 @@ from .prepare import ExportJob
 
 
 def export_keras_executorch(source: Path, out, options, say) -> Artifact:
-    from .executorch import Program, _bounds, _check_program, _write
+    from .executorch import Program, _bounds, _check_program, _write, at_upper_bounds
 
     if options.inputs or options.calib:
         raise SourceError("--input and --calib are for module:callable sources; a .keras file declares its input "
@@ -75,6 +75,9 @@ def export_keras_executorch(source: Path, out, options, say) -> Artifact:
             for start in range(0, len(samples[f"input:{name}"]), step):
                 checks.append({input_name: samples[f"input:{name}"][start:start + step]})
                 references.append({output_name: samples[f"output:{name}"][start:start + step]})
+        checks.append(at_upper_bounds(checks[0], job, bounds))
+        references.append({output_name: np.resize(references[0][output_name],
+                                                  (step, *references[0][output_name].shape[1:]))})
         lowered = Program(b"", info["executorch"]["scheme"], info["executorch"]["delegation"],
                           info["executorch"]["planned_bytes"], info["executorch"]["candidates"])
         pte = work / "model.pte"

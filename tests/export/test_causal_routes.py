@@ -52,6 +52,7 @@ def prompts(vocab: int) -> list[list[int]]:
     return [rng.integers(2, vocab, size=length).tolist() for length in PROMPT_LENGTHS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_every_family_generates_what_transformers_generates(family, bpe, tmp_path):
     source = build(tmp_path / family, family, bpe)

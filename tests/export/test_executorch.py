@@ -35,6 +35,7 @@ def minilm_pte(tmp_path_factory, minilm_dir):
     return root
 
 
+@pytest.mark.slow
 def test_minilm_program_matches_pytorch_and_onnx(minilm_pte, minilm_onnx):
     artifact = Artifact.load(minilm_pte / "fp32")
     graph = artifact.manifest.graph
@@ -51,6 +52,7 @@ def test_minilm_program_matches_pytorch_and_onnx(minilm_pte, minilm_onnx):
     assert got.shape == (12, 384) and cosine.min() > 0.99999
 
 
+@pytest.mark.slow
 def test_int8_is_dynamic_on_minilm_and_says_why(minilm_pte, minilm_onnx):
     """Static activation quantization collapses on MiniLM (its fake-quantized model is checked
     first and passed over, with the figure); dynamic holds the default budget."""
@@ -67,6 +69,7 @@ def test_int8_is_dynamic_on_minilm_and_says_why(minilm_pte, minilm_onnx):
     assert report.passed and 0.99 < report.headline().mean_cosine < 0.99999
 
 
+@pytest.mark.slow
 def test_bench_package_and_run_from_a_bundle(minilm_pte, minilm_onnx, cli, tmp_path):
     report_file = tmp_path / "bench.json"
     result = cli("bench", "run", minilm_onnx.path, minilm_pte / "int8", "--rounds", "1", "--json", report_file)
@@ -86,6 +89,7 @@ def test_bench_package_and_run_from_a_bundle(minilm_pte, minilm_onnx, cli, tmp_p
                  "aarch64 torch 2.13 wheel is its CUDA build")
 
 
+@pytest.mark.slow
 def test_shapes_outside_the_bounds_and_wrong_dtypes_are_refused(minilm_pte):
     with load(minilm_pte / "fp32") as program:
         ids = np.ones((1, 300), np.int64)
@@ -99,6 +103,7 @@ def test_shapes_outside_the_bounds_and_wrong_dtypes_are_refused(minilm_pte):
             program.run({"input_ids": floats, "attention_mask": floats, "token_type_ids": floats})
 
 
+@pytest.mark.slow
 def test_a_damaged_program_is_refused_before_executorch_reads_it(minilm_pte, tmp_path):
     """Random bytes crash ExecuTorch's loader (SIGABRT, measured): the header is checked
     first; a flipped weight passes ExecuTorch's own checks, so the artifact's hash catches it."""
