@@ -79,13 +79,23 @@ def test_imports_only_point_down_and_stages_never_import_each_other():
     assert wrong == [], "\n".join(wrong)
 
 
+# ExecuTorch's Python runtime takes and returns torch tensors (and imports torch itself); its
+# runner may import torch inside its methods, where only an ExecuTorch artifact reaches it.
+LAZY_HEAVY_ALLOWED = {"executorch.py": {"torch"}}
+
+
 def test_runtime_never_imports_heavy_libraries():
     for path in (ROOT / "runtime").rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        top_level = {id(node) for node in tree.body}
+        for node in ast.walk(tree):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
             for name in names:
-                assert name.split(".")[0] not in HEAVY, f"{path}: imports {name}"
+                root = name.split(".")[0]
+                if root in LAZY_HEAVY_ALLOWED.get(path.name, set()) and id(node) not in top_level:
+                    continue
+                assert root not in HEAVY, f"{path}: imports {name}"
 
 
 def test_help_imports_nothing_heavy():

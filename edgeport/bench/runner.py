@@ -232,14 +232,13 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
 def speed_of_light(report: BenchReport, variants: list[Variant], artifacts: list[Artifact], threads: int) -> None:
     """Each ONNX variant's rows get its floor (its weight GEMMs at this machine's peak) and
     the fraction of it the median reached (edgeport.speed.floor)."""
-    from ..runtime.formats import format_of
     from ..speed.floor import floor_record, gemm_peaks, weight_ops_per_row
 
     peaks = gemm_peaks(threads)
     report.machine["gemm_peaks_gops"] = {kind: round(value / 1e9, 1) for kind, value in peaks.items()}
     work = {}
     for variant, artifact in zip(variants, artifacts):
-        if format_of(artifact).name == "onnx":
+        if artifact.model_path.suffix == ".onnx":        # ONNX graphs: their weight GEMMs can be counted
             work[variant.name] = (weight_ops_per_row(artifact.model_path), variant.info.get("precision", "fp32"))
     for row in report.results:
         if row["variant"] in work and row.get("tokens"):

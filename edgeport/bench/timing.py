@@ -9,7 +9,7 @@ import numpy as np
 
 from typing import Callable
 
-from ..speed import Interrupted, Monitor, interleaved, paired_ratio, spread
+from ..speed import Interrupted, Monitor, interleaved, spread
 from .inputs import BenchInputs
 from .report import BenchReport
 from .scenarios import find_max_qps, server_run
@@ -55,8 +55,7 @@ class Timer:
                                                                 else stats.p50_ms),
                    "rounds_ms": medians, "round_spread": spread(medians),
                    "disturbed_rounds": measurement.disturbed_rounds()}
-            value, low, high = paired_ratio(measurement.rounds[self.reference], measurement.rounds[name])
-            row["speedup"] = {"value": value, "ci95": [low, high], "vs": self.reference, "method": "paired rounds"}
+            row["speedup"] = measurement.speedup(self.reference, name)
             tokens = _tokens(feeds_cycle)
             if tokens:
                 row["tokens"] = tokens

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.onnxrt import OnnxRuntimeRunner, SessionSettings
-from ..speed import Monitor, Settings, default_threads, instruction_sets, interleaved, paired_ratio, summarize
+from ..speed import Measurement, Monitor, Settings, default_threads, instruction_sets, interleaved, summarize
 from ..speed.host import cpu_model
 
 # Short: a few seconds per quantize, enough for an interval that separates 1.0 from 1.2
@@ -23,16 +23,17 @@ def speed_against_fp32(fp32_model: Path, int8_model: Path, feeds: dict[str, np.n
     settings = SessionSettings(device="cpu", threads=default_threads(), spinning=False)
     with OnnxRuntimeRunner(fp32_model, settings) as fp32, OnnxRuntimeRunner(int8_model, settings) as int8:
         measured = interleaved({"fp32": fp32.run, "int8": int8.run}, [feeds], CHECK, Monitor())
-    return judge(measured.rounds["fp32"], measured.rounds["int8"], measured.machine, feeds)
+    return judge(measured, feeds)
 
 
-def judge(fp32_rounds: list[np.ndarray], int8_rounds: list[np.ndarray], machine: list, feeds: dict) -> dict:
-    """The record: the speed-up, its interval, and whether INT8 is measurably faster (the
-    interval's lower end above 1)."""
-    ratio, low, high = paired_ratio(fp32_rounds, int8_rounds)
-    state = summarize(machine)
-    return {"vs": "the FP32 input artifact", "speedup": round(ratio, 4), "ci95": [round(low, 4), round(high, 4)],
-            "faster": low > 1.0, "rounds": len(int8_rounds),
+def judge(measured: Measurement, feeds: dict) -> dict:
+    """The record: the speed-up, its interval (on-CPU time when other processes disturbed the
+    rounds), and whether INT8 is measurably faster (the interval's lower end above 1)."""
+    speedup = measured.speedup("fp32", "int8")
+    (low, high), state = speedup["ci95"], summarize(measured.machine)
+    return {"vs": "the FP32 input artifact", "speedup": round(speedup["value"], 4),
+            "ci95": [round(low, 4), round(high, 4)], "method": speedup["method"],
+            "faster": low > 1.0, "rounds": len(measured.rounds["int8"]),
             "feeds": ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items()),
             "cpu": cpu_model(), "instruction_sets": instruction_sets(), "threads": default_threads(),
             "other_cpu_share": state.get("other_cpu_share"), "disturbed_rounds": state.get("disturbed_rounds")}

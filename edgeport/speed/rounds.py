@@ -7,6 +7,16 @@ Warm-up ends when the coefficient of variation of the last ``window`` calls fall
 ``settle_drift`` (a steady but noisy machine), bounded by ``warmup_max_calls`` and
 ``warmup_max_seconds``; at least ``warmup`` calls are made.  Blocks last at least
 ``min_duration`` seconds and ``min_count`` calls.  Callers time; runners never time themselves.
+
+Every call is timed twice: by the wall clock, and by the CPU time this process spent on it
+(every thread).  On a quiet machine the two agree; when other processes take the CPUs, a
+call's wall time grows with how often it is preempted, and preemption is not proportional:
+the scheduler lets a short call that follows a pause finish in one slice and makes a long one
+wait for the others, so a 22 ms FP32 call against a 7 ms INT8 one measured 3.1x quiet and
+6.8x loaded.  On-CPU time (what each call cost when it ran) holds its ratio under that load
+(3.6x quiet, 3.6x loaded in the same experiment), so a disturbed measurement takes its
+speed-ups from it (``Measurement.speedup``).  Variants must not spin (the bench disables it):
+a spinning pool's idle threads would count as work.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import numpy as np
 
 from ..errors import InvalidOptionError
 from ..vocabulary import DEFAULT_MIN_COUNT, DEFAULT_MIN_DURATION_S, DEFAULT_ROUNDS
+from .intervals import paired_ratio
 from .load import Monitor
 
 
@@ -60,10 +71,11 @@ class Interrupted(Exception):
 
 @dataclass
 class Measurement:
-    """Per variant, the samples (seconds) of each round; per round, the machine's state; per
-    variant, how its warm-up went."""
+    """Per variant, the samples (wall seconds, and the process's CPU seconds) of each round;
+    per round, the machine's state; per variant, how its warm-up went."""
 
     rounds: dict[str, list[np.ndarray]]
+    cpu_rounds: dict[str, list[np.ndarray]] = field(default_factory=dict)
     machine: list[dict | None] = field(default_factory=list)
     warmup: dict[str, dict] = field(default_factory=dict)
 
@@ -76,11 +88,26 @@ class Measurement:
     def disturbed_rounds(self) -> int:
         return sum(1 for state in self.machine if state and state["disturbed"])
 
+    def speedup(self, reference: str, name: str) -> dict:
+        """How many times faster ``name`` ran than ``reference`` in the same rounds, with its
+        95% interval: by the wall clock on a quiet machine, by on-CPU time when any round was
+        disturbed (the module's docstring says why), the wall-clock ratio kept beside it."""
+        value, low, high = paired_ratio(self.rounds[reference], self.rounds[name])
+        wall = {"value": value, "ci95": [low, high], "vs": reference, "method": "paired rounds"}
+        cpu = [self.cpu_rounds.get(reference), self.cpu_rounds.get(name)]
+        if not self.disturbed_rounds() or not all(cpu) or min(float(np.median(r)) for c in cpu for r in c) <= 0:
+            return wall
+        value, low, high = paired_ratio(*cpu)
+        return {"value": value, "ci95": [low, high], "vs": reference,
+                "method": "paired rounds, on-CPU time (other processes disturbed the wall clock)",
+                "wall": {"value": wall["value"], "ci95": wall["ci95"]}}
 
-def _timed(run: Callable, feeds) -> float:
-    begin = time.perf_counter()
+
+def _timed(run: Callable, feeds) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one call."""
+    begin, begin_cpu = time.perf_counter(), time.process_time()
     run(feeds)
-    return time.perf_counter() - begin
+    return time.perf_counter() - begin, time.process_time() - begin_cpu
 
 
 def warm_up(run: Callable, feeds_cycle: list, settings: Settings) -> dict:
@@ -89,7 +116,7 @@ def warm_up(run: Callable, feeds_cycle: list, settings: Settings) -> dict:
     start, cv, settled = time.perf_counter(), None, False
     window = settings.window
     while True:
-        times.append(_timed(run, feeds_cycle[len(times) % len(feeds_cycle)]))
+        times.append(_timed(run, feeds_cycle[len(times) % len(feeds_cycle)])[0])
         if len(times) >= max(settings.warmup, window):
             last = np.asarray(times[-window:])
             cv = float(last.std() / last.mean()) if last.mean() > 0 else 0.0
@@ -105,13 +132,15 @@ def warm_up(run: Callable, feeds_cycle: list, settings: Settings) -> dict:
             "seconds": round(time.perf_counter() - start, 3)}
 
 
-def _block(run: Callable, feeds_cycle: list, settings: Settings) -> np.ndarray:
-    samples: list[float] = []
+def _block(run: Callable, feeds_cycle: list, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """One block's calls: (wall seconds, CPU seconds), each an array."""
+    samples: list[tuple[float, float]] = []
     start = time.perf_counter()
     while (len(samples) < settings.min_count or time.perf_counter() - start < settings.min_duration) \
             and len(samples) < settings.max_count:
         samples.append(_timed(run, feeds_cycle[len(samples) % len(feeds_cycle)]))
-    return np.asarray(samples)
+    timed = np.asarray(samples, dtype=np.float64).reshape(-1, 2)
+    return timed[:, 0], timed[:, 1]
 
 
 def interleaved(runners: dict[str, Callable], feeds_cycle: list, settings: Settings, monitor: Monitor | None = None,
@@ -120,7 +149,7 @@ def interleaved(runners: dict[str, Callable], feeds_cycle: list, settings: Setti
     reversed every round, the machine sampled around each round.  Ctrl-C raises
     ``Interrupted`` holding what was measured."""
     monitor = monitor or Monitor()
-    measurement = Measurement({name: [] for name in runners})
+    measurement = Measurement({name: [] for name in runners}, {name: [] for name in runners})
     try:
         for name, run in runners.items():
             measurement.warmup[name] = warm_up(run, feeds_cycle, settings)
@@ -128,7 +157,9 @@ def interleaved(runners: dict[str, Callable], feeds_cycle: list, settings: Setti
             names = list(runners) if round_index % 2 == 0 else list(reversed(runners))
             before = monitor.sample()
             for name in names:
-                measurement.rounds[name].append(_block(runners[name], feeds_cycle, settings))
+                wall, cpu = _block(runners[name], feeds_cycle, settings)
+                measurement.rounds[name].append(wall)
+                measurement.cpu_rounds[name].append(cpu)
                 tick(name)
                 time.sleep(settings.pause)
             measurement.machine.append(monitor.between(before, monitor.sample()))

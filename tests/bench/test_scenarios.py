@@ -12,7 +12,7 @@ import pytest
 
 from edgeport.bench.scenarios import Interrupted, Settings
 from edgeport.errors import InvalidOptionError
-from edgeport.speed import Monitor, interleaved, paired_ratio, warm_up
+from edgeport.speed import Measurement, Monitor, interleaved, paired_ratio, warm_up
 
 
 def test_interrupt_keeps_what_was_measured():
@@ -59,6 +59,21 @@ def test_paired_intervals_cover_the_true_ratio_and_widen_with_noise():
     noisy_new = [rng.normal(5, 1, 100) * d for d in drift]
     noisy = paired_ratio(noisy_ref, noisy_new)
     assert noisy[1] <= 2.0 <= noisy[2] and noisy[2] - noisy[1] > high - low
+
+
+def test_a_disturbed_measurement_takes_its_speedup_from_on_cpu_time():
+    """Wall times stretched unevenly by preemption (the long call 2.5x, the short one 1.1x)
+    over CPU times that keep the true 3x: quiet, the wall clock is used; disturbed, CPU time,
+    with the wall-clock ratio kept beside it."""
+    rng = np.random.default_rng(0)
+    cpu = {"fp32": [rng.normal(21e-3, 0.2e-3, 40) for _ in range(5)], "int8": [rng.normal(7e-3, 0.1e-3, 40) for _ in range(5)]}
+    wall = {"fp32": [c * 2.5 for c in cpu["fp32"]], "int8": [c * 1.1 for c in cpu["int8"]]}
+    quiet = Measurement(wall, cpu, machine=[{"disturbed": False}] * 5)
+    assert quiet.speedup("fp32", "int8")["method"] == "paired rounds" and quiet.speedup("fp32", "int8")["value"] > 6
+    loaded = Measurement(wall, cpu, machine=[{"disturbed": True}] * 2 + [{"disturbed": False}] * 3)
+    speedup = loaded.speedup("fp32", "int8")
+    assert "on-CPU time" in speedup["method"] and speedup["ci95"][0] <= 3.0 <= speedup["ci95"][1]
+    assert speedup["wall"]["value"] > 6 and speedup["vs"] == "fp32"
 
 
 def test_the_monitor_sees_another_process_take_the_cpus():

@@ -41,11 +41,11 @@ def _single_stream(report) -> dict:
 
 
 def test_a_disturbed_run_is_flagged_and_its_ratio_holds(minilm_onnx, minilm_int8, tmp_path):
-    """The loaded run's interval must cover the quiet run's ratio (within 30%): under load the
-    point estimate moves (measured 3.1x quiet, 6.8x loaded: a 22 ms FP32 call is preempted
-    by the burners far more often than a 7 ms INT8 one, so medians favour the short call),
-    and what holds is the interval, which widens to say so.  One thread per variant: with
-    more, the ratio also measures how each scales with the cores the burners leave it."""
+    """The loaded run's interval must cover the quiet run's ratio (within 30%).  By the wall
+    clock it does not (3.1x quiet, 6.8x loaded, interval 5.6-8.4: a 22 ms FP32 call is
+    preempted by the burners far more than a 7 ms INT8 one), so a disturbed run's speed-ups
+    come from on-CPU time, the wall-clock ratio kept beside them.  One thread per variant:
+    with more, the ratio also measures how each scales with the cores the burners leave it."""
     paths = [str(minilm_onnx.path), str(minilm_int8.path)]
     options = BenchOptions(settings=SETTINGS, measure_memory=False, threads=1)
     quiet = run_bench(paths, options)
@@ -55,9 +55,11 @@ def test_a_disturbed_run_is_flagged_and_its_ratio_holds(minilm_onnx, minilm_int8
     quiet_int8, loaded_int8 = _single_stream(quiet)["int8"], _single_stream(loaded)["int8"]
     low, high = loaded_int8["speedup"]["ci95"]
     assert 0.7 * low <= quiet_int8["speedup"]["value"] <= 1.3 * high, (quiet_int8["speedup"], loaded_int8["speedup"])
+    assert "on-CPU time" in loaded_int8["speedup"]["method"] and loaded_int8["speedup"]["wall"]["value"] > 0
     state = loaded.machine_state
     assert state["measured"] and state["other_cpu_share"] > 0.25 and state["disturbed_rounds"] >= 3, state
     assert loaded.warnings and "other processes used" in loaded.warnings[0] and "ratios may be off" in loaded.warnings[0]
+    assert "speed-ups are from on-CPU time" in loaded.warnings[0]
     assert loaded_int8["disturbed_rounds"] >= 3 and len(loaded_int8["rounds_ms"]) == SETTINGS.rounds
     written = json.loads((tmp_path / "loaded.json").read_text())
     assert written["warnings"] == loaded.warnings and written["machine_state"]["too_busy"]

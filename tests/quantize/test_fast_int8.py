@@ -19,6 +19,7 @@ from edgeport.quantize.search import Option, speed_aware_search
 from edgeport.quantize.sensitivity import FallbackResult
 from edgeport.quantize.speedcheck import judge, verdict
 from edgeport.runtime.processing import TextProcessor
+from edgeport.speed import Measurement
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +126,10 @@ def test_an_int8_model_that_is_not_faster_is_said_so_and_ship_can_refuse_it():
     slower = [rng.normal(11e-3, 0.2e-3, 30) for _ in range(5)]
     faster = [rng.normal(4e-3, 0.1e-3, 30) for _ in range(5)]
     feeds = {"input_ids": np.zeros((1, 128), np.int64)}
-    record = {"measured": True, **judge(fp32, slower, [], feeds)}
+    record = {"measured": True, **judge(Measurement({"fp32": fp32, "int8": slower}), feeds)}
     assert not record["faster"] and record["speedup"] < 1 and record["ci95"][1] < 1
     assert "not measurably faster than FP32" in verdict(record) and "min_speedup" in verdict(record)
-    good = {"measured": True, **judge(fp32, faster, [], feeds)}
+    good = {"measured": True, **judge(Measurement({"fp32": fp32, "int8": faster}), feeds)}
     assert good["faster"] and verdict(good) is None and 2.3 < good["speedup"] < 2.7
     assert _gate_failures({"min_speedup": 1.0}, {}, record) == [
         f"min_speedup 1 not met ({record['ci95'][0]:.6g}: the lower end of the 95% interval of "
