@@ -23,7 +23,7 @@ on this machine in about a minute each (standard-library docstrings, byte-level 
 hidden 256, 4 layers, 8 heads, vocabulary 2048.
 
     python benchmarks/generation_llm.py [--rounds 5] [--new-tokens 128] [--threads 2]
-        [--train-seconds 60] [--skip-llamacpp] [--json out.json]
+        [--train-seconds 60] [--skip-llamacpp] [--spinning] [--json out.json]
 
 Smoke run (minutes, most of it the exports):
     python benchmarks/generation_llm.py --rounds 1 --new-tokens 16 --train-seconds 5
@@ -279,7 +279,8 @@ def one_cpu_per_core(count: int) -> list[int] | None:
     return chosen[:count]
 
 
-def bench(artifacts: list[Path], extra: list, threads: int, rounds: int, new_tokens: int) -> tuple[dict, dict]:
+def bench(artifacts: list[Path], extra: list, threads: int, rounds: int, new_tokens: int,
+          spinning: bool = False) -> tuple[dict, dict]:
     """One interleaved generation bench of ``artifacts`` (the first is the parity reference),
     the transformers eager baseline and ``extra`` variants; (report dict, timings by variant)."""
     from edgeport.bench.runner import BenchOptions, run_bench
@@ -287,7 +288,7 @@ def bench(artifacts: list[Path], extra: list, threads: int, rounds: int, new_tok
     from edgeport.speed import Settings
 
     options = BenchOptions(scenarios=["generation"], settings=Settings(rounds=rounds), threads=threads,
-                           max_new_tokens=new_tokens, measure_memory=False)
+                           max_new_tokens=new_tokens, measure_memory=False, spinning=spinning)
     variants = [torch_baseline(str(artifacts[0]), "cpu", threads), *extra]
     with recorded_timings() as timings:
         report = run_bench([str(a) for a in artifacts], options, variants, progress=lambda m: print(f"  {m}"))
@@ -448,6 +449,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="threads of every variant (default 2)")
     parser.add_argument("--train-seconds", type=float, default=60, help="training time of each model (default 60)")
     parser.add_argument("--skip-llamacpp", action="store_true", help="leave llama.cpp out")
+    parser.add_argument("--spinning", action="store_true",
+                        help="ONNX Runtime's threads spin between ops (its default outside the bench; llama.cpp's "
+                             "threads always poll); without it, spinning is off in edgeport's loop and GenAI's")
     parser.add_argument("--json", type=Path, help="write models, artifacts, reports, pairings and machine here")
     return parser.parse_args()
 
@@ -481,14 +485,15 @@ def main() -> None:
         skipped.update(gpt2_skipped)
 
         pinned = one_cpu_per_core(args.threads)
-        if pinned:      # GenAI takes no thread count: on a bigger machine pin everything to equal cores
+        if pinned:      # on a bigger machine every engine on the same cores, one CPU per physical core
             os.sched_setaffinity(0, pinned)
-            print(f"pinned to CPUs {pinned} (one per physical core): GenAI artifacts take no thread count")
+            print(f"pinned to CPUs {pinned} (one per physical core)")
         result.update(skipped=skipped, llamacpp=llamacpp_notes, pinned_cpus=pinned, reports={})
         for family, artifacts, extra_variants in (("llama", llama, extra), ("gpt2", gpt2, [])):
             if artifacts:      # each family's table right after its bench: a later failure keeps it
                 print(f"{family} bench: {args.rounds} rounds x {args.new_tokens} tokens...")
-                report, timings = bench(artifacts, extra_variants, args.threads, args.rounds, args.new_tokens)
+                report, timings = bench(artifacts, extra_variants, args.threads, args.rounds, args.new_tokens,
+                                        args.spinning)
                 show_family(result, family, report, timings, args)
     result["load_average_end"] = load_average()
     print_notes(result)

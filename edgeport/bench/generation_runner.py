@@ -20,6 +20,7 @@ from ..speed import Interrupted, machine_info
 from .generation import interleaved_generation, summarize
 from .memory import measure_memory
 from .report import BenchReport
+from .scenarios import spinning_policy
 
 PROMPTS = 4
 
@@ -34,7 +35,7 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
     threads, threads_from = options.thread_count()
     for artifact in artifacts:
         start = time.perf_counter()
-        model = load(artifact.path, device="cpu", threads=threads, spinning=False, check_files=False)
+        model = load(artifact.path, device="cpu", threads=threads, spinning=options.spinning, check_files=False)
         name = artifact.path.name if artifact.path.name not in models else f"{artifact.path.name} ({len(models) + 1})"
         info = {"name": name, "path": str(artifact.path), "kind": format_of(artifact).kind,
                 "manifest_sha256": artifact.manifest_sha256,
@@ -73,11 +74,9 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
             model.close()
         for variant in extra:
             variant.runner.close()
-    kinds = {v.get("kind") for v in variants}
-    report.settings = {"threads": threads, "threads_from": threads_from + (
-        "; ONNX Runtime GenAI artifacts: the generator's own choice (it takes no thread count)"
-        if "genai" in kinds else ""),
-        "spinning": "off for edgeport's decoder loop; ONNX Runtime GenAI's generator keeps its default"}
+    report.settings = {"threads": threads, "threads_from": threads_from,
+                       "spinning": spinning_policy(options.spinning) + " (edgeport's decoder loop and ONNX Runtime "
+                                                                      "GenAI's generator alike)"}
     report.finish(options.reports, options.strict)
     return report
 

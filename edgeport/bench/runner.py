@@ -30,6 +30,7 @@ from .accuracy import measure_parity, read_bench_labels
 from .inputs import BenchInputs
 from .memory import measure_memory
 from .report import BenchReport
+from .scenarios import spinning_policy
 from .timing import measure_scenarios, planned_blocks
 
 MAX_BATCH = 4096
@@ -65,6 +66,7 @@ class BenchOptions:
     device: str = "cpu"                   # where ONNX artifacts run (engines always run on TensorRT)
     strict: bool = False                  # refuse to report figures taken on a machine too busy to trust
     speed_of_light: bool = False          # each ONNX variant's fraction of this machine's GEMM floor
+    spinning: bool = False                # ONNX Runtime's threads spin between ops (its default outside the bench)
 
     def thread_count(self) -> tuple[int, str]:
         """Every variant's intra-op threads, and where the number came from."""
@@ -139,10 +141,11 @@ class Variant:
     info: dict
 
 
-def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str = "cpu") -> Variant:
+def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str = "cpu",
+                     spinning: bool = False) -> Variant:
     """An artifact loaded for the bench: ONNX graphs on ``device``, engines on TensorRT."""
     start = time.perf_counter()
-    model = load(artifact.path, device=device, threads=threads, check_files=False, spinning=False)
+    model = load(artifact.path, device=device, threads=threads, check_files=False, spinning=spinning)
     created = (time.perf_counter() - start) * 1000
     name = _unique(artifact.path.name, taken)
     info = {"name": name, "path": str(artifact.path), "kind": format_of(artifact).kind,
@@ -155,9 +158,7 @@ def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str
 def footing(options: BenchOptions) -> dict:
     """What every variant runs with, for the report."""
     threads, source = options.thread_count()
-    return {"threads": threads, "threads_from": source,
-            "spinning": "off: ONNX Runtime intra- and inter-op spinning disabled; PyTorch's OpenMP pool passive "
-                        "(OMP_WAIT_POLICY=PASSIVE) when the bench starts it",
+    return {"threads": threads, "threads_from": source, "spinning": spinning_policy(options.spinning),
             "rounds": options.settings.rounds, "min_duration_s": options.settings.min_duration,
             "min_count": options.settings.min_count,
             "warmup": {"until": f"the coefficient of variation of {options.settings.window} calls <= "
@@ -195,7 +196,7 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
     threads, _ = options.thread_count()
     variants: list[Variant] = []
     for artifact in artifacts:
-        variant = artifact_variant(artifact, threads, {v.name for v in variants}, options.device)
+        variant = artifact_variant(artifact, threads, {v.name for v in variants}, options.device, options.spinning)
         if options.measure_memory:
             progress(f"memory and cold start of {variant.name} (fresh process)...")
             variant.info.update(measure_memory(str(artifact.path), options.data))

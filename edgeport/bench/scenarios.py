@@ -52,3 +52,10 @@ def find_max_qps(run: Callable, feeds_cycle: list, p99_bound_ms: float, single_m
         else:
             high = rate
     return best, probes
+
+
+def spinning_policy(spinning: bool) -> str:
+    ort = ("on (--spinning): ONNX Runtime's intra- and inter-op threads spin between ops, as outside the bench; "
+           "speed-ups stay on the wall clock even when the machine is disturbed (spinning is not work)"
+           if spinning else "off: ONNX Runtime intra- and inter-op spinning disabled")
+    return ort + "; PyTorch's OpenMP pool passive (OMP_WAIT_POLICY=PASSIVE) when the bench starts it"

@@ -55,7 +55,7 @@ class Timer:
                                                                 else stats.p50_ms),
                    "rounds_ms": medians, "round_spread": spread(medians),
                    "disturbed_rounds": measurement.disturbed_rounds()}
-            row["speedup"] = measurement.speedup(self.reference, name)
+            row["speedup"] = measurement.speedup(self.reference, name, cpu_time=not self.options.spinning)
             tokens = _tokens(feeds_cycle)
             if tokens:
                 row["tokens"] = tokens

@@ -74,6 +74,9 @@ def _domains(text: str | None) -> list[str]:
 @click.option("--speed-of-light", "speed_of_light", is_flag=True,
               help="Add each ONNX variant's fraction of this machine's GEMM floor (FP32 or INT8 peak x its weight "
                    "GEMMs; needs onnx).")
+@click.option("--spinning", is_flag=True,
+              help="Let ONNX Runtime's threads spin between ops, as they do outside the bench (faster on a machine "
+                   "left to the model; off by default so that variants timed in turn do not take each other's cores).")
 @click.option("--strict", is_flag=True, help="Write no report (exit 16) when the machine was too busy to trust it.")
 @click.option("--min-cosine", type=float)
 @click.option("--min-p01-cosine", type=float)
@@ -88,7 +91,7 @@ def _domains(text: str | None) -> list[str]:
 @click.option("--force", is_flag=True, help="Replace existing report files.")
 def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, reference, data, labels, batch_sizes,
                       sequence_lengths, rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration, min_count,
-                      threads, speed_of_light, strict, min_cosine, min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens,
+                      threads, speed_of_light, spinning, strict, min_cosine, min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens,
                       domains, no_memory, json_path, html_path, force):
     """Measure ARTIFACTS side by side: latency, throughput, size, memory, start-up and parity."""
     from ..bench.runner import BenchOptions, ReportFiles, run_bench
@@ -104,7 +107,7 @@ def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, r
         settings=Settings(rounds=rounds, min_duration=min_duration, min_count=min_count),
         measure_memory=not no_memory, threads=threads, reports=ReportFiles(json_path, html_path, force),
         max_new_tokens=max_new_tokens, domains=_domains(domains), strict=strict,
-        speed_of_light=speed_of_light)
+        speed_of_light=speed_of_light, spinning=spinning)
     options.check(list(artifacts))
     extra = []
     if baseline == "torch":

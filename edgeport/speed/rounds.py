@@ -88,14 +88,15 @@ class Measurement:
     def disturbed_rounds(self) -> int:
         return sum(1 for state in self.machine if state and state["disturbed"])
 
-    def speedup(self, reference: str, name: str) -> dict:
+    def speedup(self, reference: str, name: str, cpu_time: bool = True) -> dict:
         """How many times faster ``name`` ran than ``reference`` in the same rounds, with its
         95% interval: by the wall clock on a quiet machine, by on-CPU time when any round was
-        disturbed (the module's docstring says why), the wall-clock ratio kept beside it."""
+        disturbed (the module's docstring says why; ``cpu_time=False`` where threads spin), the
+        wall-clock ratio kept beside it."""
         value, low, high = paired_ratio(self.rounds[reference], self.rounds[name])
         wall = {"value": value, "ci95": [low, high], "vs": reference, "method": "paired rounds"}
         cpu = [self.cpu_rounds.get(reference), self.cpu_rounds.get(name)]
-        if not self.disturbed_rounds() or not all(cpu) or min(float(np.median(r)) for c in cpu for r in c) <= 0:
+        if not cpu_time or not self.disturbed_rounds() or not all(cpu) or min(float(np.median(r)) for c in cpu for r in c) <= 0:
             return wall
         value, low, high = paired_ratio(*cpu)
         return {"value": value, "ci95": [low, high], "vs": reference,

@@ -4,15 +4,18 @@ route is chosen and recorded, and what cannot work is refused with the reason.""
 
 from __future__ import annotations
 
+import collections
 import json
 
 import numpy as np
+import onnx
 import pytest
 from causal_families import FAMILIES, REFUSED, build, wordpiece_tokenizer
 from helpers import assert_fails
 
 from edgeport.errors import InvalidOptionError, ModelInputError, SourceError, UnsupportedModelError
 from edgeport.export.onnx import ExportOptions, export_onnx
+from edgeport.export.packing import pack_sibling_matmuls
 from edgeport.runtime import load
 
 PROMPT_LENGTHS = (5, 17)
@@ -60,6 +63,7 @@ def test_every_family_generates_what_transformers_generates(family, bpe, tmp_pat
     generation = artifact.manifest.processing["generation"]
     assert generation["route"] == "onnx-torchscript" and generation["family"] == family
     assert artifact.manifest.parity["export"]["passed"]
+    assert pack_sibling_matmuls(onnx.load(str(artifact.model_path))) == 0, "sibling projections left unpacked"
     expected = transformers_greedy(source, prompts(512), NEW_TOKENS)
     with load(artifact.path, device="cpu") as model:
         for prompt, tokens in zip(prompts(512), expected):
@@ -95,6 +99,23 @@ def test_auto_takes_the_second_route_for_a_family_the_builder_does_not_know(bpe,
             assert stop not in stopped.text and text.text.startswith(stopped.text)
     run = cli("run", artifact_path, "--prompt", "Return the", "--max-new-tokens", "4")
     assert run.exit_code == 0, run.output
+
+
+def test_the_default_graph_shares_key_value_heads_and_packs_projections(bpe, tmp_path):
+    """A grouped-query Llama (4 heads, 2 key/value heads) through the default exporter: the
+    attention takes the key/value heads as they are (no repeat_kv Expand per layer), the
+    q/k/v and the gate/up projections are one MatMul each, and a ragged batch still gets
+    transformers' greedy tokens."""
+    source = build(tmp_path / "llama", "llama", bpe)
+    artifact = export_onnx(source, tmp_path / "out", ExportOptions(route="onnx"))
+    assert artifact.manifest.processing["generation"]["route"] == "onnx-dynamo"
+    kinds = collections.Counter(node.op_type for node in onnx.load(str(artifact.model_path)).graph.node)
+    layers = 2
+    assert kinds["MatMul"] == 4 * layers + 1, kinds        # q|k|v, o, gate|up, down per layer; the LM head
+    assert kinds["Expand"] < 2 * layers, kinds               # repeat_kv would add two per layer
+    with load(artifact.path, device="cpu") as model:
+        assert [g.tokens for g in model.generate(prompts(512), max_new_tokens=NEW_TOKENS)] == \
+            transformers_greedy(source, prompts(512), NEW_TOKENS)
 
 
 def test_a_gpt2_with_a_bert_wordpiece_tokenizer_answers_a_text_prompt(tmp_path):
