@@ -7,9 +7,11 @@ Measured here (transformers 5.24, torch 2.13, tiny random models of 44 attention
 token-exact against ``generate`` for all of them, ragged left-padded batches included.
 Two exporters, fastest graph first:
 
-1. ``dynamo`` (torch.export, opset 23, SDPA attention): ONNX's own Attention,
-   RMSNormalization and RotaryEmbedding ops, ~190 nodes for a small Llama; decodes at
-   ~1.1x ONNX Runtime GenAI's time per token with I/O binding.  7-25 s to export.
+1. ``dynamo`` (torch.export, opset 23, SDPA attention): ONNX's own Attention (taking
+   grouped key/value heads as they are), RMSNormalization and RotaryEmbedding ops, ~160
+   nodes for a small Llama once its projections are packed (packing.py); decodes at 0.94x
+   ONNX Runtime GenAI's tokens/s with spinning off, 0.76x with it on (a 5M Llama, 2
+   threads, benchmarks/results/generation_llm*.txt).  7-25 s to export.
 2. ``torchscript`` (tracing, opset 18, eager attention): ~1,000 nodes, ~1.3x GenAI's time
    per token, but exports in about a second and has covered every family tried.
 
