@@ -140,7 +140,7 @@ class BenchReport:
                 "interval) and absolute times by more" + (
                     "; speed-ups are from on-CPU time (what each call cost when it ran: preemption stretches long "
                     "calls more than short ones), latencies from the wall clock"
-                    if state["disturbed_rounds"] and not self.settings.get("spinning", "").startswith("on") else ""))
+                    if any("on-CPU" in (r.get("speedup") or {}).get("method", "") for r in self.results) else ""))
         if state["steal_share"] > DISTURBED_STEAL:
             self.warnings.append(f"the hypervisor stole {state['steal_share']:.0%} of the CPU time during these rounds;"
                                  " absolute times are inflated")

@@ -1,6 +1,6 @@
 """``edgeport bench``: several artifacts (and any extra runner the caller hands in, such as
 the PyTorch baseline) measured side by side on the same real inputs, in one process,
-interleaved, on equal footing (one thread count for every variant, spinning off); the
+interleaved, on equal footing (one thread count and one spinning policy for every variant); the
 machine's state measured before, between and after the rounds; parity against a
 reference; and per-variant size, memory and start-up measured in fresh processes.
 

@@ -39,6 +39,10 @@ class Timer:
     def __init__(self, report: BenchReport, runners: dict[str, Callable], options, meter, monitor: Monitor):
         self.report, self.runners, self.options, self.meter, self.monitor = report, runners, options, meter, monitor
         self.reference = next(iter(runners))
+        # On-CPU time stands for latency only where one thread does the work and none spins
+        # (edgeport.speed.rounds); with more, it adds up their work and a variant that spreads
+        # well over the cores would lose its credit.
+        self.cpu_time = not options.spinning and options.thread_count()[0] == 1
 
     def rows(self, scenario: str, params: dict, feeds_cycle: list, rows_per_call: int, label: str) -> dict:
         measurement = interleaved(self.runners, feeds_cycle, self.options.settings, self.monitor,
@@ -55,7 +59,7 @@ class Timer:
                                                                 else stats.p50_ms),
                    "rounds_ms": medians, "round_spread": spread(medians),
                    "disturbed_rounds": measurement.disturbed_rounds()}
-            row["speedup"] = measurement.speedup(self.reference, name, cpu_time=not self.options.spinning)
+            row["speedup"] = measurement.speedup(self.reference, name, cpu_time=self.cpu_time)
             tokens = _tokens(feeds_cycle)
             if tokens:
                 row["tokens"] = tokens

@@ -91,8 +91,8 @@ def _domains(text: str | None) -> list[str]:
 @click.option("--force", is_flag=True, help="Replace existing report files.")
 def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, reference, data, labels, batch_sizes,
                       sequence_lengths, rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration, min_count,
-                      threads, speed_of_light, spinning, strict, min_cosine, min_p01_cosine, max_abs_error, min_top1_agreement, max_new_tokens,
-                      domains, no_memory, json_path, html_path, force):
+                      threads, speed_of_light, spinning, strict, min_cosine, min_p01_cosine, max_abs_error,
+                      min_top1_agreement, max_new_tokens, domains, no_memory, json_path, html_path, force):
     """Measure ARTIFACTS side by side: latency, throughput, size, memory, start-up and parity."""
     from ..bench.runner import BenchOptions, ReportFiles, run_bench
     from ..bench.scenarios import Settings

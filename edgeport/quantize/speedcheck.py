@@ -29,7 +29,7 @@ def speed_against_fp32(fp32_model: Path, int8_model: Path, feeds: dict[str, np.n
 def judge(measured: Measurement, feeds: dict) -> dict:
     """The record: the speed-up, its interval (on-CPU time when other processes disturbed the
     rounds), and whether INT8 is measurably faster (the interval's lower end above 1)."""
-    speedup = measured.speedup("fp32", "int8")
+    speedup = measured.speedup("fp32", "int8", cpu_time=default_threads() == 1)
     (low, high), state = speedup["ci95"], summarize(measured.machine)
     return {"vs": "the FP32 input artifact", "speedup": round(speedup["value"], 4),
             "ci95": [round(low, 4), round(high, 4)], "method": speedup["method"],

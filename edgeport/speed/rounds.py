@@ -12,11 +12,12 @@ Every call is timed twice: by the wall clock, and by the CPU time this process s
 (every thread).  On a quiet machine the two agree; when other processes take the CPUs, a
 call's wall time grows with how often it is preempted, and preemption is not proportional:
 the scheduler lets a short call that follows a pause finish in one slice and makes a long one
-wait for the others, so a 22 ms FP32 call against a 7 ms INT8 one measured 3.1x quiet and
-6.8x loaded.  On-CPU time (what each call cost when it ran) holds its ratio under that load
-(3.6x quiet, 3.6x loaded in the same experiment), so a disturbed measurement takes its
-speed-ups from it (``Measurement.speedup``).  Variants must not spin (the bench disables it):
-a spinning pool's idle threads would count as work.
+wait for the others.  MiniLM FP32 against INT8 on one thread, five paired rounds: by the wall
+clock 3.4-3.9x quiet and 6.3-9.4x beside four CPU burners; by on-CPU time 3.4-3.9x and
+3.4-3.8x.  So a disturbed measurement can take its speed-ups from on-CPU time
+(``Measurement.speedup``), where on-CPU time stands for latency: one thread doing the work
+and none spinning (a spinning pool's idle threads would count as work; with several
+threads it adds up their work, not the time the call took).
 """
 
 from __future__ import annotations
@@ -91,12 +92,13 @@ class Measurement:
     def speedup(self, reference: str, name: str, cpu_time: bool = True) -> dict:
         """How many times faster ``name`` ran than ``reference`` in the same rounds, with its
         95% interval: by the wall clock on a quiet machine, by on-CPU time when any round was
-        disturbed (the module's docstring says why; ``cpu_time=False`` where threads spin), the
-        wall-clock ratio kept beside it."""
+        disturbed (the module's docstring says why; callers pass ``cpu_time=False`` where more
+        than one thread works or threads spin), the wall-clock ratio kept beside it."""
         value, low, high = paired_ratio(self.rounds[reference], self.rounds[name])
         wall = {"value": value, "ci95": [low, high], "vs": reference, "method": "paired rounds"}
         cpu = [self.cpu_rounds.get(reference), self.cpu_rounds.get(name)]
-        if not cpu_time or not self.disturbed_rounds() or not all(cpu) or min(float(np.median(r)) for c in cpu for r in c) <= 0:
+        usable = all(cpu) and min(float(np.median(r)) for c in cpu for r in c) > 0
+        if not (cpu_time and usable and self.disturbed_rounds()):
             return wall
         value, low, high = paired_ratio(*cpu)
         return {"value": value, "ci95": [low, high], "vs": reference,

@@ -45,3 +45,35 @@ def test_siblings_are_packed_into_one_matmul_with_the_same_values():
     for expected, got in zip(before, _run(model, feeds)):
         np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     assert pack_sibling_matmuls(model) == 0                       # nothing left to pack
+
+
+def _siblings(names=("", ""), weight_as_output=False, weight_as_input=False, opset=18):
+    """x -> two projections whose MatMuls are named ``names``; optionally the first weight is
+    also a graph output or a graph input (as old exporters list initializers)."""
+    rng = np.random.default_rng(3)
+    weights = [numpy_helper.from_array(rng.normal(size=(8, 4)).astype(np.float32), f"w{i}") for i in range(2)]
+    nodes = [helper.make_node("MatMul", ["x", f"w{i}"], [f"y{i}"], name=names[i]) for i in range(2)]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 8])]
+    outputs = [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["rows", 4]) for i in range(2)]
+    if weight_as_output:
+        outputs.append(helper.make_tensor_value_info("w0", TensorProto.FLOAT, [8, 4]))
+    if weight_as_input:
+        inputs.append(helper.make_tensor_value_info("w0", TensorProto.FLOAT, [8, 4]))
+    graph = helper.make_graph(nodes, "g", inputs, outputs, weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_unnamed_siblings_pack_into_a_model_onnx_runtime_loads():
+    model = _siblings()
+    feeds = {"x": np.ones((2, 8), np.float32)}
+    before = _run(model, feeds)
+    assert pack_sibling_matmuls(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    for expected, got in zip(before, _run(model, feeds)):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_weights_the_graph_shows_or_old_opsets_are_left_alone():
+    for model in (_siblings(weight_as_output=True), _siblings(weight_as_input=True), _siblings(opset=11)):
+        original = model.SerializeToString()
+        assert pack_sibling_matmuls(model) == 0 and model.SerializeToString() == original
