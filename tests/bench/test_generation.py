@@ -19,7 +19,7 @@ def test_generation_bench_with_the_transformers_baseline(cli, lms, tmp_path):
     fp32 = lms("llama")["onnx"]
     int4 = quantize(fp32.path, tmp_path / "int4", QuantizeOptions(mode="int4"))
     result = cli("bench", fp32.path, int4.path, "--baseline", "torch", "--rounds", "2", "--max-new-tokens", "8",
-                 "--json", tmp_path / "g.json", "--html", tmp_path / "g.html")
+                 "--spinning", "--json", tmp_path / "g.json", "--html", tmp_path / "g.html")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "g.json").read_text())
     jsonschema.validate(report, REPORT_SCHEMA)
@@ -30,6 +30,7 @@ def test_generation_bench_with_the_transformers_baseline(cli, lms, tmp_path):
         assert row["prefill_tokens_per_s"] > 0 and row["throughput_per_s"] > 0
         assert 1 <= row["mean_new_tokens"] <= 8
     assert rows["onnx"]["itl_ms"]["count"] > 0
+    assert report["settings"]["spinning"].startswith("on (--spinning)") and "GenAI" in report["settings"]["spinning"]
     assert report["parity"]["onnx"]["generation"]["exact"] == 1.0
     assert 0.5 <= report["parity"]["int4"]["generation"]["token_agreement"] <= 1.0
     assert report["variants"][1]["peak_rss_mb"] > 0 and "TTFT p50" in result.output

@@ -54,6 +54,7 @@ def test_bench_end_to_end_json_html_and_table(two_artifacts, tmp_path, cli):
         assert len(variant["manifest_sha256"]) == 64
     assert report["parity"]["encoder"]["passed"] and report["parity"]["int8"]["sentence_embedding"]["min_cosine"] > 0.9
     assert report["machine"]["cores"] >= 1 and "onnxruntime" in report["machine"]["versions"]
+    assert report["settings"]["spinning"].startswith("off")                 # the default: variants take turns
     assert "p50 ms" in result.output and "speed-up (95% CI)" in result.output
     assert "<table" in (tmp_path / "r.html").read_text()
 
