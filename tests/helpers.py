@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+import tarfile
 from pathlib import Path
 
 
@@ -43,3 +46,24 @@ def edit_manifest(folder: Path, edit, reseal: bool = True) -> None:
     if reseal and "seal" in data:
         data["seal"] = seal_of(data)
     path.write_text(json.dumps(data))
+
+
+def rewrite_bundle(bundle: Path, out: Path, edit) -> Path:
+    """``bundle`` re-packed into ``out`` with ``edit(members)`` applied to its list of
+    (TarInfo, bytes or None), in order: the way a hostile or careless hand changes a bundle."""
+    with tarfile.open(bundle) as archive:
+        members = [(m, archive.extractfile(m).read() if m.isfile() else None) for m in archive.getmembers()]
+    edit(members)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as archive:
+        for info, payload in members:
+            archive.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    out.write_bytes(gzip.compress(raw.getvalue()))
+    return out
+
+
+def tar_member(name: str, payload: bytes = b"x") -> tuple[tarfile.TarInfo, bytes]:
+    """A regular-file member ``name`` holding ``payload``, for ``rewrite_bundle`` edits."""
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    return info, payload

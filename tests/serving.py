@@ -37,14 +37,18 @@ def request(url: str, body: bytes | dict | None = None, headers: dict | None = N
 
 
 @contextmanager
-def running(artifact, *args: str, env: dict | None = None, scheme: str = "http", context=None):
+def running(artifact, *args: str, env: dict | None = None, scheme: str = "http", context=None,
+            ready_within: float = 60, poll: float = 0.2, stop_signal=signal.SIGTERM, stop_within: float = 30):
+    """``edgeport serve ARTIFACT ARGS`` on a free port, yielded once /v2/health/ready answers
+    200 (within ``ready_within`` seconds), then stopped with ``stop_signal`` (killed if it has
+    not exited within ``stop_within``)."""
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "edgeport.cli", "serve", str(artifact), "--port", str(port),
                                 *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, **(env or {})})
     base = f"{scheme}://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + ready_within
         while time.time() < deadline:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited: {process.stderr.read()}")
@@ -52,14 +56,14 @@ def running(artifact, *args: str, env: dict | None = None, scheme: str = "http",
                 if request(f"{base}/v2/health/ready", timeout=2, context=context)[0] == 200:
                     break
             except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.2)
+                time.sleep(poll)
         else:
             raise RuntimeError("server did not become ready")
         yield base, process
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(stop_signal)
             try:
-                process.wait(timeout=30)
+                process.wait(timeout=stop_within)
             except subprocess.TimeoutExpired:
                 process.kill()

@@ -4,8 +4,6 @@ input.  One row per case; every row checks the exit code, the message, and what 
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import os
 import shutil
@@ -22,7 +20,7 @@ import yaml
 
 from edgeport.errors import (ArtifactError, InvalidOptionError, OutputExistsError, SourceError, StoppedByUser,
                              UnsafeFileError)
-from helpers import assert_fails, edit_manifest, folder_names
+from helpers import assert_fails, edit_manifest, folder_names, rewrite_bundle, tar_member
 from serving import free_port, request, running
 
 
@@ -30,25 +28,6 @@ def _bundle(artifact, path: Path) -> Path:
     from edgeport.package.bundle import package_bundle
 
     return package_bundle(artifact.path, path)
-
-
-def _rewrite_bundle(bundle: Path, out: Path, edit) -> Path:
-    """``bundle`` re-packed with ``edit(members)`` applied to its list of (TarInfo, bytes)."""
-    with tarfile.open(bundle) as archive:
-        members = [(m, archive.extractfile(m).read() if m.isfile() else None) for m in archive.getmembers()]
-    edit(members)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as archive:
-        for info, payload in members:
-            archive.addfile(info, io.BytesIO(payload) if payload is not None else None)
-    out.write_bytes(gzip.compress(raw.getvalue()))
-    return out
-
-
-def _member(name: str, payload: bytes) -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    return info, payload
 
 
 def _recipe(tmp_path: Path, **data) -> Path:
@@ -126,15 +105,15 @@ def test_no_bundle_member_is_absolute_or_empty(onnx_artifacts, tmp_path):
 
 
 @pytest.mark.parametrize("edit, error, phrase", [
-    (lambda m: m.append(_member("clf/artifact/huge.bin", b"\0" * (64 << 20))), ArtifactError, "does not list"),
+    (lambda m: m.append(tar_member("clf/artifact/huge.bin", b"\0" * (64 << 20))), ArtifactError, "does not list"),
     (lambda m: _grow(m, "clf/artifact/model.onnx"), ArtifactError, "declares"),
-    (lambda m: m.append(_member(".", b"x")), UnsafeFileError, "empty name"),
-    (lambda m: m.insert(0, _member("./", b"")), UnsafeFileError, "empty name"),
+    (lambda m: m.append(tar_member(".", b"x")), UnsafeFileError, "empty name"),
+    (lambda m: m.insert(0, tar_member("./", b"")), UnsafeFileError, "empty name"),
 ], ids=["unlisted-member", "member-larger-than-declared", "member-named-dot", "member-named-dot-slash"])
 def test_bundle_members_are_checked_before_anything_is_written(cli, onnx_artifacts, tmp_path, monkeypatch, edit,
                                                                error, phrase):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    bad = _rewrite_bundle(_bundle(onnx_artifacts["classifier"], tmp_path / "clf.tar.gz"), tmp_path / "bad.tar.gz",
+    bad = rewrite_bundle(_bundle(onnx_artifacts["classifier"], tmp_path / "clf.tar.gz"), tmp_path / "bad.tar.gz",
                           edit)
     np.savez(tmp_path / "f.npz", features=np.zeros((1, 8), np.float32))
     for args in (("inspect", bad), ("run", bad, "--input", tmp_path / "f.npz"),

@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +15,7 @@ import numpy as np
 from ..artifact import Artifact, sha256_file
 from ..errors import MissingDependencyError, SourceError, require
 from ..outputs import ARTIFACT, check_output
-from .keras import check_keras_file
+from .keras import check_keras_file, keras_io, keras_side
 from .prepare import ExportJob
 
 
@@ -40,33 +36,13 @@ def export_keras_executorch(source: Path, out, options, say) -> Artifact:
     with tempfile.TemporaryDirectory(prefix="edgeport-keras-et-") as work_dir:
         work = Path(work_dir)
         say("loading with Keras (torch backend), capturing and lowering to XNNPACK...")
-        proc = subprocess.run([sys.executable, "-m", "edgeport.export.keras_worker", str(source), str(work),
-                               "executorch", json.dumps(settings)],
-                              capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "torch"})
-        if proc.returncode != 0:
-            lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-            raise SourceError(lines[-1] if lines else f"the Keras side of exporting '{source}' failed")
-        info = json.loads((work / "info.json").read_text())
-        with np.load(work / "samples.npz") as data:
-            samples = {k: data[k] for k in data.files}
-        shape = info["input_shape"]
-        image = len(shape) == 4 and info["input_dtype"].startswith("float")
-        classes = info["output_shape"][-1] if len(info["output_shape"]) == 2 else None
-        classifier = bool(image and classes and classes > 1)
-        input_name, output_name = ("images" if image else "inputs"), ("logits" if classifier else "outputs")
-        processing = {}
-        if image:
-            height, width, channels = shape[1:]
-            processing["image"] = {"size": [height, width], "channels": channels, "mean": [0.0] * channels,
-                                   "std": [1.0] * channels, "layout": "NHWC", "input_range": [0, 1],
-                                   "dynamic_size": False}
-        if classifier:
-            processing["labels"] = [str(i) for i in range(classes)]
-        job = ExportJob(module=None, task="image-classification" if classifier else "custom", variant="dynamic",
+        info, samples = keras_side(source, work, "executorch", settings)
+        model_io = keras_io(info)
+        input_name, output_name = model_io.input_name, model_io.output_name
+        job = ExportJob(module=None, task=model_io.task, variant="dynamic",
                         input_names=[input_name], output_names=[output_name], input_axes={input_name: {0: "batch"}},
                         output_axes={output_name: {0: "batch"}}, trace_inputs={input_name: samples["input:trace"]},
-                        validation_batches=[], processing=processing,
-                        validation_data="held-out scikit-learn digits, resized" if image else "seeded inputs",
+                        validation_batches=[], processing=model_io.processing, validation_data=model_io.validation_data,
                         sources={source.name: sha256_file(source)}, model_type="keras")
         bounds = _bounds(job, options)
         step = bounds["batch"][1]

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,17 +52,57 @@ def check_keras_file(source: Path) -> None:
                           "a legacy HDF5 model renamed: re-save it with model.save('model.keras')")
 
 
-def _keras_side(source: Path, work: Path) -> tuple[dict, dict]:
+def keras_side(source: Path, work: Path, target: str = "onnx", settings: dict | None = None) -> tuple[dict, dict]:
+    """Run keras_worker.py in a child process on Keras' torch backend (importing keras here
+    would pick its default backend): it writes ``target`` (an ONNX graph, or an ExecuTorch
+    program with ``settings``) into ``work``; returns its info.json and samples.npz."""
     env = {**os.environ, "KERAS_BACKEND": "torch"}
-    proc = subprocess.run([sys.executable, "-m", "edgeport.export.keras_worker", str(source), str(work)],
-                          capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "edgeport.export.keras_worker", str(source), str(work), target,
+                           json.dumps(settings or {})], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-        raise SourceError(lines[-1] if lines else f"the Keras export of '{source}' failed")
+        raise SourceError(lines[-1] if lines else f"the Keras side of exporting '{source}' failed")
     info = json.loads((work / "info.json").read_text())
     with np.load(work / "samples.npz") as data:
         samples = {k: data[k] for k in data.files}
     return info, samples
+
+
+@dataclass(frozen=True)
+class KerasIO:
+    """What a Keras model's one input and one output are, from the worker's info.json: an
+    image classifier (NHWC images scaled to [0, 1], logits) or a custom tensor model."""
+
+    image: bool
+    classifier: bool
+    input_name: str
+    output_name: str
+    processing: dict
+
+    @property
+    def task(self) -> str:
+        return "image-classification" if self.classifier else "custom"
+
+    @property
+    def validation_data(self) -> str:
+        return "held-out scikit-learn digits, resized" if self.image else "seeded inputs"
+
+
+def keras_io(info: dict) -> KerasIO:
+    shape = info["input_shape"]
+    image = len(shape) == 4 and info["input_dtype"].startswith("float")
+    classes = info["output_shape"][-1] if len(info["output_shape"]) == 2 else None
+    classifier = bool(image and classes and classes > 1)
+    processing = {}
+    if image:
+        height, width, channels = shape[1:]
+        processing["image"] = {"size": [height, width], "channels": channels, "mean": [0.0] * channels,
+                               "std": [1.0] * channels, "layout": "NHWC", "input_range": [0, 1],
+                               "dynamic_size": False}
+    if classifier:
+        processing["labels"] = [str(i) for i in range(classes)]
+    return KerasIO(image, classifier, "images" if image else "inputs", "logits" if classifier else "outputs",
+                   processing)
 
 
 def _rename(model_file: Path, input_name: str, output_name: str) -> None:
@@ -98,16 +139,12 @@ def export_keras(source, out, options, progress=None) -> Artifact:
     with tempfile.TemporaryDirectory(prefix="edgeport-keras-") as work_dir:
         work = Path(work_dir)
         say("loading and exporting with Keras (torch backend)...")
-        info, samples = _keras_side(source, work)
-        shape = info["input_shape"]
-        image = len(shape) == 4 and info["input_dtype"].startswith("float")
-        classes = info["output_shape"][-1] if len(info["output_shape"]) == 2 else None
-        classifier = bool(image and classes and classes > 1)
-        input_name, output_name = ("images" if image else "inputs"), ("logits" if classifier else "outputs")
+        info, samples = keras_side(source, work)
+        model_io = keras_io(info)
+        input_name, output_name, task = model_io.input_name, model_io.output_name, model_io.task
         _rename(work / "model.onnx", input_name, output_name)
         reference = {k.split(":", 1)[1]: v for k, v in samples.items() if k.startswith("output:")}
         inputs = {k.split(":", 1)[1]: v for k, v in samples.items() if k.startswith("input:")}
-        task = "image-classification" if classifier else "custom"
         thresholds = {"atol": options.atol, "rtol": options.rtol}
         with OnnxRuntimeRunner(work / "model.onnx") as runner:
             reports = [compare_outputs({output_name: reference[name]}, runner.run({input_name: inputs[name]}),
@@ -117,22 +154,13 @@ def export_keras(source, out, options, progress=None) -> Artifact:
         for report in reports:
             report.raise_for_failure("the exported ONNX model")
         parity = reports[0]
-        parity.data = ("held-out scikit-learn digits, resized" if image else "seeded inputs") + \
-            f"; {len(inputs['extra'])} more at another batch size"
+        parity.data = model_io.validation_data + f"; {len(inputs['extra'])} more at another batch size"
         with staged_output(out, options.force, (source,), ARTIFACT) as staging:
             (staging / "model.onnx").write_bytes((work / "model.onnx").read_bytes())
             save_golden(staging / GOLDEN_NAME, {input_name: inputs["validation"]},
                         {output_name: reference["validation"]})
             graph_inputs, graph_outputs, opset = graph_io(staging / "model.onnx")
-            processing = {}
-            if image:
-                height, width, channels = shape[1:]
-                processing["image"] = {"size": [height, width], "channels": channels, "mean": [0.0] * channels,
-                                       "std": [1.0] * channels, "layout": "NHWC", "input_range": [0, 1],
-                                       "dynamic_size": False}
-            if classifier:
-                processing["labels"] = [str(i) for i in range(classes)]
-            manifest = Manifest(task=task, processing=processing,
+            manifest = Manifest(task=task, processing=model_io.processing,
                                 graph={"format": "onnx", "file": "model.onnx", "opset": opset, "inputs": graph_inputs,
                                        "outputs": graph_outputs, "static_shapes": False, "external_data": False},
                                 precision={"mode": "fp32", "kept_fp32_nodes": [], "calibration": None},

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import warnings
+
+from ..runtime.logs import errors_only
 
 TORCH_LOGGERS = ("torch.onnx", "torch.fx.experimental.symbolic_shapes", "torch._dynamo", "torch.export",
                  "torch.utils._pytree", "torchao", "executorch")
@@ -31,28 +32,12 @@ def quiet_transformers():
             log.enable_progress_bar()
 
 
-class _OnlyErrors(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
-
-
 @contextlib.contextmanager
 def quiet_torch_loggers():
     """torch's, torchao's and ExecuTorch's loggers held to errors for the block (torchao logs
     the GPU kernels a CPU wheel lacks on import; torch.export's shape solver, whole graphs)."""
-    loggers = [logging.getLogger(name) for name in TORCH_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    # A level for the loggers' children, and a filter too: torch.export resets some levels.
-    only_errors = _OnlyErrors()
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-        logger.addFilter(only_errors)
-    try:
+    with errors_only(TORCH_LOGGERS):
         yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.removeFilter(only_errors)
-            logger.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ArtifactError, ModelInputError, require
+from .logs import errors_only
 from .runner import Runner
 
 # A .pte starts with a 4-byte flatbuffer offset, then the file identifier "ET" + version.
@@ -43,27 +43,12 @@ def check_program_file(path: Path) -> None:
                             "truncated, or another kind of file)")
 
 
-class _OnlyErrors(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR
-
-
 @contextlib.contextmanager
 def _quiet_import():
     """Importing ExecuTorch's runtime imports torchao, which logs, in every process, the GPU
     kernels a CPU wheel lacks and a torch deprecation; those lines are dropped."""
-    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
-    levels, only_errors = [logger.level for logger in loggers], _OnlyErrors()
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-        logger.addFilter(only_errors)
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.removeFilter(only_errors)
-            logger.setLevel(level)
+    with errors_only(("torchao", "torch.utils._pytree")), contextlib.redirect_stderr(io.StringIO()):
+        yield
 
 
 @contextlib.contextmanager

@@ -3,8 +3,6 @@ refuses tampered, climbing, linked and oversized members with nothing written ou
 
 from __future__ import annotations
 
-import gzip
-import io
 import tarfile
 
 import numpy as np
@@ -14,7 +12,7 @@ from edgeport.errors import ArtifactError, UnsafeFileError
 from edgeport.package import PackageOptions, package
 from edgeport.runtime import load
 from edgeport.runtime.bundle import ExtractionLimits, extract_bundle, open_bundle
-from helpers import assert_fails
+from helpers import assert_fails, rewrite_bundle, tar_member
 
 
 @pytest.fixture(autouse=True)
@@ -61,25 +59,6 @@ def test_mobile_target_adds_the_ort_format_and_operator_list(onnx_artifacts, tmp
                                load(onnx_artifacts["classifier"].path).run({"features": features})["logits"], atol=1e-5)
 
 
-def _rewrite(bundle, out, edit):
-    """Copy a bundle with ``edit(members)`` applied to its list of (TarInfo, bytes)."""
-    with tarfile.open(bundle) as archive:
-        members = [(m, archive.extractfile(m).read() if m.isfile() else None) for m in archive.getmembers()]
-    edit(members)
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as archive:
-        for info, payload in members:
-            archive.addfile(info, io.BytesIO(payload) if payload is not None else None)
-    out.write_bytes(gzip.compress(raw.getvalue()))
-    return out
-
-
-def _file(name, payload=b"x"):
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    return info, payload
-
-
 def _link(name, target, hard=False):
     info = tarfile.TarInfo(name)
     info.type = tarfile.LNKTYPE if hard else tarfile.SYMTYPE
@@ -89,15 +68,15 @@ def _link(name, target, hard=False):
 
 @pytest.mark.parametrize("edit,error,phrase", [
     (lambda m: m.__setitem__(-1, (m[-1][0], m[-1][1][:-1] + b"!")), ArtifactError, "does not match its sha256"),
-    (lambda m: m.append(_file("/etc/edgeport-evil")), UnsafeFileError, "absolute path"),
-    (lambda m: m.append(_file("clf/../../escaped")), UnsafeFileError, "climbs out"),
+    (lambda m: m.append(tar_member("/etc/edgeport-evil")), UnsafeFileError, "absolute path"),
+    (lambda m: m.append(tar_member("clf/../../escaped")), UnsafeFileError, "climbs out"),
     (lambda m: m.append(_link("clf/artifact/evil", "/etc/passwd")), UnsafeFileError, "a link"),
     (lambda m: m.append(_link("clf/artifact/hard", "clf/bundle.json", hard=True)), UnsafeFileError, "a link"),
-    (lambda m: m.append(_file("clf/artifact/extra.bin", b"\0" * 2048)), UnsafeFileError, "over the"),
+    (lambda m: m.append(tar_member("clf/artifact/extra.bin", b"\0" * 2048)), UnsafeFileError, "over the"),
 ])
 def test_hostile_bundles_are_refused_and_nothing_lands_outside(onnx_artifacts, tmp_path, edit, error, phrase):
     bundle = package(onnx_artifacts["classifier"].path, tmp_path / "clf.tar.gz")
-    bad = _rewrite(bundle, tmp_path / "bad.tar.gz", edit)
+    bad = rewrite_bundle(bundle, tmp_path / "bad.tar.gz", edit)
     target = tmp_path / "unpacked" / "here"
     before = set(tmp_path.rglob("*"))
     with pytest.raises(error, match=phrase):
@@ -114,7 +93,7 @@ def test_hostile_bundles_are_refused_and_nothing_lands_outside(onnx_artifacts, t
 
 def test_cli_refuses_a_tampered_bundle(onnx_artifacts, tmp_path, cli):
     bundle = package(onnx_artifacts["classifier"].path, tmp_path / "clf.tar.gz")
-    bad = _rewrite(bundle, tmp_path / "bad.tar.gz",
+    bad = rewrite_bundle(bundle, tmp_path / "bad.tar.gz",
                    lambda m: m.__setitem__(-1, (m[-1][0], m[-1][1][:-1] + b"!")))
     np.savez(tmp_path / "f.npz", features=np.zeros((1, 8), np.float32))
     assert_fails(cli("run", bad, "--input", tmp_path / "f.npz"), ArtifactError.exit_code, "sha256")
@@ -143,7 +122,7 @@ def test_a_bundle_whose_manifest_was_edited_is_refused(onnx_artifacts, tmp_path)
         members[sums][0].size = len(text)
         members[sums] = (members[sums][0], text)
 
-    bad = _rewrite(bundle, tmp_path / "bad.tar.gz", edit)
+    bad = rewrite_bundle(bundle, tmp_path / "bad.tar.gz", edit)
     with pytest.raises(ArtifactError, match="was edited"):
         open_bundle(bad, into=tmp_path / "x")
 

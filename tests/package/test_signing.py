@@ -4,9 +4,7 @@ does not.  Real keys, real model-signing, no network."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import tarfile
 from pathlib import Path
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgeport.errors import ArtifactError, InvalidOptionError
-from helpers import assert_fails
+from helpers import assert_fails, rewrite_bundle
 
 pytest.importorskip("model_signing", reason="the signing extra: pip install 'edgeport[signing]'")
 
@@ -53,32 +51,28 @@ def _members(bundle: Path) -> dict[str, tuple]:
 def _resummed(bundle: Path, out: Path) -> Path:
     """The bundle with its labels edited and SHA256SUMS and bundle.json re-summed to match:
     every checksum holds; only the signature can tell."""
-    with tarfile.open(bundle) as archive:
-        members = [(m, archive.extractfile(m).read() if m.isfile() else None) for m in archive.getmembers()]
-    payloads = {m.name: p for m, p in members}
-    manifest = json.loads(payloads["clf/artifact/edgeport.json"])
-    manifest["processing"]["labels"] = ["evil", "x", "y"]
     from edgeport.manifest import seal_of
 
-    manifest["seal"] = seal_of(manifest)
-    new_manifest = json.dumps(manifest).encode()
-    meta = json.loads(payloads["clf/bundle.json"])
-    meta["manifest_sha256"] = hashlib.sha256(new_manifest).hexdigest()
-    new_meta = json.dumps(meta).encode()
-    sums = payloads["clf/SHA256SUMS"].decode().splitlines()
-    digests = {"artifact/edgeport.json": new_manifest, "bundle.json": new_meta}
-    sums = "".join(f"{hashlib.sha256(digests[line.split('  ', 1)[1]]).hexdigest()}  {line.split('  ', 1)[1]}\n"
-                   if line.split("  ", 1)[1] in digests else line + "\n" for line in sums).encode()
-    replaced = {"clf/artifact/edgeport.json": new_manifest, "clf/bundle.json": new_meta, "clf/SHA256SUMS": sums}
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as archive:
-        for info, payload in members:
-            payload = replaced.get(info.name, payload)
-            if payload is not None:
-                info.size = len(payload)
-            archive.addfile(info, io.BytesIO(payload) if payload is not None else None)
-    out.write_bytes(gzip.compress(raw.getvalue()))
-    return out
+    def edit(members):
+        payloads = {m.name: p for m, p in members}
+        manifest = json.loads(payloads["clf/artifact/edgeport.json"])
+        manifest["processing"]["labels"] = ["evil", "x", "y"]
+        manifest["seal"] = seal_of(manifest)
+        new_manifest = json.dumps(manifest).encode()
+        meta = json.loads(payloads["clf/bundle.json"])
+        meta["manifest_sha256"] = hashlib.sha256(new_manifest).hexdigest()
+        new_meta = json.dumps(meta).encode()
+        sums = payloads["clf/SHA256SUMS"].decode().splitlines()
+        digests = {"artifact/edgeport.json": new_manifest, "bundle.json": new_meta}
+        sums = "".join(f"{hashlib.sha256(digests[line.split('  ', 1)[1]]).hexdigest()}  {line.split('  ', 1)[1]}\n"
+                       if line.split("  ", 1)[1] in digests else line + "\n" for line in sums).encode()
+        replaced = {"clf/artifact/edgeport.json": new_manifest, "clf/bundle.json": new_meta, "clf/SHA256SUMS": sums}
+        for index, (info, _) in enumerate(members):
+            if info.name in replaced:
+                info.size = len(replaced[info.name])
+                members[index] = (info, replaced[info.name])
+
+    return rewrite_bundle(bundle, out, edit)
 
 
 def test_a_signed_bundle_runs_under_its_key(cli, signed, tmp_path):
@@ -144,3 +138,4 @@ def test_a_bad_signing_key_writes_nothing(cli, onnx_artifacts, tmp_path):
         assert_fails(cli("package", onnx_artifacts["classifier"].path, "--format", "bundle", "-o",
                          tmp_path / "b.tar.gz", "--sign", key), InvalidOptionError.exit_code, phrase,
                      absent=tmp_path / "b.tar.gz")
+

@@ -14,14 +14,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 
 from edgeport.errors import InvalidOptionError, ServerError
 from helpers import assert_fails
-from serving import free_port, request
+from serving import free_port, request, running
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray", reason="the ray extra: pip install 'edgeport[ray]'")
@@ -34,34 +33,10 @@ def _ray_processes() -> list[str]:
     return [line for line in out.splitlines() if "raylet" in line or "gcs_server" in line]
 
 
-@contextmanager
 def ray_server(bundle, *args: str, timeout: float = 240):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "edgeport.cli", "serve", str(bundle), "--engine", "ray",
-                                "--port", str(port), "--name", "minilm", *args],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "EDGEPORT_AUTH_TOKEN": TOKEN})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stderr.read()}")
-            try:
-                if request(f"{base}/v2/health/ready", timeout=2)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("the Ray deployment did not become ready")
-        yield base, process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+    """``edgeport serve BUNDLE --engine ray`` until ready; stopped with Ctrl-C, as a user would."""
+    return running(bundle, "--engine", "ray", "--name", "minilm", *args, env={"EDGEPORT_AUTH_TOKEN": TOKEN},
+                   ready_within=timeout, poll=0.5, stop_signal=signal.SIGINT, stop_within=60)
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from ..runner import Runner
 
 
+# Both causal-LM formats: Triton's plain ONNX Runtime backend has no generation loop.
+CAUSAL_LM_TRITON_REFUSAL = ("causal LMs are served by edgeport serve (OpenAI endpoints) or Triton's TensorRT-LLM / "
+                            "vLLM backends; a plain onnxruntime_onnx repository would lose the KV cache loop")
+
+
 @dataclass(frozen=True)
 class TritonModel:
     """How Triton Inference Server loads a format: its ``platform`` (or ``backend``) and the

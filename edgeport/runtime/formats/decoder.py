@@ -4,7 +4,7 @@ Runtime (runtime/decoder.py).  For the families ONNX Runtime GenAI's builder doe
 
 from __future__ import annotations
 
-from . import GraphFormat, register
+from . import CAUSAL_LM_TRITON_REFUSAL, GraphFormat, register
 from .onnx import operator_histogram
 
 
@@ -25,7 +25,6 @@ DECODER = register(GraphFormat(
     generative=True,
     generator=decoder_generator,
     details=operator_histogram,
-    triton_refusal=("causal LMs are served by edgeport serve (OpenAI endpoints) or Triton's TensorRT-LLM / vLLM "
-                    "backends; a plain onnxruntime_onnx repository would lose the KV cache loop"),
+    triton_refusal=CAUSAL_LM_TRITON_REFUSAL,
     bench_kind="onnx-decoder",
 ))

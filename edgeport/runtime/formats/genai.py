@@ -3,7 +3,7 @@ and ``genai_config.json``, run by ONNX Runtime GenAI's generator."""
 
 from __future__ import annotations
 
-from . import GraphFormat, register
+from . import CAUSAL_LM_TRITON_REFUSAL, GraphFormat, register
 from .onnx import operator_histogram
 
 
@@ -24,7 +24,6 @@ GENAI = register(GraphFormat(
     generative=True,
     generator=genai_generator,
     details=operator_histogram,
-    triton_refusal=("causal LMs are served by edgeport serve (OpenAI endpoints) or Triton's TensorRT-LLM / vLLM "
-                    "backends; a plain onnxruntime_onnx repository would lose the KV cache loop"),
+    triton_refusal=CAUSAL_LM_TRITON_REFUSAL,
     runtime_requirements=("onnxruntime-genai",),
 ))
