@@ -90,9 +90,11 @@ def _explain(message: str) -> str:
     if message.startswith("Key mismatch"):
         return "the bundle was signed with another key than the trusted one"
     if message.startswith("Signature mismatch"):
-        changed = re.findall(r"Hash mismatch for '([^']+)'", message)
-        added = re.findall(r"Extra files found in model '[^']*': ([^\"\]]+)", message)
-        removed = re.findall(r"Missing files in model '[^']*': ([^\"\]]+)", message)
+        # The message is str() of a list: an entry whose digest bytes hold both kinds of
+        # quote is written with escaped quotes (\'name\'), so a quote may follow a backslash.
+        changed = re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", message)
+        added = re.findall(r"Extra files found in model \\?'[^']*?\\?': ([^\"\]'\\]+)", message)
+        removed = re.findall(r"Missing files in model \\?'[^']*?\\?': ([^\"\]'\\]+)", message)
         parts = ([f"changed: {', '.join(changed[:5])}"] if changed else []) + \
                 ([f"added: {added[0]}"] if added else []) + ([f"removed: {removed[0]}"] if removed else [])
         return f"the bundle's files were modified after it was signed ({'; '.join(parts) or 'contents differ'})"

@@ -139,3 +139,16 @@ def test_a_bad_signing_key_writes_nothing(cli, onnx_artifacts, tmp_path):
                          tmp_path / "b.tar.gz", "--sign", key), InvalidOptionError.exit_code, phrase,
                      absent=tmp_path / "b.tar.gz")
 
+
+
+@pytest.mark.parametrize("digest", [b"plain", b"both 'kinds\" of quote"])
+def test_a_signature_mismatch_names_the_changed_file_whatever_its_digest_holds(digest):
+    """model-signing's message is str() of a list: an entry whose digest bytes hold both kinds
+    of quote comes out with escaped quotes, and the file must still be named (it was not, at
+    random, for one bundle in a dozen)."""
+    from edgeport.runtime.signing import _explain
+
+    diffs = [f"Hash mismatch for 'SHA256SUMS': Expected 'Digest(digest_value={digest!r})', Actual 'x'",
+             "Extra files found in model 'clf': evil.bin", "Missing files in model 'clf': gone.txt"]
+    assert _explain(f"Signature mismatch: {diffs}") == \
+        "the bundle's files were modified after it was signed (changed: SHA256SUMS; added: evil.bin; removed: gone.txt)"
