@@ -15,12 +15,17 @@ import time
 import numpy as np
 
 
-def ort_session(path, threads: int | None = None):
+def ort_session(path, threads: int | None = None, spinning: bool = False):
+    """``spinning``: ONNX Runtime's threads spin between operators within a run (its own
+    default) but stop when the run returns (force_spinning_stop), so that a session's idle
+    threads do not slow the next variant down."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if spinning:
+        options.add_session_config_entry("session.force_spinning_stop", "1")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -5,12 +5,15 @@ FP32 and against the stock per-tensor preset, with paired 95% intervals (edgepor
 size; and each variant's fraction of its speed of light (its weight GEMMs at this machine's
 FP32 or INT8 GEMM peak, edgeport.speed.floor).
 
-    python benchmarks/quantize_minilm.py [--rounds 5] [--json results.json]
+    python benchmarks/quantize_minilm.py [--rounds 5] [--threads 2] [--spinning] [--json results.json]
 
 Variants: PyTorch eager FP32; ORT FP32; the stock onnxruntime quantize_dynamic settings
-(per-tensor, per-channel); edgeport int8-dynamic (the default), the same with ONNX Runtime's
-transformer fusions (--optimize) and without its worst-case guard; edgeport int8-static
-(minmax, percentile); edgeport fp16.
+(per-tensor, per-channel); edgeport int8-dynamic (the default: plain or fused attention,
+whichever it timed faster), the same on the plain graph (--attention plain), with every ONNX
+Runtime transformer fusion (--optimize) and without its worst-case guard; edgeport
+int8-static (minmax, percentile); edgeport fp16.  Every ONNX Runtime variant runs with the
+same threads and spinning policy (off by default; --spinning: threads spin within a run, as
+ONNX Runtime and edgeport's runtime do by default, and stop when it returns).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads of every variant (default 2)")
+    parser.add_argument("--spinning", action="store_true", help="ONNX Runtime threads spin within a run")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -65,6 +69,7 @@ def main() -> None:
     calib.write_text("\n".join(stdlib_sentences(200, split="calib")) + "\n")
     recipes = {
         "edgeport int8-dynamic (default)": QuantizeOptions(mode="int8-dynamic"),
+        "edgeport int8-dynamic --attention plain": QuantizeOptions(mode="int8-dynamic", attention="plain"),
         "edgeport int8-dynamic --optimize (fusions)": QuantizeOptions(mode="int8-dynamic", optimize=True),
         "edgeport int8-dynamic, no guard": QuantizeOptions(mode="int8-dynamic", worst_case_guard=False),
         "edgeport int8-static minmax": QuantizeOptions(mode="int8-static", calib=str(calib)),
@@ -72,7 +77,7 @@ def main() -> None:
                                                            calibration_method="percentile"),
         "edgeport fp16": QuantizeOptions(mode="fp16"),
     }
-    kept, seconds = {}, {}
+    kept, seconds, graphs = {}, {}, {}
     for name, options in recipes.items():
         start = time.perf_counter()
         artifact = quantize(fp32.path, work / name.replace(" ", "_").replace(",", "").replace("(", "").replace(")", ""),
@@ -80,6 +85,7 @@ def main() -> None:
         seconds[name] = time.perf_counter() - start
         files[name] = artifact.model_path
         kept[name] = len(artifact.manifest.precision["kept_fp32_nodes"])
+        graphs[name] = artifact.manifest.precision.get("structure", {}).get("chosen", "")
 
     text = TextProcessor.from_artifact(fp32)
     model = transformers.AutoModel.from_pretrained(source).eval()
@@ -95,7 +101,7 @@ def main() -> None:
         with torch.no_grad():
             return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
 
-    sessions = {name: ort_session(path, args.threads) for name, path in files.items()}
+    sessions = {name: ort_session(path, args.threads, args.spinning) for name, path in files.items()}
     accuracy: dict[str, dict] = {name: {} for name in ["PyTorch eager FP32", *files]}
     for domain, count in DOMAINS.items():
         texts = domain_sentences(domain, count)
@@ -140,21 +146,23 @@ def main() -> None:
         row["worst mean/min"] = f"{min(w[0] for w in worst):.4f}/{min(w[2] for w in worst):.4f}"
         row["size_MB"] = round(Path(files[name]).stat().st_size / 1e6, 1) if name in files else None
         row["kept_fp32"] = kept.get(name, "")
+        row["graph"] = graphs.get(name, "")
         row["quantize_s"] = round(seconds[name], 1) if name in seconds else ""
     machine = machine_info()
     print(f"\nall-MiniLM-L6-v2 on {machine['cpu']} ({machine['cores']} cores, {' '.join(machine['cpu_flags'])}), "
-          f"{args.threads} thread(s) per variant")
+          f"{args.threads} thread(s) per variant, spinning {'on within a run' if args.spinning else 'off'}")
     print("speed: median of per-round ratios with paired 95% intervals, sequence 128; accuracy against PyTorch FP32; "
           "'of floor': the variant's weight GEMMs at this machine's FP32 or INT8 GEMM peak, over its median")
     columns = ["variant"] + [f"{label} {tag}" for label in shapes for tag in ("ms", "vs FP32", "vs per-tensor")] + \
-        [f"{label} of floor" for label in shapes] + ["worst mean/min", "size_MB", "kept_fp32", "quantize_s"]
+        [f"{label} of floor" for label in shapes] + ["worst mean/min", "size_MB", "kept_fp32", "graph", "quantize_s"]
     print(" | ".join(columns))
     for row in rows.values():
         print(" | ".join(str(row.get(column, "")) for column in columns))
     print(f"\nGEMM peaks (ONNX Runtime, 1024^3, {args.threads} thread(s)): FP32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, INT8 (u8 x s8) "
           f"{peaks['int8'] / 1e9:.0f} GOP/s: INT8 matrix products can run {peaks['int8'] / peaks['fp32']:.2f}x FP32")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "variants": list(rows.values()),
+        Path(args.json).write_text(json.dumps({"machine": machine, "threads": args.threads, "spinning": args.spinning,
+                                               "variants": list(rows.values()),
                                                "gemm_peaks_gops": {k: v / 1e9 for k, v in peaks.items()},
                                                "accuracy": accuracy}, indent=2))
 

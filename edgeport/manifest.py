@@ -162,6 +162,10 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "bits": {"type": "integer", "minimum": 2, "maximum": 8},
                 "quantizer": {"type": "string"},
                 "search": {"type": "object"},         # int8: the speed-aware search's frontier
+                "structure": {                        # int8-dynamic: plain or fused-attention graph, and why
+                    "type": "object", "required": ["measured", "chosen", "candidates", "why"],
+                    "properties": {"measured": {"type": "boolean"}, "chosen": {"type": "string"},
+                                   "candidates": {"type": "array"}, "why": {"type": "string"}}},
                 "speed": {"type": "object"},          # int8: the paired speed-up over FP32 measured on the host
                 "host": {"type": "object"},           # the CPU and instruction sets the recipe was chosen on
                 "activations": {"type": "string"},

@@ -28,6 +28,8 @@ QUANTIZE_MODES = INT8_MODES + ("fp16",) + WEIGHT_ONLY_MODES
 PRECISIONS = ("fp32",) + QUANTIZE_MODES
 TARGETS = ("x86-avx2", "x86-avx512-vnni", "x86-amx", "arm64", "gpu")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# int8-dynamic: the graph it quantizes (auto: plain or fused attention, the faster on this host).
+ATTENTION_GRAPHS = ("auto", "fused", "plain")
 
 # ------------------------------------------------------------------ merge
 

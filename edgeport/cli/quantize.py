@@ -26,9 +26,12 @@ from .common import TerminalMeter, given, say, show_artifact
 @click.option("--smooth-alpha", type=float, help="INT8 activation smoothing strength, 0 < a < 1 "
                                                  f"(default {v.DEFAULT_SMOOTH_ALPHA}).")
 @click.option("--no-smooth", is_flag=True, help="INT8 without activation smoothing.")
+@click.option("--attention", type=click.Choice(v.ATTENTION_GRAPHS), default="auto", show_default=True,
+              help="int8-dynamic on BERT-like encoders: quantize the plain export or ONNX Runtime's fused attention "
+                   "(QAttention); auto times both here and takes the faster (another target: fused).")
 @click.option("--optimize/--no-optimize", default=False,
-              help="int8-dynamic: ONNX Runtime's transformer fusions first (off by default: with residual sums they "
-                   "gained nothing here, and cost 12% without).")
+              help="int8-dynamic: every ONNX Runtime transformer fusion first, SkipLayerNormalization included "
+                   "(off by default: measured slower than the residual sums).")
 @click.option("--no-worst-case-guard", is_flag=True,
               help="INT8: keep no node in FP32 to hold the worst case on the calibration data (smaller, faster).")
 @click.option("--max-kept-nodes", type=int, help="With a budget or the guard: keep at most this many nodes in FP32.")
@@ -40,8 +43,9 @@ from .common import TerminalMeter, given, say, show_artifact
 @click.option("--force", is_flag=True, help="Replace an existing output artifact.")
 @click.option("--json", "as_json", is_flag=True)
 def quantize_command(artifact, out, mode, target, per_channel, calib, calibration_method, data, min_cosine,
-                     min_p01_cosine, max_abs_error, min_top1_agreement, smooth_alpha, no_smooth, optimize,
-                     no_worst_case_guard, max_kept_nodes, no_fp16_fallback, block_size, accuracy_level, max_token_disagreement, max_perplexity_increase,
+                     min_p01_cosine, max_abs_error, min_top1_agreement, smooth_alpha, no_smooth, attention,
+                     optimize, no_worst_case_guard, max_kept_nodes, no_fp16_fallback, block_size, accuracy_level,
+                     max_token_disagreement, max_perplexity_increase,
                      force, as_json):
     """Quantize ARTIFACT (INT8, FP16, or INT4/INT8 weight-only for causal LMs), with a parity
     check against it on real data."""
@@ -50,7 +54,7 @@ def quantize_command(artifact, out, mode, target, per_channel, calib, calibratio
     options = QuantizeOptions(mode=mode, target=target, per_channel=per_channel, calib=calib, data=data,
                               min_cosine=min_cosine, min_p01_cosine=min_p01_cosine, max_abs_error=max_abs_error,
                               min_top1_agreement=min_top1_agreement, smooth=not no_smooth, smooth_alpha=smooth_alpha,
-                              optimize=optimize, fp16_fallback=not no_fp16_fallback, force=force,
+                              attention=attention, optimize=optimize, fp16_fallback=not no_fp16_fallback, force=force,
                               worst_case_guard=not no_worst_case_guard, max_kept_nodes=max_kept_nodes,
                               max_token_disagreement=max_token_disagreement,
                               max_perplexity_increase=max_perplexity_increase,

@@ -33,6 +33,7 @@ class EncoderJob(QuantizeJob):
     per_channel: bool = True
     calibration: ExampleSet | None = None
     evaluation: ExampleSet | None = None
+    first_candidate: Path | None = None      # nothing kept, already built while preparing (structure.py)
 
 
 class EncoderRecipe(Recipe):
@@ -125,7 +126,7 @@ class EncoderRecipe(Recipe):
                 raise QuantizationError(f"the {options.mode} model does not run in ONNX Runtime: {exc}") from exc
 
         job.say(f"quantizing ({options.mode}, target {target.name}{' (detected)' if job.target_detected else ''})...")
-        first_file = build([])
+        first_file = job.first_candidate or build([])
         result = FallbackResult(first_file, evaluate(first_file), [])
         with LatencyProbe(evaluation) as latency:
             if budget.given:
@@ -162,11 +163,12 @@ class EncoderRecipe(Recipe):
             job.say(f"warning: {warning}")
         return record
 
-    def _builder(self, job: EncoderJob, prepared: Path) -> Callable[[list[str]], Path]:
+    def _builder(self, job: EncoderJob, prepared: Path | None, prefix: str = "candidate"
+                 ) -> Callable[[list[str]], Path]:
         counter = itertools.count()
 
         def build(exclude: list[str], other_prepared: Path | None = None, split=None) -> Path:
-            dest = job.work / f"candidate-{next(counter)}.onnx"
+            dest = job.work / f"{prefix}-{next(counter)}.onnx"
             try:
                 with graph.without_preprocessing_advice():
                     if split is None:

@@ -18,22 +18,38 @@ BERT_LIKE = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-rober
              "electra": "bert", "albert": "bert", "mpnet": "bert"}
 
 
-def transformer_fusions(job: EncoderJob):
-    """ONNX Runtime's fused graph (Attention, EmbedLayerNormalization, SkipLayerNormalization)
-    for BERT-like models, or None.  Fusions are an optimisation, never a reason to fail."""
+# Attention alone: QKV projection, scores, softmax and context in one QAttention once
+# quantized.  Everything else stays as exported: ONNX Runtime's session fuses GELU itself,
+# its SkipLayerNormalization is the slow kernel the residual sums avoid (outliers.py), the
+# feed-forward outlier split needs the bias Add and activation unfused, and fused embeddings
+# measured no faster.
+ATTENTION_ONLY = {"enable_skip_layer_norm": False, "enable_bias_skip_layer_norm": False,
+                  "enable_embed_layer_norm": False, "enable_gelu": False, "enable_bias_gelu": False}
+
+
+def transformer_fusions(job: EncoderJob, attention_only: bool = False):
+    """ONNX Runtime's fused graph for BERT-like models, or None: every fusion it knows
+    (``--optimize``), or with ``attention_only`` just the attention (None when it fused no
+    attention).  Fusions are an optimisation, never a reason to fail."""
     model_type = job.source.manifest.export_parameters().get("model_type")
-    if not job.options.optimize or model_type not in BERT_LIKE:
+    if model_type not in BERT_LIKE:
         return None
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = _attention_shape(job)
+    options = FusionOptions(BERT_LIKE[model_type])
+    for name, value in (ATTENTION_ONLY if attention_only else {}).items():
+        setattr(options, name, value)
     try:
         optimized = optimize_model(str(job.source.model_path), model_type=BERT_LIKE[model_type], num_heads=heads,
-                                   hidden_size=hidden, opt_level=1)
+                                   hidden_size=hidden, opt_level=1, optimization_options=options)
     except (ValueError, KeyError, AssertionError, RuntimeError, IndexError, TypeError) as exc:
         job.notes.append(f"transformer fusions skipped: {type(exc).__name__}: {exc}")
         return None
     fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+    if attention_only:
+        return optimized.model if fused.get("Attention") else None
     job.notes.append(f"ONNX Runtime transformer fusions: {fused}")
     job.levers.append("transformer fusions")
     return optimized.model
@@ -72,10 +88,10 @@ def smooth(job: EncoderJob, model, alpha: float | None) -> None:
         job.levers.append(f"activation smoothing (alpha {alpha})")
 
 
-def save_prepared(job: EncoderJob, model) -> Path:
+def save_prepared(job: EncoderJob, model, name: str = "prepared.onnx") -> Path:
     import onnx
 
-    prepared = job.work / "prepared.onnx"
+    prepared = job.work / name
     graph.save(model, prepared)
     onnx.checker.check_model(str(prepared))
     return prepared

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidOptionError
 from ..parity import ParityBudget
-from ..vocabulary import CALIBRATION_METHODS, QUANTIZE_MODES, TARGETS
+from ..vocabulary import ATTENTION_GRAPHS, CALIBRATION_METHODS, QUANTIZE_MODES, TARGETS
 
 
 @dataclass
@@ -26,6 +26,7 @@ class QuantizeOptions:
     smooth: bool = True                    # INT8: activation smoothing (SmoothQuant)
     smooth_alpha: float | None = None      # None: the recipe's measured default
     optimize: bool = False                 # ONNX Runtime transformer fusions first (int8-dynamic; measured slower)
+    attention: str = "auto"                # int8-dynamic: auto | fused | plain (structure.py)
     fp16_fallback: bool = True
     keep_io_types: bool = True
     block_size: int = 32                   # int4 / int8-weight-only: weights per scale
@@ -46,6 +47,15 @@ class QuantizeOptions:
             raise InvalidOptionError(f"unknown mode '{self.mode}'; choose one of {', '.join(QUANTIZE_MODES)}")
         if self.target is not None and self.target not in TARGETS:
             raise InvalidOptionError(f"unknown target '{self.target}'; choose one of {', '.join(TARGETS)}")
+        if self.attention not in ATTENTION_GRAPHS:
+            raise InvalidOptionError(f"--attention must be one of {', '.join(ATTENTION_GRAPHS)} "
+                                     f"(got '{self.attention}')")
+        if self.attention != "auto" and self.mode != "int8-dynamic":
+            raise InvalidOptionError(f"--attention {self.attention} chooses the graph of --mode int8-dynamic; "
+                                     f"--mode {self.mode} does not take it")
+        if self.attention != "auto" and self.optimize:
+            raise InvalidOptionError(f"--optimize fuses everything ONNX Runtime can, attention included; "
+                                     f"it does not go with --attention {self.attention}")
         if self.calibration_method not in CALIBRATION_METHODS:
             raise InvalidOptionError(f"--calibration-method must be one of {', '.join(CALIBRATION_METHODS)} "
                                      f"(got '{self.calibration_method}')")

@@ -23,11 +23,22 @@ def test_minilm_int8_default_recipe_is_faithful_and_small(minilm_int8, minilm_on
     precision = manifest.precision
     assert precision["mode"] == "int8-dynamic" and precision["per_channel"] is True
     assert precision["calibration"]["sha256"] and precision["smoothing_alpha"] == 0.7
-    # Every weight MatMul in int8 (36: six per layer), no fusions; the residual sums are Sums
-    # (no SkipLayerNormalization); the outlier split's FP32 branches are plain MatMuls.
+    # The plain export and the fused-attention graph were both quantized and timed here, and
+    # the faster one taken.  Plain: every weight MatMul in int8 (36: six per layer).  Fused:
+    # one QAttention per layer (QKV) and three MatMuls.  Either way the residual sums are Sums
+    # (no SkipLayerNormalization) and the outlier split's FP32 branches are plain MatMuls.
+    structure = precision["structure"]
+    assert structure["measured"] and len(structure["candidates"]) == 2
+    timed = {c["graph"]: c["latency_ms"] for c in structure["candidates"]}
+    assert structure["chosen"] == min(timed, key=timed.get)
     operators = precision["operators"]
-    assert operators["MatMulInteger"] >= 36 - len(precision["kept_fp32_nodes"])
-    assert operators["Sum"] >= 12 and "SkipLayerNormalization" not in operators and "QAttention" not in operators
+    if structure["chosen"] == "fused attention (QAttention)":
+        assert operators["QAttention"] == 6 and "fused attention (QAttention)" in precision["levers"]
+        assert operators["MatMulInteger"] >= 18 - len(precision["kept_fp32_nodes"])
+    else:
+        assert "QAttention" not in operators
+        assert operators["MatMulInteger"] >= 36 - len(precision["kept_fp32_nodes"])
+    assert operators["Sum"] >= 12 and "SkipLayerNormalization" not in operators
     # The search records what it measured, and chose the fastest candidate that held the guard.
     search = precision["search"]
     chosen = [step for step in search["steps"] if step["chosen"]][-1]
