@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 GEMM_SIZE = 1024
+# Attention and QAttention (ONNX Runtime's fused forms) hold the QKV projection's weight as input 1.
 WEIGHT_OPS = ("MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QLinearMatMul",
-              "MatMulNBits")
+              "MatMulNBits", "Attention", "QAttention")
 
 
 @lru_cache(maxsize=4)

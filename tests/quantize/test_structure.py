@@ -13,6 +13,7 @@ from edgeport.quantize import QuantizeOptions, quantize
 from edgeport.quantize.encoder import EncoderJob
 from edgeport.quantize.structure import FUSED_ATTENTION, PLAIN, Structure, choose_structure
 from edgeport.quantize.targets import TARGETS, detect_host, runs_here
+from edgeport.speed.floor import weight_ops_per_row
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,12 @@ def test_the_graph_can_be_asked_for(cli, tmp_path, tiny_bert, asked, fused):
                                                "why": f"asked for (--attention {asked})"}
     assert ("QAttention" in manifest.precision["operators"]) == fused
     assert manifest.lineage[-1]["parameters"]["attention"] == asked
+
+
+def test_the_speed_of_light_counts_the_fused_projection(tmp_path, tiny_bert):
+    """QAttention holds the QKV weights: the matrix work per token is the FP32 graph's."""
+    int8 = quantize(tiny_bert.path, tmp_path / "int8", QuantizeOptions(mode="int8-dynamic", attention="fused"))
+    assert weight_ops_per_row(int8.model_path) == pytest.approx(weight_ops_per_row(tiny_bert.model_path), rel=0.05)
 
 
 @pytest.mark.parametrize("args,phrase", [
