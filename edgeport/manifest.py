@@ -164,8 +164,13 @@ MANIFEST_SCHEMA: dict[str, Any] = {
                 "search": {"type": "object"},         # int8: the speed-aware search's frontier
                 "structure": {                        # int8-dynamic: plain or fused-attention graph, and why
                     "type": "object", "required": ["measured", "chosen", "candidates", "why"],
-                    "properties": {"measured": {"type": "boolean"}, "chosen": {"type": "string"},
-                                   "candidates": {"type": "array"}, "why": {"type": "string"}}},
+                    "properties": {
+                        "measured": {"type": "boolean"}, "chosen": {"type": "string"}, "why": {"type": "string"},
+                        "candidates": {"type": "array", "items": {
+                            "type": "object", "required": ["graph", "latency_ms"],
+                            "properties": {"graph": {"type": "string"}, "latency_ms": _NUMBER_OR_NULL}}},
+                        "fused_speedup": {"type": "number"},
+                        "ci95": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2}}},
                 "speed": {"type": "object"},          # int8: the paired speed-up over FP32 measured on the host
                 "host": {"type": "object"},           # the CPU and instruction sets the recipe was chosen on
                 "activations": {"type": "string"},

@@ -28,7 +28,7 @@ from ..errors import InvalidOptionError, ParityError, QuantizationError
 from ..parity import ParityBudget
 from . import graph
 from .encoder import EncoderJob, EncoderRecipe
-from .int8 import (BERT_LIKE, RankedByLocalError, int8_precision, save_prepared, smooth, smoothing_alpha,
+from .int8 import (RankedByLocalError, int8_precision, save_prepared, smooth, smoothing_alpha,
                    transformer_fusions)
 from .outliers import Split, residual_sums, split_outlier_channels
 from .recipes import register
@@ -55,22 +55,20 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
 
     def prepare(self, job: EncoderJob) -> Path:
         if job.options.optimize:            # every fusion ONNX Runtime knows, as asked
-            return self._prepare_graph(job, transformer_fusions(job) or graph.load(job.source.model_path))
+            fused, _ = transformer_fusions(job)
+            return self._prepare_graph(job, fused or graph.load(job.source.model_path))
         wanted = job.options.attention
         candidates = []
         if wanted in ("auto", "plain"):
             candidates.append(Structure(PLAIN, lambda scratch: self._prepare_graph(
                 scratch, graph.load(job.source.model_path))))
         if wanted in ("auto", "fused"):
-            fused = transformer_fusions(job, attention_only=True)
+            fused, reason = transformer_fusions(job, attention_only=True)
             if fused is not None:
                 candidates.append(Structure(FUSED_ATTENTION, lambda scratch: self._prepare_graph(
                     scratch, fused, "prepared-attention.onnx")))
             elif wanted == "fused":
-                model_type = job.source.manifest.export_parameters().get("model_type")
-                raise QuantizationError(f"--attention fused: ONNX Runtime's transformer optimizer fused no attention "
-                                        f"in this model (model_type '{model_type}'; it fuses "
-                                        f"{', '.join(sorted(BERT_LIKE))}); use --attention auto or plain")
+                raise QuantizationError(f"--attention fused: {reason}; use --attention auto or plain")
         whole = self._builder(job, None, prefix="structure")
         return choose_structure(job, candidates, lambda prepared: whole([], prepared),
                                 asked=None if wanted == "auto" else wanted)
@@ -79,7 +77,8 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
         graph.ensure_node_names(model)
         smooth(job, model, smoothing_alpha(job, self.mode))
         job.levers.append("per-channel weights" if job.per_channel else "per-tensor weights")
-        job.levers.append("residual sums (no SkipLayerNormalization)")
+        if not any(node.op_type == "SkipLayerNormalization" for node in model.graph.node):   # --optimize fuses them
+            job.levers.append("residual sums (no SkipLayerNormalization)")
         return save_prepared(job, model, name)
 
     def split(self, job: EncoderJob, prepared: Path) -> tuple[Path, Split]:
@@ -150,6 +149,8 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
         return result
 
     def precision(self, job: EncoderJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
+        if operators.get("QAttention"):          # not when every attention block was kept in FP32
+            job.levers.append(FUSED_ATTENTION)
         alpha = smoothing_alpha(job, self.mode)
         record = int8_precision(job, result, operators, job.target.dynamic_format, "dynamic uint8", alpha,
                                 job.calibration.to_dict() if alpha else None)
@@ -160,4 +161,10 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
 
     def lineage_parameters(self, job: EncoderJob) -> dict[str, Any]:
         return {**super().lineage_parameters(job), "smooth_alpha": smoothing_alpha(job, self.mode),
-                "attention": job.options.attention}
+                "attention": job.options.attention, "graph": self._graph_used(job)}
+
+    @staticmethod
+    def _graph_used(job: EncoderJob) -> str:
+        if job.options.optimize:
+            return "every ONNX Runtime transformer fusion (--optimize)"
+        return job.details.get("structure", {}).get("chosen", PLAIN)

@@ -177,7 +177,7 @@ class EncoderRecipe(Recipe):
                         self.build(job, other_prepared or prepared, dest, exclude, split)
             except (InvalidOptionError, CalibrationDataError):
                 raise
-            except (ValueError, RuntimeError, KeyError, IndexError, TypeError, AssertionError) as exc:
+            except graph.tool_failures() as exc:
                 # onnxruntime.quantization's failures on a graph it cannot handle.
                 raise QuantizationError(f"{job.options.mode} quantization failed: {type(exc).__name__}: "
                                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc

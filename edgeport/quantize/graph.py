@@ -11,6 +11,19 @@ import numpy as np
 
 from ..artifact import save_onnx
 
+def tool_failures() -> tuple[type[BaseException], ...]:
+    """What onnx, ONNX Runtime and onnxruntime.quantization raise on a graph they cannot
+    handle (onnx's checker and shape-inference errors and ONNX Runtime's own derive from
+    Exception only)."""
+    import onnx.checker
+    import onnx.shape_inference
+
+    from ..runtime.onnxrt import ort_errors
+
+    return (ValueError, RuntimeError, KeyError, IndexError, TypeError, AssertionError,
+            onnx.checker.ValidationError, onnx.shape_inference.InferenceError) + ort_errors()
+
+
 # Nodes that multiply an activation by a constant weight.
 MULTIPLYING_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose")
 # Every node quantize_dynamic gives INT8 weights: the multiplications, embedding lookups,

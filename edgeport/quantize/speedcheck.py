@@ -5,6 +5,7 @@ interleaved rounds with a paired 95% interval (edgeport.speed), recorded in the 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,16 @@ CHECK = Settings(rounds=5, min_duration=0.12, min_count=6, warmup_max_seconds=1.
 
 def speed_against_fp32(fp32_model: Path, int8_model: Path, feeds: dict[str, np.ndarray]) -> dict:
     """The paired speed-up of ``int8_model`` over ``fp32_model`` on ``feeds`` (one example)."""
+    return judge(measure_models({"fp32": fp32_model, "int8": int8_model}, feeds), feeds)
+
+
+def measure_models(models: dict[str, Path], feeds: dict[str, np.ndarray]) -> Measurement:
+    """``models`` (name -> graph file) timed on ``feeds`` in interleaved rounds on this host's
+    CPU threads, spinning off."""
     settings = SessionSettings(device="cpu", threads=default_threads(), spinning=False)
-    with OnnxRuntimeRunner(fp32_model, settings) as fp32, OnnxRuntimeRunner(int8_model, settings) as int8:
-        measured = interleaved({"fp32": fp32.run, "int8": int8.run}, [feeds], CHECK, Monitor())
-    return judge(measured, feeds)
+    with contextlib.ExitStack() as stack:
+        runners = {name: stack.enter_context(OnnxRuntimeRunner(path, settings)).run for name, path in models.items()}
+        return interleaved(runners, [feeds], CHECK, Monitor())
 
 
 def judge(measured: Measurement, feeds: dict) -> dict:

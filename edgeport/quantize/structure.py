@@ -3,20 +3,24 @@ attention, chosen by timing both on this host.
 
 Fused attention (QAttention once quantized) does the QKV projection, the scores, the
 softmax and the context in one operator where the plain export has about fifteen per layer.
-Whether that pays depends on the CPU and the thread count: ONNX Runtime spreads each
-operator over its threads, a sleeping thread takes tens of microseconds to wake on the VMs
-measured, and INT8 operators are short.  Measured on all-MiniLM-L6-v2, batch 1, sequence
-128, the same recipe on both graphs (Intel Xeon, AVX-512 VNNI + AMX, 2 cores):
+Whether that pays depends on the CPU, the thread count and the batch: ONNX Runtime spreads
+each operator over its threads, a sleeping thread takes tens of microseconds to wake on the
+VMs measured, and INT8 operators are short.  Measured on all-MiniLM-L6-v2, sequence 128,
+the same recipe on both graphs, ratio to ORT FP32 (Intel Xeon, AVX-512 VNNI + AMX, 2 cores;
+benchmarks/quantize_minilm.py):
 
-    threads  spinning   plain    fused attention
-    1        -          7.55 ms  7.34 ms
-    2        off        8.27 ms  6.86 ms
-    2        on         6.60 ms  5.58 ms
+    threads  spinning   batch 1: plain  fused    batch 8: plain  fused
+    1        -                   3.06x  3.18x             2.90x  2.76x
+    2        off                 1.89x  2.32x             2.30x  2.38x
+    2        on                  2.29x  2.71x             2.58x  2.58x
 
 So both are quantized as they come (nothing kept in FP32, no split) and timed side by side
-on this host, and the search goes on from the faster one; the manifest records both.  For
-another machine's target nothing can be timed here, and the fused graph is taken: it was
-the faster one everywhere it was measured.
+at batch 1 on this host's threads, spinning off (as the INT8-against-FP32 check is), in
+interleaved rounds; fused attention is taken only when its whole 95% interval is faster,
+otherwise the graph as exported.  The manifest records both timings and the interval.  For
+another machine's target nothing can be timed here: fused attention is taken, ONNX
+Runtime's own path for BERT on CPU and the faster at batch 1 on the host measured, with the
+plain graph as the fallback if it fails.
 """
 
 from __future__ import annotations
@@ -28,7 +32,10 @@ from typing import Callable
 
 from ..errors import EdgeportError
 from ..runtime.onnxrt import OnnxRuntimeRunner
-from .encoder import EncoderJob, LatencyProbe
+from ..speed import default_threads
+from . import graph
+from .encoder import EncoderJob
+from .speedcheck import measure_models
 from .targets import detect_host, runs_here
 
 PLAIN = "plain export"
@@ -42,73 +49,105 @@ class Structure:
 
 
 @dataclass
-class _Prepared:
+class _Ready:
     structure: Structure
     job: EncoderJob          # a copy of the job holding the notes and levers its preparation wrote
     prepared: Path
     quantized: Path          # nothing kept in FP32
 
 
-# What onnx, ONNX Runtime and its quantizer raise on a graph they cannot handle.
-FAILURES = (EdgeportError, ValueError, RuntimeError, KeyError, IndexError, TypeError, AssertionError)
-
-
 def choose_structure(job: EncoderJob, candidates: list[Structure], build: Callable[[Path], Path],
-                     asked: str | None = None) -> Path:
-    """The prepared graph of the faster candidate (``build(prepared)`` quantizes one, nothing
-    kept); records the choice in ``job.details['structure']``, merges the winner's notes and
-    levers, and keeps its quantized graph as the job's first candidate.  The first candidate
-    is the plain export: any other that fails to prepare, quantize or run is left out, never
-    fatal.  ``asked``: the --attention the user gave, when not auto (one candidate)."""
-    ready: list[_Prepared] = []
-    left_out: list[str] = []
-    for index, candidate in enumerate(candidates):
-        scratch = dataclasses.replace(job, notes=[], levers=[], details={})
-        try:
-            prepared = candidate.prepare(scratch)
-            quantized = build(prepared)
-            if index:
-                with OnnxRuntimeRunner(quantized) as runner:
-                    runner.run({name: value[:1] for name, value in job.evaluation.batches[0].items()})
-        except FAILURES as exc:
-            if not index:
-                raise
-            left_out.append(f"{candidate.name} did not prepare, quantize or run ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''})")
-            continue
-        ready.append(_Prepared(candidate, scratch, prepared, quantized))
+                     asked: str | None = None, try_run: Callable[[Path], None] | None = None) -> Path:
+    """The prepared graph to quantize (``build(prepared)`` quantizes one, nothing kept).
+    ``candidates``: the plain export first, then fused attention if the optimizer found any;
+    ``asked``: the --attention the user gave, when not auto (then one candidate).  Records the
+    choice in ``job.details['structure']``, merges the winner's notes and levers, and keeps
+    its quantized graph as the job's first candidate.  The plain export failing is an error;
+    fused attention failing to prepare, quantize or run (``try_run``: one evaluation example
+    through ONNX Runtime by default) only leaves it out."""
+    try_run = try_run or (lambda quantized: _try_run(job, quantized))
     if len(candidates) == 1:
-        record = {"measured": False, "chosen": candidates[0].name, "candidates": [candidates[0].name],
-                  "why": f"asked for (--attention {asked})"} if asked else None
-        return _take(job, ready[0], record, ready)
-    if len(ready) == 1:
-        return _take(job, ready[0], {"measured": False, "chosen": ready[0].structure.name,
-                                     "candidates": [c.name for c in candidates], "why": "; ".join(left_out)}, ready)
+        ready = _ready(job, candidates[0], build, None)
+        record = _record(False, ready, [ready], f"asked for (--attention {asked})") if asked else None
+        return _take(job, ready, record, [ready])
+    plain, fused = candidates
     if not runs_here(job.target):
-        chosen = next(r for r in ready if r.structure.name == FUSED_ATTENTION)
-        return _take(job, chosen, {
-            "measured": False, "chosen": FUSED_ATTENTION, "candidates": [c.name for c in candidates],
-            "why": f"target {job.target.name} is not this host ({detect_host()}), so nothing can be timed; "
-                   "fused attention was the faster graph everywhere it was measured"}, ready)
+        # Nothing can be timed: fused attention, with the plain export only as its fallback.
+        try:
+            chosen = _ready(job, fused, build, try_run)
+        except _failures() as exc:
+            chosen = _ready(job, plain, build, None)
+            return _take(job, chosen, _record(False, chosen, [chosen], _left_out(fused, exc)), [chosen])
+        why = (f"target {job.target.name} is not this host ({detect_host()}), so nothing can be timed: fused "
+               "attention, ONNX Runtime's path for BERT on CPU and the faster at batch 1 where it was measured")
+        return _take(job, chosen, _record(False, chosen, [chosen], why), [chosen])
+    first = _ready(job, plain, build, None)
+    try:
+        second = _ready(job, fused, build, try_run)
+    except _failures() as exc:
+        return _take(job, first, _record(False, first, [first], _left_out(fused, exc)), [first])
+    return _timed(job, first, second)
+
+
+def _timed(job: EncoderJob, plain: _Ready, fused: _Ready) -> Path:
     job.say("timing the plain and the fused-attention graph, both quantized, on this host...")
-    with LatencyProbe(job.evaluation) as latency:
-        timed = [(r, latency(r.quantized)) for r in ready]
-    chosen, fastest_ms = min(timed, key=lambda item: item[1])
-    slowest_ms = max(ms for _, ms in timed)
-    return _take(job, chosen, {
-        "measured": True, "chosen": chosen.structure.name,
-        "candidates": [{"graph": r.structure.name, "latency_ms": round(ms, 3)} for r, ms in timed],
-        "why": f"the faster on this host, {slowest_ms / fastest_ms:.2f}x the other (latency of one evaluation "
-               "example, interleaved; nothing kept in FP32)"}, ready)
+    feeds = {name: value[:1] for name, value in job.evaluation.batches[0].items()}
+    measured = measure_models({PLAIN: plain.quantized, FUSED_ATTENTION: fused.quantized}, feeds)
+    speedup = measured.speedup(PLAIN, FUSED_ATTENTION, cpu_time=default_threads() == 1)
+    low, high = speedup["ci95"]
+    chosen = fused if low > 1.0 else plain
+    figures = f"{speedup['value']:.2f}x ({low:.2f}-{high:.2f})"
+    why = (f"fused attention ran {figures} the plain graph here: faster over its whole 95% interval"
+           if chosen is fused else
+           f"fused attention ran {figures} the plain graph here: not faster over its whole 95% interval, so the "
+           "graph as exported")
+    record = _record(True, chosen, [plain, fused], why, measured)
+    record.update({"fused_speedup": round(speedup["value"], 4), "ci95": [round(low, 4), round(high, 4)],
+                   "method": speedup["method"], "threads": default_threads(), "spinning": False,
+                   "feeds": ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())})
+    return _take(job, chosen, record, [plain, fused])
 
 
-def _take(job: EncoderJob, chosen: _Prepared, record: dict | None, ready: list[_Prepared]) -> Path:
+def _ready(job: EncoderJob, candidate: Structure, build: Callable[[Path], Path],
+           try_run: Callable[[Path], None] | None) -> _Ready:
+    scratch = dataclasses.replace(job, notes=[], levers=[], details={})
+    prepared = candidate.prepare(scratch)
+    quantized = build(prepared)
+    if try_run is not None:
+        try_run(quantized)
+    return _Ready(candidate, scratch, prepared, quantized)
+
+
+def _try_run(job: EncoderJob, quantized: Path) -> None:
+    with OnnxRuntimeRunner(quantized) as runner:
+        runner.run({name: value[:1] for name, value in job.evaluation.batches[0].items()})
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    return (EdgeportError,) + graph.tool_failures()
+
+
+def _left_out(candidate: Structure, exc: BaseException) -> str:
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    return (f"{candidate.name} did not prepare, quantize or run ({type(exc).__name__}: {first_line}), "
+            "so the plain export")
+
+
+def _record(measured: bool, chosen: _Ready, ready: list[_Ready], why: str, timing=None) -> dict:
+    def latency(item: _Ready):
+        if timing is None:
+            return None
+        samples = timing.samples(item.structure.name)
+        return round(float(sorted(samples)[len(samples) // 2]) * 1000, 3) if len(samples) else None
+    return {"measured": measured, "chosen": chosen.structure.name, "why": why,
+            "candidates": [{"graph": r.structure.name, "latency_ms": latency(r)} for r in ready]}
+
+
+def _take(job: EncoderJob, chosen: _Ready, record: dict | None, ready: list[_Ready]) -> Path:
     job.notes.extend(chosen.job.notes)
     job.levers.extend(chosen.job.levers)
     if record is not None:
         job.details["structure"] = record
-    if chosen.structure.name == FUSED_ATTENTION:
-        job.levers.append(FUSED_ATTENTION)
     job.first_candidate = chosen.quantized
     for other in ready:
         if other is not chosen:

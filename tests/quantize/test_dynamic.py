@@ -24,16 +24,15 @@ def test_minilm_int8_default_recipe_is_faithful_and_small(minilm_int8, minilm_on
     assert precision["mode"] == "int8-dynamic" and precision["per_channel"] is True
     assert precision["calibration"]["sha256"] and precision["smoothing_alpha"] == 0.7
     # The plain export and the fused-attention graph were both quantized and timed here, and
-    # the faster one taken.  Plain: every weight MatMul in int8 (36: six per layer).  Fused:
+    # fused taken only if measurably faster.  Plain: every weight MatMul in int8 (36: six per layer).  Fused:
     # one QAttention per layer (QKV) and three MatMuls.  Either way the residual sums are Sums
     # (no SkipLayerNormalization) and the outlier split's FP32 branches are plain MatMuls.
     structure = precision["structure"]
     assert structure["measured"] and len(structure["candidates"]) == 2
-    timed = {c["graph"]: c["latency_ms"] for c in structure["candidates"]}
-    assert structure["chosen"] == min(timed, key=timed.get)
+    assert (structure["chosen"] == "fused attention (QAttention)") == (structure["ci95"][0] > 1)
     operators = precision["operators"]
-    if structure["chosen"] == "fused attention (QAttention)":
-        assert operators["QAttention"] == 6 and "fused attention (QAttention)" in precision["levers"]
+    if structure["chosen"] == "fused attention (QAttention)":      # guarded blocks stay Attention, in FP32
+        assert operators.get("QAttention", 0) + operators.get("Attention", 0) == 6
         assert operators["MatMulInteger"] >= 18 - len(precision["kept_fp32_nodes"])
     else:
         assert "QAttention" not in operators
