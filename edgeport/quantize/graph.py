@@ -11,6 +11,7 @@ import numpy as np
 
 from ..artifact import save_onnx
 
+
 def tool_failures() -> tuple[type[BaseException], ...]:
     """What onnx, ONNX Runtime and onnxruntime.quantization raise on a graph they cannot
     handle (onnx's checker and shape-inference errors and ONNX Runtime's own derive from
