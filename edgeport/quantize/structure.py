@@ -10,9 +10,9 @@ the same recipe on both graphs, ratio to ORT FP32 (Intel Xeon, AVX-512 VNNI + AM
 benchmarks/quantize_minilm.py):
 
     threads  spinning   batch 1: plain  fused    batch 8: plain  fused
-    1        -                   3.06x  3.18x             2.90x  2.76x
-    2        off                 1.89x  2.32x             2.30x  2.38x
-    2        on                  2.29x  2.71x             2.58x  2.58x
+    1        -                   3.00x  3.17x             3.00x  2.87x
+    2        off                 1.91x  2.34x             2.32x  2.38x
+    2        on                  2.25x  2.56x             2.54x  2.59x
 
 So both are quantized as they come (nothing kept in FP32, no split) and timed side by side
 at batch 1 on this host's threads, spinning off (as the INT8-against-FP32 check is), in
