@@ -91,7 +91,7 @@ def choose_structure(job: EncoderJob, candidates: list[Structure], build: Callab
 
 def _timed(job: EncoderJob, plain: _Ready, fused: _Ready) -> Path:
     job.say("timing the plain and the fused-attention graph, both quantized, on this host...")
-    feeds = {name: value[:1] for name, value in job.evaluation.batches[0].items()}
+    feeds = _one_example(job)
     measured = measure_models({PLAIN: plain.quantized, FUSED_ATTENTION: fused.quantized}, feeds)
     speedup = measured.speedup(PLAIN, FUSED_ATTENTION, cpu_time=default_threads() == 1)
     low, high = speedup["ci95"]
@@ -118,9 +118,13 @@ def _ready(job: EncoderJob, candidate: Structure, build: Callable[[Path], Path],
     return _Ready(candidate, scratch, prepared, quantized)
 
 
+def _one_example(job: EncoderJob) -> dict:
+    return {name: value[:1] for name, value in job.evaluation.batches[0].items()}
+
+
 def _try_run(job: EncoderJob, quantized: Path) -> None:
     with OnnxRuntimeRunner(quantized) as runner:
-        runner.run({name: value[:1] for name, value in job.evaluation.batches[0].items()})
+        runner.run(_one_example(job))
 
 
 def _failures() -> tuple[type[BaseException], ...]:
