@@ -9,7 +9,7 @@ import numpy as np
 
 from typing import Callable
 
-from ..speed import Interrupted, Monitor, interleaved, spread
+from ..speed import Interrupted, Monitor, cpu_time_is_latency, interleaved, spread
 from .inputs import BenchInputs
 from .report import BenchReport
 from .scenarios import find_max_qps, server_run
@@ -39,10 +39,9 @@ class Timer:
     def __init__(self, report: BenchReport, runners: dict[str, Callable], options, meter, monitor: Monitor):
         self.report, self.runners, self.options, self.meter, self.monitor = report, runners, options, meter, monitor
         self.reference = next(iter(runners))
-        # On-CPU time stands for latency only where one thread does the work and none spins
-        # (edgeport.speed.rounds); with more, it adds up their work and a variant that spreads
-        # well over the cores would lose its credit.
-        self.cpu_time = not options.spinning and options.thread_count()[0] == 1
+        # With more threads on-CPU time adds up their work, and a variant that spreads well over
+        # the cores would lose its credit.
+        self.cpu_time = cpu_time_is_latency(options.thread_count()[0], options.spinning)
 
     def rows(self, scenario: str, params: dict, feeds_cycle: list, rows_per_call: int, label: str) -> dict:
         measurement = interleaved(self.runners, feeds_cycle, self.options.settings, self.monitor,

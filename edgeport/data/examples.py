@@ -79,6 +79,10 @@ class ExampleSet:
     def count(self) -> int:
         return sum(len(next(iter(b.values()))) for b in self.batches)
 
+    def first_example(self) -> dict[str, np.ndarray]:
+        """The first example alone (batch 1): what latency probes time."""
+        return {name: value[:1] for name, value in self.batches[0].items()}
+
     def reader(self, progress=None) -> "CalibrationReader":
         return CalibrationReader(self.batches, progress)
 

@@ -155,7 +155,7 @@ class EncoderRecipe(Recipe):
 
         if not runs_here(job.target):
             return {"measured": False, "reason": f"target {job.target.name} is not this host ({detect_host()})"}
-        feeds = {name: value[:1] for name, value in evaluation.batches[0].items()}
+        feeds = evaluation.first_example()
         job.say("timing INT8 against FP32 on this host (interleaved rounds)...")
         record = {"measured": True, **speed_against_fp32(job.source.model_path, model_file, feeds)}
         warning = verdict(record)
@@ -226,7 +226,7 @@ class LatencyProbe:
     latency scaled to the first candidate's, measured once.  Closes its sessions on exit."""
 
     def __init__(self, evaluation: ExampleSet):
-        self.feeds = {name: value[:1] for name, value in evaluation.batches[0].items()}
+        self.feeds = evaluation.first_example()
         self.first: OnnxRuntimeRunner | None = None
         self.first_ms: float | None = None
 

@@ -11,12 +11,25 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.onnxrt import OnnxRuntimeRunner, SessionSettings
-from ..speed import Measurement, Monitor, Settings, default_threads, instruction_sets, interleaved, summarize
+from ..speed import (Measurement, Monitor, Settings, cpu_time_is_latency, default_threads, instruction_sets,
+                     interleaved, summarize)
 from ..speed.host import cpu_model
 
 # Short: a few seconds per quantize, enough for an interval that separates 1.0 from 1.2
 # (MiniLM: 2.6-3.3x measured with it while other processes held half the CPUs).
 CHECK = Settings(rounds=5, min_duration=0.12, min_count=6, warmup_max_seconds=1.5)
+SPINNING = False
+
+
+def paired_speedup(measured: Measurement, reference: str, name: str, feeds: dict[str, np.ndarray]) -> dict:
+    """How many times faster ``name`` ran than ``reference`` in ``measured`` (taken by
+    measure_models on ``feeds``): the figure, its 95% interval and how it was timed."""
+    threads = default_threads()
+    speedup = measured.speedup(reference, name, cpu_time=cpu_time_is_latency(threads, SPINNING))
+    low, high = speedup["ci95"]
+    return {"speedup": round(speedup["value"], 4), "ci95": [round(low, 4), round(high, 4)],
+            "method": speedup["method"], "rounds": len(measured.rounds[name]), "threads": threads,
+            "spinning": SPINNING, "feeds": ", ".join(f"{key} {list(value.shape)}" for key, value in feeds.items())}
 
 
 def speed_against_fp32(fp32_model: Path, int8_model: Path, feeds: dict[str, np.ndarray]) -> dict:
@@ -27,7 +40,7 @@ def speed_against_fp32(fp32_model: Path, int8_model: Path, feeds: dict[str, np.n
 def measure_models(models: dict[str, Path], feeds: dict[str, np.ndarray]) -> Measurement:
     """``models`` (name -> graph file) timed on ``feeds`` in interleaved rounds on this host's
     CPU threads, spinning off."""
-    settings = SessionSettings(device="cpu", threads=default_threads(), spinning=False)
+    settings = SessionSettings(device="cpu", threads=default_threads(), spinning=SPINNING)
     with contextlib.ExitStack() as stack:
         runners = {name: stack.enter_context(OnnxRuntimeRunner(path, settings)).run for name, path in models.items()}
         return interleaved(runners, [feeds], CHECK, Monitor())
@@ -36,13 +49,9 @@ def measure_models(models: dict[str, Path], feeds: dict[str, np.ndarray]) -> Mea
 def judge(measured: Measurement, feeds: dict) -> dict:
     """The record: the speed-up, its interval (on-CPU time when other processes disturbed the
     rounds), and whether INT8 is measurably faster (the interval's lower end above 1)."""
-    speedup = measured.speedup("fp32", "int8", cpu_time=default_threads() == 1)
-    (low, high), state = speedup["ci95"], summarize(measured.machine)
-    return {"vs": "the FP32 input artifact", "speedup": round(speedup["value"], 4),
-            "ci95": [round(low, 4), round(high, 4)], "method": speedup["method"],
-            "faster": low > 1.0, "rounds": len(measured.rounds["int8"]),
-            "feeds": ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items()),
-            "cpu": cpu_model(), "instruction_sets": instruction_sets(), "threads": default_threads(),
+    speed, state = paired_speedup(measured, "fp32", "int8", feeds), summarize(measured.machine)
+    return {"vs": "the FP32 input artifact", **speed, "faster": speed["ci95"][0] > 1.0,
+            "cpu": cpu_model(), "instruction_sets": instruction_sets(),
             "other_cpu_share": state.get("other_cpu_share"), "disturbed_rounds": state.get("disturbed_rounds")}
 
 

@@ -32,10 +32,9 @@ from typing import Callable
 
 from ..errors import EdgeportError
 from ..runtime.onnxrt import OnnxRuntimeRunner
-from ..speed import default_threads
 from . import graph
 from .encoder import EncoderJob
-from .speedcheck import measure_models
+from .speedcheck import measure_models, paired_speedup
 from .targets import detect_host, runs_here
 
 PLAIN = "plain export"
@@ -91,20 +90,19 @@ def choose_structure(job: EncoderJob, candidates: list[Structure], build: Callab
 
 def _timed(job: EncoderJob, plain: _Ready, fused: _Ready) -> Path:
     job.say("timing the plain and the fused-attention graph, both quantized, on this host...")
-    feeds = _one_example(job)
+    feeds = job.evaluation.first_example()
     measured = measure_models({PLAIN: plain.quantized, FUSED_ATTENTION: fused.quantized}, feeds)
-    speedup = measured.speedup(PLAIN, FUSED_ATTENTION, cpu_time=default_threads() == 1)
-    low, high = speedup["ci95"]
+    speed = paired_speedup(measured, PLAIN, FUSED_ATTENTION, feeds)
+    low, high = speed["ci95"]
     chosen = fused if low > 1.0 else plain
-    figures = f"{speedup['value']:.2f}x ({low:.2f}-{high:.2f})"
+    figures = f"{speed['speedup']:.2f}x ({low:.2f}-{high:.2f})"
     why = (f"fused attention ran {figures} the plain graph here: faster over its whole 95% interval"
            if chosen is fused else
            f"fused attention ran {figures} the plain graph here: not faster over its whole 95% interval, so the "
            "graph as exported")
     record = _record(True, chosen, [plain, fused], why, measured)
-    record.update({"fused_speedup": round(speedup["value"], 4), "ci95": [round(low, 4), round(high, 4)],
-                   "method": speedup["method"], "threads": default_threads(), "spinning": False,
-                   "feeds": ", ".join(f"{name} {list(value.shape)}" for name, value in feeds.items())})
+    record.update({"fused_speedup": speed["speedup"], "ci95": speed["ci95"], "method": speed["method"],
+                   "threads": speed["threads"], "spinning": speed["spinning"], "feeds": speed["feeds"]})
     return _take(job, chosen, record, [plain, fused])
 
 
@@ -118,13 +116,9 @@ def _ready(job: EncoderJob, candidate: Structure, build: Callable[[Path], Path],
     return _Ready(candidate, scratch, prepared, quantized)
 
 
-def _one_example(job: EncoderJob) -> dict:
-    return {name: value[:1] for name, value in job.evaluation.batches[0].items()}
-
-
 def _try_run(job: EncoderJob, quantized: Path) -> None:
     with OnnxRuntimeRunner(quantized) as runner:
-        runner.run(_one_example(job))
+        runner.run(job.evaluation.first_example())
 
 
 def _failures() -> tuple[type[BaseException], ...]:

@@ -7,7 +7,7 @@ weighs a kept node's cost and checks that an INT8 model is faster with it.  nump
 from .host import default_threads, describe, instruction_sets, machine_info
 from .intervals import paired_ratio, spread
 from .load import Monitor, summarize
-from .rounds import Interrupted, Measurement, Settings, interleaved, warm_up
+from .rounds import Interrupted, Measurement, Settings, cpu_time_is_latency, interleaved, warm_up
 
-__all__ = ["Interrupted", "Measurement", "Monitor", "Settings", "default_threads", "describe", "instruction_sets",
-           "interleaved", "machine_info", "paired_ratio", "spread", "summarize", "warm_up"]
+__all__ = ["Interrupted", "Measurement", "Monitor", "Settings", "cpu_time_is_latency", "default_threads", "describe",
+           "instruction_sets", "interleaved", "machine_info", "paired_ratio", "spread", "summarize", "warm_up"]

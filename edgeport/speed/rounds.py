@@ -70,6 +70,12 @@ class Interrupted(Exception):
         self.samples = samples
 
 
+def cpu_time_is_latency(threads: int, spinning: bool) -> bool:
+    """Whether on-CPU time stands for a call's latency: one thread doing the work and none
+    spinning (the module's docstring says why)."""
+    return threads == 1 and not spinning
+
+
 @dataclass
 class Measurement:
     """Per variant, the samples (wall seconds, and the process's CPU seconds) of each round;
