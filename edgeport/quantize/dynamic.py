@@ -59,23 +59,25 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
             return self._prepare_graph(job, fused or graph.load(job.source.model_path))
         wanted = job.options.attention
         candidates = []
+        peaks: dict = {}     # both graphs smooth the same normalisation outputs: measured once
         if wanted in ("auto", "plain"):
             candidates.append(Structure(PLAIN, lambda scratch: self._prepare_graph(
-                scratch, graph.load(job.source.model_path))))
+                scratch, graph.load(job.source.model_path), peaks=peaks)))
         if wanted in ("auto", "fused"):
             fused, reason = transformer_fusions(job, attention_only=True)
             if fused is not None:
                 candidates.append(Structure(FUSED_ATTENTION, lambda scratch: self._prepare_graph(
-                    scratch, fused, "prepared-attention.onnx")))
+                    scratch, fused, "prepared-attention.onnx", peaks)))
             elif wanted == "fused":
                 raise QuantizationError(f"--attention fused: {reason}; use --attention auto or plain")
         whole = self._builder(job, None, prefix="structure")
         return choose_structure(job, candidates, lambda prepared: whole([], prepared),
                                 asked=None if wanted == "auto" else wanted)
 
-    def _prepare_graph(self, job: EncoderJob, model, name: str = "prepared.onnx") -> Path:
+    def _prepare_graph(self, job: EncoderJob, model, name: str = "prepared.onnx", peaks: dict | None = None
+                       ) -> Path:
         graph.ensure_node_names(model)
-        smooth(job, model, smoothing_alpha(job, self.mode))
+        smooth(job, model, smoothing_alpha(job, self.mode), peaks)
         job.levers.append("per-channel weights" if job.per_channel else "per-tensor weights")
         if not any(node.op_type == "SkipLayerNormalization" for node in model.graph.node):   # --optimize fuses them
             job.levers.append("residual sums (no SkipLayerNormalization)")

@@ -84,13 +84,15 @@ def smoothing_alpha(job: EncoderJob, mode: str) -> float | None:
     return job.options.smooth_alpha if job.options.smooth_alpha is not None else DEFAULT_SMOOTH_ALPHA[mode]
 
 
-def smooth(job: EncoderJob, model, alpha: float | None) -> None:
+def smooth(job: EncoderJob, model, alpha: float | None, peaks: dict | None = None) -> None:
+    """``peaks``: activation statistics shared between graphs of the same export (smooth.py)."""
     if alpha is None or job.calibration is None:
         return
     from .smooth import smooth_activations
 
-    job.say(f"smoothing activations (alpha {alpha}) on {job.calibration.description}...")
-    result = smooth_activations(model, job.calibration.batches, alpha)
+    source = "the statistics already measured" if peaks else job.calibration.description
+    job.say(f"smoothing activations (alpha {alpha}) on {source}...")
+    result = smooth_activations(model, job.calibration.batches, alpha, peaks)
     job.notes.append(f"activation smoothing: {result}")
     if result["activations"]:
         job.levers.append(f"activation smoothing (alpha {alpha})")

@@ -28,8 +28,11 @@ NORMALIZATIONS = {"LayerNormalization", "SkipLayerNormalization", "EmbedLayerNor
                   "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "RMSNormalization"}
 
 
-def smooth_activations(model, batches, alpha: float) -> dict:
-    """Rewrite ``model`` in place; returns what was smoothed, for the manifest."""
+def smooth_activations(model, batches, alpha: float, peaks: dict[str, np.ndarray] | None = None) -> dict:
+    """Rewrite ``model`` in place; returns what was smoothed, for the manifest.  ``peaks``:
+    per-channel max |x| by activation name, from an earlier call on another graph of the same
+    export (the plain and the fused-attention graph share their normalisation outputs); only
+    the activations missing from it are run, and what is run is added to it."""
     from onnx import helper, numpy_helper
 
     inits = {init.name: init for init in model.graph.initializer}
@@ -42,15 +45,10 @@ def smooth_activations(model, batches, alpha: float) -> dict:
             consumers[node.input[0]].append(node)
     if not consumers:
         return {"alpha": alpha, "activations": 0}
-    activations = list(consumers)
-    session = graph.session_with_outputs(model, activations)
-    running: dict[str, np.ndarray] = {}
-    for feeds in batches:
-        outputs = session.run(activations, feeds)
-        for name, value in zip(activations, outputs):
-            current = graph.absmax_per_channel([value], [feeds.get("attention_mask")])
-            running[name] = current if name not in running else np.maximum(running[name], current)
-    del session
+    running = peaks if peaks is not None else {}
+    missing = [name for name in consumers if name not in running]
+    if missing:
+        _record_peaks(model, batches, missing, running)
     for name, nodes in consumers.items():
         act_max = running[name]
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
@@ -72,7 +70,17 @@ def smooth_activations(model, batches, alpha: float) -> dict:
             node.input[0] = smoothed
     _drop_unused_initializers(model)
     graph.topological_sort(model)
-    return {"alpha": alpha, "activations": len(consumers)}
+    return {"alpha": alpha, "activations": len(consumers), "measured": len(missing)}
+
+
+def _record_peaks(model, batches, activations: list[str], peaks: dict[str, np.ndarray]) -> None:
+    session = graph.session_with_outputs(model, activations)
+    seen: dict[str, np.ndarray] = {}
+    for feeds in batches:
+        for name, value in zip(activations, session.run(activations, feeds)):
+            current = graph.absmax_per_channel([value], [feeds.get("attention_mask")])
+            seen[name] = current if name not in seen else np.maximum(seen[name], current)
+    peaks.update(seen)
 
 
 def _drop_unused_initializers(model) -> None:

@@ -5,8 +5,11 @@ never fatal; and the fused graph reads any attention mask as the export does."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from edgeport.artifact import Artifact
 from edgeport.errors import InvalidOptionError, QuantizationError
@@ -14,6 +17,7 @@ from edgeport.export.onnx import export_onnx
 from edgeport.quantize import QuantizeOptions, graph, quantize
 from edgeport.quantize.encoder import EncoderJob
 from edgeport.quantize.int8 import transformer_fusions
+from edgeport.quantize.smooth import smooth_activations
 from edgeport.quantize.structure import FUSED_ATTENTION, PLAIN, Structure, choose_structure
 from edgeport.quantize.targets import TARGETS, detect_host, runs_here
 from edgeport.runtime.onnxrt import OnnxRuntimeRunner
@@ -91,6 +95,33 @@ def test_the_fused_graph_reads_any_mask_as_the_export_does(tmp_path, tiny_bert):
             kept = feeds["attention_mask"].astype(bool)
             np.testing.assert_allclose(got["last_hidden_state"][kept], expected["last_hidden_state"][kept],
                                        atol=1e-4, rtol=1e-3)
+
+
+def _smoothing(model) -> dict[str, np.ndarray]:
+    return {init.name: numpy_helper.to_array(init) for init in model.graph.initializer
+            if init.name.endswith("__edgeport_smooth_inv")}
+
+
+def test_both_graphs_smooth_with_one_measurement(tmp_path, tiny_bert):
+    """The fused graph's normalisation outputs are the plain graph's: their statistics are
+    reused, nothing is run again, and the scales are those a fresh measurement gives."""
+    job = EncoderJob(source=tiny_bert, options=QuantizeOptions(mode="int8-dynamic"), target=TARGETS[detect_host()],
+                     target_detected=True, work=tmp_path)
+    fused, _ = transformer_fusions(job, attention_only=True)
+    names = [i["name"] for i in tiny_bert.manifest.graph["inputs"]]
+    batches = [TextProcessor(tiny_bert.member("tokenizer.json"), 32, names).encode(
+        ["a first calibration sentence", "and a second, somewhat longer, one"])]
+    peaks: dict = {}
+    plain = graph.load(tiny_bert.model_path)
+    assert smooth_activations(plain, batches, 0.7, peaks)["measured"] == len(peaks) > 0
+    measured = dict(peaks)
+    fresh = copy.deepcopy(fused)
+    assert smooth_activations(fused, batches, 0.7, peaks)["measured"] == 0 and peaks.keys() == measured.keys()
+    assert smooth_activations(fresh, batches, 0.7)["measured"] == len(measured)
+    reused, again = _smoothing(fused), _smoothing(fresh)
+    assert reused.keys() == again.keys() == _smoothing(plain).keys()
+    for name, inverse in reused.items():
+        np.testing.assert_allclose(inverse, again[name], rtol=1e-5)
 
 
 def test_the_speed_of_light_counts_the_fused_projection(tmp_path, tiny_bert):
