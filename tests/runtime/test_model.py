@@ -152,6 +152,28 @@ def test_runtime_never_imports_torch(minilm_onnx):
     assert "HEAVY []" in out, out
 
 
+def test_idle_pool_threads_stop_spinning_soon_after_a_run(minilm_onnx):
+    """Spinning threads are fast within a run; after it they must not keep a core busy (ONNX
+    Runtime's own limit kept one ~60% busy for 50 ms after every call).  Measured in a fresh
+    process, so no other test's threads count."""
+    code = (
+        "import time\n"
+        "from edgeport.runtime import load\n"
+        f"model = load({str(minilm_onnx.path)!r}, threads=2)\n"
+        "busy = []\n"
+        "for _ in range(5):\n"
+        "    for _ in range(5):\n"
+        "        model.predict(['a sentence long enough to give the pool some work'] * 4)\n"
+        "    start = time.process_time()\n"
+        "    time.sleep(0.1)\n"
+        "    busy.append(time.process_time() - start)\n"
+        "print('IDLE_CPU_S', sorted(busy)[2])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    idle_cpu = float(out.split("IDLE_CPU_S")[1])
+    assert idle_cpu < 0.01, out          # under 10% of one core over the 100 ms after the calls
+
+
 def test_cli_run_texts_and_npz(cli, tmp_path, minilm_onnx, monkeypatch):
     result = cli("run", minilm_onnx.path, "--text", "first sentence", "--text", "second")
     assert result.exit_code == 0, result.output
