@@ -144,6 +144,17 @@ def absmax_per_channel(values: list[np.ndarray], masks: list[np.ndarray | None])
     return result
 
 
+def activation_peaks(model, batches, names: list[str]) -> dict[str, np.ndarray]:
+    """Per-channel max |x| of the tensors ``names`` over ``batches`` (real tokens only)."""
+    session = session_with_outputs(model, names)
+    peaks: dict[str, np.ndarray] = {}
+    for feeds in batches:
+        for name, value in zip(names, session.run(names, feeds)):
+            current = absmax_per_channel([value], [feeds.get("attention_mask")])
+            peaks[name] = current if name not in peaks else np.maximum(peaks[name], current)
+    return peaks
+
+
 def unshare_initializers(model) -> int:
     """Give every consumer of a shared initializer its own copy.
 

@@ -114,14 +114,7 @@ def split_outlier_channels(model, batches) -> Split:
     split = Split()
     if not blocks:
         return split
-    activations = [b.second.input[0] for b in blocks]
-    session = graph.session_with_outputs(model, activations)
-    peaks: dict[str, np.ndarray] = {}
-    for feeds in batches:
-        for name, value in zip(activations, session.run(activations, feeds)):
-            current = graph.absmax_per_channel([value], [feeds.get("attention_mask")])
-            peaks[name] = current if name not in peaks else np.maximum(peaks[name], current)
-    del session
+    peaks = graph.activation_peaks(model, batches, [b.second.input[0] for b in blocks])
     initializers = {i.name: i for i in model.graph.initializer}
     consumers = _consumers(model)
     new_nodes = []

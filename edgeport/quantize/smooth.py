@@ -48,7 +48,7 @@ def smooth_activations(model, batches, alpha: float, peaks: dict[str, np.ndarray
     running = peaks if peaks is not None else {}
     missing = [name for name in consumers if name not in running]
     if missing:
-        _record_peaks(model, batches, missing, running)
+        running.update(graph.activation_peaks(model, batches, missing))
     for name, nodes in consumers.items():
         act_max = running[name]
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
@@ -71,16 +71,6 @@ def smooth_activations(model, batches, alpha: float, peaks: dict[str, np.ndarray
     _drop_unused_initializers(model)
     graph.topological_sort(model)
     return {"alpha": alpha, "activations": len(consumers), "measured": len(missing)}
-
-
-def _record_peaks(model, batches, activations: list[str], peaks: dict[str, np.ndarray]) -> None:
-    session = graph.session_with_outputs(model, activations)
-    seen: dict[str, np.ndarray] = {}
-    for feeds in batches:
-        for name, value in zip(activations, session.run(activations, feeds)):
-            current = graph.absmax_per_channel([value], [feeds.get("attention_mask")])
-            seen[name] = current if name not in seen else np.maximum(seen[name], current)
-    peaks.update(seen)
 
 
 def _drop_unused_initializers(model) -> None:
