@@ -151,6 +151,10 @@ def main() -> None:
     machine = machine_info()
     print(f"\nall-MiniLM-L6-v2 on {machine['cpu']} ({machine['cores']} cores, {' '.join(machine['cpu_flags'])}), "
           f"{args.threads} thread(s) per variant, spinning {'on within a run' if args.spinning else 'off'}")
+    wakeup = machine["thread_wakeup"]
+    print(f"a sleeping thread wakes in {wakeup['wake_us']} us here (cpuidle {wakeup.get('cpuidle_driver', '?')}, "
+          f"halt polling {wakeup.get('halt_poll_ns', 'n/a')} ns): with spinning off every operator split across "
+          "threads pays it")
     print("speed: median of per-round ratios with paired 95% intervals, sequence 128; accuracy against PyTorch FP32; "
           "'of floor': the variant's weight GEMMs at this machine's FP32 or INT8 GEMM peak, over its median")
     columns = ["variant"] + [f"{label} {tag}" for label in shapes for tag in ("ms", "vs FP32", "vs per-tensor")] + \

@@ -23,6 +23,7 @@ from ..outputs import HTML_REPORT, JSON_REPORT, staged_output
 from ..runtime.formats import bench_kinds
 from ..speed import describe, summarize
 from ..speed.load import DISTURBED_SHARE, DISTURBED_STEAL
+from ..speed.wakeup import slow_wake_warning
 from ..vocabulary import SCENARIOS
 
 NOISY_SPREAD = 0.15          # per-round medians of one variant this far apart: say so even on a quiet machine
@@ -120,7 +121,8 @@ class BenchReport:
 
     def judge_machine(self) -> dict:
         """Summarize the machine's state over the rounds, and the warnings a reader needs:
-        other processes' share of the CPUs, steal, and how far the figures may be off."""
+        other processes' share of the CPUs, steal, how far the figures may be off, and a
+        thread wake slow enough to lower multi-thread speed-ups with spinning off."""
         state = summarize(self.machine_rounds)
         quiet = [q for q in (self.machine_quiet.get("before"), self.machine_quiet.get("after")) if q]
         state.update(before=self.machine_quiet.get("before"), after=self.machine_quiet.get("after"), warmup=self.warmup)
@@ -129,24 +131,12 @@ class BenchReport:
         widths = [r["speedup"]["ci95"][1] / r["speedup"]["ci95"][0] - 1 for r in self.with_speedups()
                   if r.get("speedup") and r["variant"] != r["speedup"].get("vs") and r["speedup"]["ci95"][0] > 0]
         uncertainty = max(widths) / 2 if widths else (state["noise"] or 0) / 2
-        self.machine_state, self.warnings = state, []
-        if not state.get("measured"):
-            return state
-        others = max([state["other_cpu_share"]] + [q["other_cpu_share"] for q in quiet])
-        if state["disturbed_rounds"] or others > DISTURBED_SHARE:
-            self.warnings.append(
-                f"other processes used {others:.0%} of the CPUs during these rounds ({state['disturbed_rounds']} of "
-                f"{state['rounds']} rounds disturbed); ratios may be off by about ±{uncertainty:.0%} (the widest 95% "
-                "interval) and absolute times by more" + (
-                    "; speed-ups are from on-CPU time (what each call cost when it ran: preemption stretches long "
-                    "calls more than short ones), latencies from the wall clock"
-                    if any("on-CPU" in (r.get("speedup") or {}).get("method", "") for r in self.results) else ""))
-        if state["steal_share"] > DISTURBED_STEAL:
-            self.warnings.append(f"the hypervisor stole {state['steal_share']:.0%} of the CPU time during these rounds;"
-                                 " absolute times are inflated")
-        if not self.warnings and state["noise"] is not None and state["noise"] > NOISY_SPREAD:
-            self.warnings.append(f"a variant's per-round medians differ by {state['noise']:.0%} (typical): the "
-                                 f"machine was not steady; ratios may be off by about ±{uncertainty:.0%}")
+        self.machine_state = state
+        self.warnings = _disturbance_warnings(state, quiet, uncertainty, self.results) if state.get("measured") else []
+        slow_wake = slow_wake_warning(self.machine.get("thread_wakeup"), self.settings.get("threads") or 1,
+                                      str(self.settings.get("spinning", "")).startswith("on"))
+        if slow_wake:
+            self.warnings.append(slow_wake)
         return state
 
     def with_speedups(self) -> list[dict]:
@@ -252,8 +242,10 @@ class BenchReport:
                 lines.append(f"{name[:42]:<42}" + "".join(f"{c:>28}" for c in cells))
         lines.append(f"\nmachine: {describe(self.machine)}")
         if self.settings:
+            wake = (self.machine.get("thread_wakeup") or {}).get("wake_us")
             lines.append(f"threads: {self.settings.get('threads')} per variant ({self.settings.get('threads_from')}); "
-                         f"spinning {self.settings.get('spinning', '').split(':')[0]}")
+                         f"spinning {self.settings.get('spinning', '').split(':')[0]}"
+                         + (f"; a sleeping thread wakes in {wake:.0f} us here" if wake is not None else ""))
         state = self.machine_state
         if state.get("measured"):
             noise = f", noise {state['noise']:.0%}" if state.get("noise") is not None else ""
@@ -264,6 +256,27 @@ class BenchReport:
         if self.interrupted:
             lines.append("INTERRUPTED: partial results")
         return "\n".join(lines)
+
+
+def _disturbance_warnings(state: dict, quiet: list[dict], uncertainty: float, results: list[dict]) -> list[str]:
+    """What other processes, the hypervisor and an unsteady machine did to the figures."""
+    warnings = []
+    others = max([state["other_cpu_share"]] + [q["other_cpu_share"] for q in quiet])
+    if state["disturbed_rounds"] or others > DISTURBED_SHARE:
+        warnings.append(
+            f"other processes used {others:.0%} of the CPUs during these rounds ({state['disturbed_rounds']} of "
+            f"{state['rounds']} rounds disturbed); ratios may be off by about ±{uncertainty:.0%} (the widest 95% "
+            "interval) and absolute times by more" + (
+                "; speed-ups are from on-CPU time (what each call cost when it ran: preemption stretches long "
+                "calls more than short ones), latencies from the wall clock"
+                if any("on-CPU" in (r.get("speedup") or {}).get("method", "") for r in results) else ""))
+    if state["steal_share"] > DISTURBED_STEAL:
+        warnings.append(f"the hypervisor stole {state['steal_share']:.0%} of the CPU time during these rounds;"
+                        " absolute times are inflated")
+    if not warnings and state["noise"] is not None and state["noise"] > NOISY_SPREAD:
+        warnings.append(f"a variant's per-round medians differ by {state['noise']:.0%} (typical): the "
+                        f"machine was not steady; ratios may be off by about ±{uncertainty:.0%}")
+    return warnings
 
 
 def headline_figures(parity: dict) -> dict:

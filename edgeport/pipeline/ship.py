@@ -48,7 +48,7 @@ class ShipResult:
     variants: list[VariantResult]
     bench_json: str | None = None
     bench_html: str | None = None
-    bench_warnings: list[str] = field(default_factory=list)     # the machine was busy: how far to trust the speeds
+    bench_warnings: list[str] = field(default_factory=list)     # busy machine, slow thread wake: how to read speeds
     triton: str | None = None
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0

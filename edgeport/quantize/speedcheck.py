@@ -14,6 +14,7 @@ from ..runtime.onnxrt import OnnxRuntimeRunner, SessionSettings
 from ..speed import (Measurement, Monitor, Settings, cpu_time_is_latency, default_threads, instruction_sets,
                      interleaved, summarize)
 from ..speed.host import cpu_model
+from ..speed.wakeup import wake_latency_us
 
 # Short: a few seconds per quantize, enough for an interval that separates 1.0 from 1.2
 # (MiniLM: 2.6-3.3x measured with it while other processes held half the CPUs).
@@ -48,10 +49,12 @@ def measure_models(models: dict[str, Path], feeds: dict[str, np.ndarray]) -> Mea
 
 def judge(measured: Measurement, feeds: dict) -> dict:
     """The record: the speed-up, its interval (on-CPU time when other processes disturbed the
-    rounds), and whether INT8 is measurably faster (the interval's lower end above 1)."""
+    rounds), whether INT8 is measurably faster (the interval's lower end above 1), and how
+    long a sleeping thread takes to wake here (with spinning off, a slow wake lowers a
+    multi-thread speed-up: edgeport.speed.wakeup)."""
     speed, state = paired_speedup(measured, "fp32", "int8", feeds), summarize(measured.machine)
     return {"vs": "the FP32 input artifact", **speed, "faster": speed["ci95"][0] > 1.0,
-            "cpu": cpu_model(), "instruction_sets": instruction_sets(),
+            "cpu": cpu_model(), "instruction_sets": instruction_sets(), "thread_wake_us": wake_latency_us(),
             "other_cpu_share": state.get("other_cpu_share"), "disturbed_rounds": state.get("disturbed_rounds")}
 
 

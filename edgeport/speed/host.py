@@ -99,6 +99,7 @@ def default_threads() -> int:
 
 def machine_info() -> dict:
     from ..manifest import tool_versions
+    from .wakeup import wakeup_record
 
     try:
         import onnxruntime
@@ -118,6 +119,7 @@ def machine_info() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
         "providers": providers,
+        "thread_wakeup": wakeup_record(),
         "versions": tool_versions("onnxruntime", "numpy", "tokenizers", "torch", "onnxruntime-genai"),
     }
 

@@ -4,6 +4,7 @@ everything refused before the first measurement."""
 from __future__ import annotations
 
 import json
+import os
 
 import jsonschema
 import numpy as np
@@ -16,6 +17,7 @@ from edgeport.errors import InvalidOptionError, OutputExistsError, StoppedByUser
 from edgeport.quantize import QuantizeOptions, quantize
 from edgeport.runtime.runner import Runner
 from edgeport.schema import problems
+from edgeport.speed.wakeup import slow_wake_warning
 from helpers import assert_fails
 
 FAST = Settings(rounds=2, warmup=1, min_duration=0.02, min_count=3, pause=0.0)
@@ -55,6 +57,10 @@ def test_bench_end_to_end_json_html_and_table(two_artifacts, tmp_path, cli):
     assert report["parity"]["encoder"]["passed"] and report["parity"]["int8"]["sentence_embedding"]["min_cosine"] > 0.9
     assert report["machine"]["cores"] >= 1 and "onnxruntime" in report["machine"]["versions"]
     assert report["settings"]["spinning"].startswith("off")                 # the default: variants take turns
+    wakeup = report["machine"]["thread_wakeup"]                            # measured here, whatever it says
+    assert "method" in wakeup and (wakeup["wake_us"] is None) == (len(os.sched_getaffinity(0)) < 2)
+    assert any("to wake on this host" in w for w in report["warnings"]) == (
+        slow_wake_warning(wakeup, report["settings"]["threads"], spinning=False) is not None)
     assert "p50 ms" in result.output and "speed-up (95% CI)" in result.output
     assert "<table" in (tmp_path / "r.html").read_text()
 

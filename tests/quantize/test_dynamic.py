@@ -48,6 +48,7 @@ def test_minilm_int8_default_recipe_is_faithful_and_small(minilm_int8, minilm_on
     speed = precision["speed"]                   # measured on this host, whatever it says
     assert speed["measured"] and speed["ci95"][0] <= speed["speedup"] <= speed["ci95"][1]
     assert speed["faster"] == (speed["ci95"][0] > 1)
+    assert speed["thread_wake_us"] is None or speed["thread_wake_us"] > 0
     parity = manifest.parity["quantize"]
     assert parity["passed"] and parity["samples"] >= 100
     assert parity["sentence_embedding"]["min_cosine"] >= 0.985
