@@ -66,8 +66,7 @@ def main() -> None:
         for round_index in range(args.rounds):
             for setting in SETTINGS if round_index % 2 == 0 else SETTINGS[::-1]:
                 HALT_POLL.write_text(str(setting))
-                wakeup.wake_latency_us.cache_clear()
-                wakes[setting].append(wakeup.wake_latency_us())
+                wakes[setting].append(wakeup.wake_latency_us(fresh=True))
                 for spinning in (False, True):
                     for batch, calls in ((1, 20), (8, 4)):
                         names = list(models) if round_index % 2 == 0 else list(models)[::-1]

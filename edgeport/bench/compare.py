@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InvalidOptionError, RegressionError
+from ..speed.wakeup import wake_footing_differs
 from .report import headline_figures, load_report
 
 __all__ = ["Comparison", "Delta", "compare", "format_deltas", "load_report", "parse_percent"]
@@ -45,6 +46,7 @@ class Comparison:
     new_interrupted: bool
     max_regression: float
     max_parity_drop: float
+    notes: list[str] = field(default_factory=list)     # the two reports' footings differ: read the deltas with that
 
     def raise_for_failure(self) -> None:
         problems = []
@@ -112,7 +114,24 @@ def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float)
             if a is None or b is None:
                 continue
             deltas.append(Delta(variant, "parity", "", metric, a, b, a - b, (a - b) > max_parity_drop))
-    return Comparison(deltas, only_old, only_new, bool(new.get("interrupted")), max_regression, max_parity_drop)
+    return Comparison(deltas, only_old, only_new, bool(new.get("interrupted")), max_regression, max_parity_drop,
+                      footing_notes(old, new))
+
+
+def footing_notes(old: dict, new: dict) -> list[str]:
+    """What differs between the two reports' footings that moves latencies by itself: the
+    CPU, the threads, spinning, how long a sleeping thread takes to wake."""
+    notes = []
+    old_machine, new_machine = old.get("machine") or {}, new.get("machine") or {}
+    if old_machine.get("cpu") != new_machine.get("cpu"):
+        notes.append(f"the reports come from different CPUs ({old_machine.get('cpu')} / {new_machine.get('cpu')})")
+    old_settings, new_settings = old.get("settings") or {}, new.get("settings") or {}
+    for key in ("threads", "spinning"):
+        a, b = (str(settings.get(key)).split(":")[0] for settings in (old_settings, new_settings))
+        if a != b and "None" not in (a, b):
+            notes.append(f"different {key}: {a} in the old report, {b} in the new")
+    wake = wake_footing_differs(old_machine.get("thread_wakeup"), new_machine.get("thread_wakeup"))
+    return notes + ([wake] if wake else [])
 
 
 def slowdown_interval(before: dict, after: dict, iterations: int = 2000) -> tuple[float, float] | None:
@@ -148,4 +167,5 @@ def format_deltas(comparison: Comparison) -> str:
     lines.extend(f"unmatched: {u} only in the new report" for u in comparison.only_new)
     if comparison.new_interrupted:
         lines.append("the new report was INTERRUPTED")
+    lines.extend(f"note: {note}" for note in comparison.notes)
     return "\n".join(lines)

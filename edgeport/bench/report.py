@@ -23,7 +23,7 @@ from ..outputs import HTML_REPORT, JSON_REPORT, staged_output
 from ..runtime.formats import bench_kinds
 from ..speed import describe, summarize
 from ..speed.load import DISTURBED_SHARE, DISTURBED_STEAL
-from ..speed.wakeup import slow_wake_warning
+from ..speed.wakeup import slow_wake_warning, wake_of
 from ..vocabulary import SCENARIOS
 
 NOISY_SPREAD = 0.15          # per-round medians of one variant this far apart: say so even on a quiet machine
@@ -242,7 +242,7 @@ class BenchReport:
                 lines.append(f"{name[:42]:<42}" + "".join(f"{c:>28}" for c in cells))
         lines.append(f"\nmachine: {describe(self.machine)}")
         if self.settings:
-            wake = (self.machine.get("thread_wakeup") or {}).get("wake_us")
+            wake = wake_of(self.machine.get("thread_wakeup"))
             lines.append(f"threads: {self.settings.get('threads')} per variant ({self.settings.get('threads_from')}); "
                          f"spinning {self.settings.get('spinning', '').split(':')[0]}"
                          + (f"; a sleeping thread wakes in {wake:.0f} us here" if wake is not None else ""))

@@ -51,6 +51,23 @@ def test_compare_exit_codes(cli, tmp_path, new, code, phrase):
     assert phrase in result.output
 
 
+def test_compare_notes_a_different_footing(cli, tmp_path):
+    old, new = _report(10.0, 100.0, 0.9950), _report(10.0, 100.0, 0.9950)
+    same = cli("bench", "compare", *_write(tmp_path, old, new))
+    assert same.exit_code == 0 and "note:" not in same.output
+    old["settings"] = {"threads": 2, "spinning": "off: x"}
+    new["settings"] = {"threads": 2, "spinning": "on (--spinning)"}
+    old["machine"]["thread_wakeup"], new["machine"]["thread_wakeup"] = {"wake_us": 36.0}, {"wake_us": 4.0}
+    new["machine"]["cpu"] = "y"
+    result = cli("bench", "compare", *_write(tmp_path, old, new))
+    assert result.exit_code == 0, result.output                              # notes, not failures
+    assert "note: the reports come from different CPUs (x / y)" in result.output
+    assert "note: different spinning: off in the old report, on (--spinning) in the new" in result.output
+    assert "note: a sleeping thread woke in 36 us on the old report's machine and 4 us" in result.output
+    old["machine"]["thread_wakeup"] = "fast"                                 # hand-edited: ignored, not a crash
+    assert cli("bench", "compare", *_write(tmp_path, old, new)).exit_code == 0
+
+
 @pytest.mark.parametrize("old_version", [1, 2])
 def test_older_reports_are_still_read(cli, tmp_path, old_version):
     result = cli("bench", "compare", *_write(tmp_path, _report(10, 100, 0.99, version=old_version),

@@ -13,19 +13,18 @@ import threading
 import pytest
 
 from edgeport.bench.report import BenchReport
-from edgeport.speed.wakeup import SLOW_WAKE_US, idle_policy, slow_wake_warning, wake_latency_us
+from edgeport.speed.wakeup import SLOW_WAKE_US, idle_policy, slow_wake_warning, wake_footing_differs, wake_latency_us
 
 SPIN_OFF = "off: ONNX Runtime intra- and inter-op spinning disabled"
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to wake a thread on another")
 def test_the_wake_is_measured_and_leaves_the_process_as_it_was():
-    affinity, threads = os.sched_getaffinity(0), threading.active_count()
-    wake_latency_us.cache_clear()
-    wake = wake_latency_us()
+    affinity = os.sched_getaffinity(0)
+    wake = wake_latency_us(fresh=True)
     assert wake is not None and math.isfinite(wake) and 0 < wake < 10_000
     assert os.sched_getaffinity(0) == affinity            # the probe pinned this thread and gave it back
-    assert threading.active_count() == threads             # its partner thread is gone
+    assert not [t for t in threading.enumerate() if t.name == "edgeport-wake-probe"]   # its partner is gone
     assert wake_latency_us() == wake                      # measured once per process
 
 
@@ -47,10 +46,12 @@ def test_the_idle_policy_is_read_from_sysfs(tmp_path):
 
 
 def test_a_slow_wake_is_a_warning_only_where_it_lowers_the_figures():
-    halting = {"wake_us": 3 * SLOW_WAKE_US, "halt_poll_ns": 0}
+    halting = {"wake_us": 3 * SLOW_WAKE_US, "cpuidle_driver": "haltpoll", "halt_poll_ns": 0}
     warning = slow_wake_warning(halting, threads=2, spinning=False)
-    assert warning and f"{3 * SLOW_WAKE_US:.0f} us" in warning and "halt polling is off" in warning
-    assert "--spinning" in warning
+    assert warning and f"{3 * SLOW_WAKE_US:.0f} us" in warning and "idle CPUs halt at once" in warning
+    assert "latencies here read higher" in warning and "--spinning" in warning
+    other_driver = slow_wake_warning({**halting, "cpuidle_driver": "intel_idle"}, threads=2, spinning=False)
+    assert other_driver and "halt at once" not in other_driver                  # no explanation it cannot back
     assert slow_wake_warning(halting, threads=2, spinning=True) is None       # threads spin: nobody sleeps
     assert slow_wake_warning(halting, threads=1, spinning=False) is None      # one thread: nobody to wake
     assert slow_wake_warning({"wake_us": SLOW_WAKE_US / 3}, threads=2, spinning=False) is None
@@ -59,7 +60,8 @@ def test_a_slow_wake_is_a_warning_only_where_it_lowers_the_figures():
 
 
 def _report(wake_us: float, threads: int, spinning: str) -> BenchReport:
-    machine = {"cpu": "test", "cores": 2, "versions": {}, "thread_wakeup": {"wake_us": wake_us, "halt_poll_ns": 0}}
+    machine = {"cpu": "test", "cores": 2, "versions": {},
+               "thread_wakeup": {"wake_us": wake_us, "cpuidle_driver": "haltpoll", "halt_poll_ns": 0}}
     return BenchReport(created="now", machine=machine, variants=[], results=[], parity={}, reference="r",
                        settings={"threads": threads, "threads_from": "--threads", "spinning": spinning})
 
@@ -73,3 +75,21 @@ def test_the_bench_report_warns_and_names_the_wake():
     spinning = _report(2 * SLOW_WAKE_US, threads=2, spinning="on (--spinning): threads spin")
     spinning.judge_machine()
     assert spinning.warnings == []
+
+
+def test_the_html_report_names_the_wake(tmp_path):
+    from edgeport.bench.html import machine_paragraph
+
+    report = _report(7.0, threads=1, spinning=SPIN_OFF)
+    assert "a sleeping thread wakes in 7 us here" in machine_paragraph(report)
+    report.machine["thread_wakeup"] = {"wake_us": "fast"}                  # a report read back from a file
+    assert "wakes in" not in machine_paragraph(report)
+
+
+def test_compare_notes_machines_that_wake_threads_differently():
+    halting, polling = {"wake_us": 36.0, "halt_poll_ns": 0}, {"wake_us": 4.0, "halt_poll_ns": 200000}
+    note = wake_footing_differs(halting, polling)
+    assert note and "36 us" in note and "4 us" in note
+    assert wake_footing_differs(halting, {"wake_us": 30.0}) is None               # both slow: alike
+    assert wake_footing_differs(halting, None) is None and wake_footing_differs("x", polling) is None
+    assert wake_footing_differs({"wake_us": float("nan")}, polling) is None
