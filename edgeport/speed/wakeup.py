@@ -6,9 +6,9 @@ again.  On a VM whose idle vCPUs halt at once (Linux's haltpoll cpuidle driver w
 ``guest_halt_poll_ns`` = 0, as the kernel command line of this project's Firecracker VMs
 sets it) a wake is a round trip through the hypervisor: 20-50 us one way measured here,
 against 3-12 us with the kernel's default 200 us of halt polling.  Short operators pay it
-the most: all-MiniLM INT8 at batch 1, 2 threads, spinning off ran 2.29x ORT FP32 with halt
-polling off and 2.52-2.58x with it on, side by side (benchmarks/idle_policy.py; 2.66-2.71x
-with threads spinning either way).  The bench reports the figure beside its results so that a reader
+the most: all-MiniLM INT8 at batch 1, 2 threads, spinning off ran 2.36x ORT FP32 with halt
+polling off and 2.53x with it on, side by side (benchmarks/idle_policy.py; 2.66x with
+threads spinning either way).  The bench reports the figure beside its results so that a reader
 knows when multi-thread speed-ups on one machine are not comparable with another's."""
 
 from __future__ import annotations
