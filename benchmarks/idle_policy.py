@@ -69,6 +69,8 @@ def main() -> None:
                 wakes[setting].append(wakeup.wake_latency_us(fresh=True))
                 for spinning in (False, True):
                     for batch, calls in ((1, 20), (8, 4)):
+                        # Not common.interleaved: it warms every variant before timing the first,
+                        # and a spinning session warmed last would still spin into the next one's block.
                         names = list(models) if round_index % 2 == 0 else list(models)[::-1]
                         for name in names:
                             run = runners[(name, spinning)].run

@@ -127,8 +127,10 @@ def footing_notes(old: dict, new: dict) -> list[str]:
         notes.append(f"the reports come from different CPUs ({old_machine.get('cpu')} / {new_machine.get('cpu')})")
     old_settings, new_settings = old.get("settings") or {}, new.get("settings") or {}
     for key in ("threads", "spinning"):
-        a, b = (str(settings.get(key)).split(":")[0] for settings in (old_settings, new_settings))
-        if a != b and "None" not in (a, b):
+        if old_settings.get(key) is None or new_settings.get(key) is None:
+            continue
+        a, b = (str(settings[key]).split(":")[0] for settings in (old_settings, new_settings))
+        if a != b:
             notes.append(f"different {key}: {a} in the old report, {b} in the new")
     wake = wake_footing_differs(old_machine.get("thread_wakeup"), new_machine.get("thread_wakeup"))
     return notes + ([wake] if wake else [])

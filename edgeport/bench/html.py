@@ -14,7 +14,7 @@ import json
 
 from ..errors import require
 from ..speed import describe
-from ..speed.wakeup import wake_of
+from ..speed.wakeup import wake_phrase
 from .report import BenchReport, headline_figures
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
@@ -227,9 +227,9 @@ def machine_paragraph(report: BenchReport) -> str:
         parts.append(f"{report.settings['threads']} threads per variant ({report.settings.get('threads_from')})")
     if report.settings.get("spinning"):
         parts.append(f"spinning {report.settings['spinning']}")
-    wake = wake_of(report.machine.get("thread_wakeup"))
-    if wake is not None:
-        parts.append(f"a sleeping thread wakes in {wake:.0f} us here")
+    wake = wake_phrase(report.machine.get("thread_wakeup"))
+    if wake:
+        parts.append(wake)
     state = report.machine_state
     if state.get("measured"):
         noise = f"; noise (spread of a variant's round medians) {state['noise']:.0%}" if state.get("noise") else ""

@@ -23,7 +23,7 @@ from ..outputs import HTML_REPORT, JSON_REPORT, staged_output
 from ..runtime.formats import bench_kinds
 from ..speed import describe, summarize
 from ..speed.load import DISTURBED_SHARE, DISTURBED_STEAL
-from ..speed.wakeup import slow_wake_warning, wake_of
+from ..speed.wakeup import slow_wake_warning, wake_phrase
 from ..vocabulary import SCENARIOS
 
 NOISY_SPREAD = 0.15          # per-round medians of one variant this far apart: say so even on a quiet machine
@@ -242,10 +242,9 @@ class BenchReport:
                 lines.append(f"{name[:42]:<42}" + "".join(f"{c:>28}" for c in cells))
         lines.append(f"\nmachine: {describe(self.machine)}")
         if self.settings:
-            wake = wake_of(self.machine.get("thread_wakeup"))
+            wake = wake_phrase(self.machine.get("thread_wakeup"))
             lines.append(f"threads: {self.settings.get('threads')} per variant ({self.settings.get('threads_from')}); "
-                         f"spinning {self.settings.get('spinning', '').split(':')[0]}"
-                         + (f"; a sleeping thread wakes in {wake:.0f} us here" if wake is not None else ""))
+                         f"spinning {self.settings.get('spinning', '').split(':')[0]}" + (f"; {wake}" if wake else ""))
         state = self.machine_state
         if state.get("measured"):
             noise = f", noise {state['noise']:.0%}" if state.get("noise") is not None else ""

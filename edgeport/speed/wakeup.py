@@ -135,6 +135,12 @@ def wake_of(record) -> float | None:
     return wake if usable else None
 
 
+def wake_phrase(record) -> str | None:
+    """The record's wake figure as the bench's table and HTML page say it (None without one)."""
+    wake = wake_of(record)
+    return None if wake is None else f"a sleeping thread wakes in {wake:.0f} us here"
+
+
 def halts_at_once(record: dict | None) -> bool:
     """Whether the record shows Linux's haltpoll idle driver with its polling window at 0."""
     record = record if isinstance(record, dict) else {}
