@@ -35,6 +35,9 @@ class OutputKind:
     noun: str
     is_folder: bool
     recognise: Callable[[Path], bool]
+    # Files in a recognised folder that edgeport did not write there (a user's own, or a
+    # look-alike marker file): --force refuses to delete them.
+    strangers: Callable[[Path], list[str]] = lambda path: []
 
 
 def _has(name: str) -> Callable[[Path], bool]:
@@ -71,7 +74,21 @@ def _html_report(path: Path) -> bool:
         return False
 
 
-ARTIFACT = OutputKind("edgeport artifact", True, _has(MANIFEST_NAME))
+def _unlisted_in_artifact(path: Path) -> list[str]:
+    """Files the folder's manifest does not list (every file, when it is no manifest edgeport
+    wrote): what replacing the folder would delete that edgeport did not make."""
+    import json
+
+    try:
+        listed = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError):
+        listed = None
+    listed = set(listed) if isinstance(listed, (dict, list)) else set()
+    present = sorted(f.relative_to(path).as_posix() for f in path.rglob("*") if not f.is_dir())
+    return [name for name in present if name != MANIFEST_NAME and name not in listed]
+
+
+ARTIFACT = OutputKind("edgeport artifact", True, _has(MANIFEST_NAME), _unlisted_in_artifact)
 MERGED_MODEL = OutputKind("merged model folder (edgeport merge)", True, _has("edgeport-merge.json"))
 TRITON_REPOSITORY = OutputKind("Triton model repository (edgeport package)", True, _has(".edgeport-triton.json"))
 KSERVE_FOLDER = OutputKind("KServe deployment folder (edgeport package)", True, _has(".edgeport-kserve.json"))
@@ -111,6 +128,11 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
         elif not kind.recognise(out) and not _empty_folder(out):
             raise OutputExistsError(f"'{out}' exists and is not an {kind.noun}; --force only replaces edgeport's own "
                                     "outputs. Remove it yourself or choose another " + option)
+        elif kind.recognise(out) and kind.strangers(out):
+            strangers = kind.strangers(out)
+            raise OutputExistsError(f"'{out}' holds files edgeport did not write there ({', '.join(strangers[:5])}"
+                                    f"{', ...' if len(strangers) > 5 else ''}); --force only replaces edgeport's own "
+                                    f"outputs. Move them out or choose another {option}")
     _check_writable(out, option)
     return out
 
@@ -237,6 +259,10 @@ def _replace(new: Path, out: Path, force: bool, kind: OutputKind) -> None:
         if not kind.is_folder:
             os.replace(new, out)
             return
+        strangers = kind.strangers(out) if kind.recognise(out) else [] if _empty_folder(out) else ["its contents"]
+        if strangers:              # files put there while we worked
+            raise OutputExistsError(f"'{out}' changed while writing and now holds files edgeport did not write "
+                                    f"({', '.join(strangers[:5])}); nothing was replaced")
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         os.replace(new, out)

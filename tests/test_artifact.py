@@ -121,6 +121,32 @@ def test_failed_forced_stage_keeps_the_old_artifact(tmp_path):
     assert folder_names(tmp_path) == {"a"}
 
 
+def _force_onto(path):
+    with staged_output(path, force=True) as folder:
+        (folder / "model.onnx").write_text("new")
+        finalize_manifest(folder, _manifest())
+
+
+def test_force_never_deletes_files_edgeport_did_not_write(tmp_path):
+    """A folder of the user's own that happens to hold a file named edgeport.json, and a real
+    artifact the user put a file into: --force refuses both and names the files."""
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "edgeport.json").write_text('{"my": "own settings"}')
+    (project / "src" / "main.py").write_text("print('mine')")
+    with pytest.raises(OutputExistsError, match="did not write there .src/main.py"):
+        _force_onto(project)
+    assert (project / "src" / "main.py").read_text() == "print('mine')"
+    _make(tmp_path / "a")
+    (tmp_path / "a" / "NOTES.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="NOTES.txt"):
+        _force_onto(tmp_path / "a")
+    assert (tmp_path / "a" / "NOTES.txt").read_text() == "mine"
+    (tmp_path / "a" / "NOTES.txt").unlink()
+    _force_onto(tmp_path / "a")                      # only what the manifest lists: replaced
+    assert set(Artifact.load(tmp_path / "a").manifest.files) == {"model.onnx"}
+
+
 def test_existing_output_is_never_overwritten_without_force(tmp_path):
     _make(tmp_path / "a")
     with pytest.raises(OutputExistsError, match="--force"):

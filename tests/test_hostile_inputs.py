@@ -411,7 +411,7 @@ def test_predict_after_close(onnx_artifacts):
 
 def test_run_text_on_models_that_take_no_text(cli, onnx_artifacts, tmp_path, tiny_models):
     assert_fails(cli("run", onnx_artifacts["classifier"].path, "--text", "hello"), ModelInputError.exit_code,
-                 "call run() with feeds")
+                 "takes no text or images, only its raw inputs (edgeport run --input FILE.npz")
     vit = export_onnx(tiny_models("vit", "image-classification"), tmp_path / "vit")
     assert_fails(cli("run", vit.path, "--text", "hello"), ModelInputError.exit_code, "image model")
 

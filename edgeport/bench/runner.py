@@ -143,7 +143,10 @@ class Variant:
 
 def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str = "cpu",
                      spinning: bool = False) -> Variant:
-    """An artifact loaded for the bench: ONNX graphs on ``device``, engines on TensorRT."""
+    """An artifact loaded for the bench: ONNX graphs on ``device``, engines on TensorRT,
+    ExecuTorch programs on the CPU."""
+    if device not in format_of(artifact).devices:
+        device = "auto"
     start = time.perf_counter()
     model = load(artifact.path, device=device, threads=threads, check_files=False, spinning=spinning)
     created = (time.perf_counter() - start) * 1000
@@ -153,6 +156,29 @@ def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str
             "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
             "provider": model.provider, "session_create_ms": round(created, 1)}
     return Variant(name, model.runner, info)
+
+
+def _batches_beyond(variant: Variant, options: BenchOptions) -> str | None:
+    """Why the batch sizes (or sweep lengths) asked for cannot be timed on ``variant``: more
+    than its engine takes in one call, said before anything is measured; None when they can."""
+    highest = variant.runner.shape_range.get("input_ids", ((), ()))[1]
+    if "sweep" in options.scenarios and len(highest) > 1:
+        longest = highest[1]
+        beyond = [n for n in options.sequence_lengths if n > longest]
+        if beyond:
+            return (f"'{variant.name}' takes sequences of at most {longest} tokens (the bound it was built for), "
+                    f"so sequence {', '.join(map(str, beyond))} cannot be timed on it; give --sequence-lengths "
+                    f"within 2..{longest}")
+    largest = variant.runner.max_rows
+    if largest is None or not {"offline", "sweep"} & set(options.scenarios):
+        return None
+    beyond = [b for b in options.batch_sizes if b > largest]
+    if not beyond:
+        return None
+    within = [b for b in options.batch_sizes if b <= largest] or [largest]
+    return (f"'{variant.name}' takes at most {largest} rows a call (the batch bound it was built for), so "
+            f"batch {', '.join(map(str, beyond))} cannot be timed on it; give --batch-sizes "
+            f"{','.join(map(str, within))}")
 
 
 def footing(options: BenchOptions) -> dict:
@@ -197,6 +223,11 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
     variants: list[Variant] = []
     for artifact in artifacts:
         variant = artifact_variant(artifact, threads, {v.name for v in variants}, options.device, options.spinning)
+        too_large = _batches_beyond(variant, options)
+        if too_large:
+            for loaded in variants + [variant]:
+                loaded.runner.close()
+            raise InvalidOptionError(too_large)
         if options.measure_memory:
             progress(f"memory and cold start of {variant.name} (fresh process)...")
             variant.info.update(measure_memory(str(artifact.path), options.data))

@@ -104,6 +104,8 @@ def run_command(artifact, texts, input_file, prompts, max_new_tokens, temperatur
         return
     if bool(texts) == bool(input_file):
         raise InvalidOptionError("give either --text (one or more), --input FILE or --prompt")
+    if batch_size < 1:
+        raise InvalidOptionError(f"--batch-size must be a whole number >= 1 (got {batch_size})")
     from ..running import run_artifact
 
     emit_json(run_artifact(artifact, list(texts), input_file, device, threads, batch_size, trusted_key))

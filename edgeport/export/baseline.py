@@ -15,6 +15,15 @@ from ..runtime.runner import Runner
 from .prepare import HfSource
 
 
+def _no_folder(source: str | None) -> str:
+    """Why the baseline cannot be built from the reference's lineage ``source``."""
+    needs = "--baseline torch rebuilds the Hugging Face folder the reference was exported from"
+    if source and ":" in source and not Path(source).exists():
+        return (f"{needs}; this one was exported from the Python callable '{source}', which the baseline does not "
+                "rebuild: bench the artifacts without --baseline, or time the module yourself")
+    return f"{needs}; its lineage names '{source}', which is not there"
+
+
 class TorchRunner(Runner):
     """The Hugging Face model an artifact was exported from, eager, in FP32."""
 
@@ -27,8 +36,7 @@ class TorchRunner(Runner):
         export = reference.manifest.export_parameters()
         source = export.get("source")
         if not source or not Path(source).is_dir():
-            raise InvalidOptionError("--baseline torch needs the Hugging Face folder the reference was exported "
-                                     f"from; its lineage names '{source}', which is not there")
+            raise InvalidOptionError(_no_folder(source))
         if device == "cuda" and not torch.cuda.is_available():
             raise AcceleratorUnavailableError("--baseline-device cuda: PyTorch sees no CUDA device on this machine")
         self._work = tempfile.TemporaryDirectory(prefix="edgeport-baseline-")
@@ -70,8 +78,7 @@ class TorchGenerator:
 
         source = reference.manifest.export_parameters().get("source")
         if not source or not (Path(source) / "config.json").is_file():
-            raise InvalidOptionError("--baseline torch needs the Hugging Face folder the reference was exported "
-                                     f"from; its lineage names '{source}', which is not there")
+            raise InvalidOptionError(_no_folder(source))
         if device == "cuda" and not torch.cuda.is_available():
             raise AcceleratorUnavailableError("--baseline-device cuda: PyTorch sees no CUDA device on this machine")
         with quiet_transformers():

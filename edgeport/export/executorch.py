@@ -232,10 +232,13 @@ def _dims(job: ExportJob, bounds, flat: bool = False):
     return per_input if flat else (per_input,)
 
 
-def _example(job: ExportJob):
+def _example(job: ExportJob, bounds):
+    """The trace inputs, cut to the bounds: a --sequence-length below the example text's length
+    would otherwise be a constraint torch.export refuses."""
     import torch
 
-    return tuple(torch.from_numpy(np.ascontiguousarray(job.trace_inputs[n])) for n in job.input_names)
+    example = _within(job.trace_inputs, job, bounds)[0]
+    return tuple(torch.from_numpy(example[n]) for n in job.input_names)
 
 
 def _capture(job: ExportJob, bounds, module=None):
@@ -245,7 +248,7 @@ def _capture(job: ExportJob, bounds, module=None):
 
     try:
         with torch.no_grad(), quiet_torch_onnx():
-            return torch.export.export(module or job.module, _example(job),
+            return torch.export.export(module or job.module, _example(job, bounds),
                                        dynamic_shapes=_dims(job, bounds, flat=module is not None), strict=False)
     except Exception as exc:  # torch.export raises many kinds; all mean: this model does not capture
         first = (str(exc).strip().splitlines() or [""])[0][:400]
@@ -513,7 +516,11 @@ def _write(out, source: str, job: ExportJob, options: ExecuTorchOptions, bounds,
             precision.update(quantizer="XNNPACKQuantizer (PT2E), symmetric, per-channel weights",
                              activations="quantized per call" if lowered.scheme == "int8-dynamic"
                              else "calibrated on real data", candidates=lowered.candidates)
-        manifest = Manifest(task=job.task, processing=job.processing, graph=graph, precision=precision,
+        processing = dict(job.processing)
+        if SEQUENCE in bounds and "max_length" in processing:
+            # The tokenizer truncates where the program ends, not at the source model's length.
+            processing["max_length"] = min(int(processing["max_length"]), bounds[SEQUENCE][1])
+        manifest = Manifest(task=job.task, processing=processing, graph=graph, precision=precision,
                             parity={"export": parity.to_dict()})
         if Path(source).is_dir():
             from .lora import read_merge_record

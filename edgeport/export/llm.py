@@ -107,6 +107,8 @@ def export_causal_lm(folder: Path, out, options, progress=None, runtime_adapters
     check_output(out, options.force, (folder, *(runtime_adapters or {}).values()), ARTIFACT)
     say(f"causal LM ({config.get('model_type')}); reference: transformers greedy generate on {PROMPTS} real prompts...")
     reference = Reference(folder, generation_prompts(PROMPTS), stdlib_sentences(PERPLEXITY_TEXTS))
+    if reference.unapplied:
+        say(f"note: {unapplied_note(reference.unapplied)}")
     with tempfile.TemporaryDirectory(prefix="edgeport-llm-") as work_dir:
         for route, exporter in routes:
             label = "genai-builder" if route == "genai" else f"onnx-{exporter}"
@@ -125,6 +127,12 @@ def export_causal_lm(folder: Path, out, options, progress=None, runtime_adapters
     unsupported = all(a.get("unsupported") for a in attempts if a["route"] != "genai-builder") and attempts
     raise (UnsupportedModelError if unsupported else ExportError)(
         f"no route exported this causal LM ({reasons}); nothing was written")
+
+
+def unapplied_note(settings: list[str]) -> str:
+    return (f"the source's generation_config.json sets {', '.join(settings)}; edgeport's runtime does not apply "
+            "them (it decodes greedily, or samples with --temperature/--top-k/--top-p), so parity was checked on "
+            "plain greedy tokens")
 
 
 def _check_options(options) -> None:
@@ -164,7 +172,8 @@ def _build(route: str, exporter: str | None, folder: Path, work: Path, options, 
     for name in ("config.json", *TOKENIZER_FILES):
         if (folder / name).is_file():
             shutil.copyfile(folder / name, built / name)
-    contract.update(add_special_tokens=reference.add_special_tokens, chat_template=reference.chat_template)
+    contract.update(add_special_tokens=reference.add_special_tokens, chat_template=reference.chat_template,
+                    special_tokens=reference.special_tokens)
     (built / "decoder.json").write_text(json.dumps(contract, indent=2) + "\n", encoding="utf-8")
     generation = {"config": "decoder.json", "context_length": reference.context_length}
     return Candidate(f"onnx-{exporter}", built, "onnx-decoder", generation, reference.pad_id,
@@ -233,7 +242,8 @@ def _write(out, folder: Path, candidate: Candidate, manifest: Manifest, parity, 
             "model_type": config["model_type"], "family": builder_family(config) or config["model_type"],
             "runtime_adapters": {k: str(v) for k, v in (runtime_adapters or {}).items()}},
             tools=tool_versions("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai", "onnxscript"),
-            sources={p.name: sha256_file(p) for p in weights}, routes=attempts, notes=candidate.notes)
+            sources={p.name: sha256_file(p) for p in weights}, routes=attempts,
+            notes=candidate.notes + ([unapplied_note(reference.unapplied)] if reference.unapplied else []))
         manifest.parity["export"] = parity.to_dict()
         finalize_manifest(staging, manifest)
     return Artifact.load(out, check_files=False)

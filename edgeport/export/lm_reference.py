@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import SourceError, UnsupportedModelError
 from .quiet import quiet_transformers
 
 NEW_TOKENS = 16
@@ -35,6 +36,43 @@ def context_length(config) -> int:
     return 2048
 
 
+# generation_config settings that change which token greedy decoding picks: edgeport's
+# runtimes (and ONNX Runtime GenAI's, as edgeport drives it) decode without them.
+UNAPPLIED_DEFAULTS = {"repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                      "min_length": 0, "min_new_tokens": None, "bad_words_ids": None, "suppress_tokens": None,
+                      "begin_suppress_tokens": None, "forced_bos_token_id": None, "forced_eos_token_id": None,
+                      "sequence_bias": None, "exponential_decay_length_penalty": None}
+
+
+def unapplied_settings(generation_config) -> list[str]:
+    """The source's generation_config settings the exported model's runtime does not apply."""
+    found = []
+    for key, default in UNAPPLIED_DEFAULTS.items():
+        value = getattr(generation_config, key, default)
+        if value not in (default, None) and not (isinstance(value, (list, dict)) and not value):
+            found.append(f"{key}={value!r}"[:80])
+    return found
+
+
+def _load_tokenizer(transformers, folder: Path):
+    try:
+        return transformers.AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:   # a damaged tokenizer.json raises JSON, key or tokenizers errors
+        raise SourceError(f"transformers cannot load the tokenizer in '{folder}': {type(exc).__name__}: "
+                          f"{(str(exc).strip().splitlines() or [''])[0][:300]}") from exc
+
+
+def _load_model(transformers, torch, folder: Path):
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise UnsupportedModelError(f"'{folder}' is not a causal LM: transformers has no AutoModelForCausalLM "
+                                        "for its config (an encoder-decoder such as T5 is not exported with --task "
+                                        "text-generation)") from exc
+        raise SourceError(f"transformers cannot load '{folder}': {str(exc).splitlines()[0][:300]}") from exc
+
+
 class Reference:
     """transformers' answers on the real prompts and texts: greedy tokens, next-token logits,
     perplexity; and the model's context length, end-of-sequence ids and tokenizer facts."""
@@ -44,14 +82,21 @@ class Reference:
         import transformers
 
         with quiet_transformers():
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+            self.tokenizer = _load_tokenizer(transformers, folder)
             try:
                 self.model = transformers.AutoModelForCausalLM.from_pretrained(
                     folder, dtype=torch.float32, attn_implementation="eager").eval()
             except (ValueError, TypeError, ImportError):
-                self.model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+                self.model = _load_model(transformers, torch, folder)
         eos = self.model.generation_config.eos_token_id
         self.eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        self.unapplied = unapplied_settings(self.model.generation_config)
+        # Plain greedy decoding is what every route's runtime does and what parity compares:
+        # generate() would apply the source's repetition penalty (and the like) to the reference
+        # alone, and fail every route on the difference.
+        self.model.generation_config = transformers.GenerationConfig(
+            eos_token_id=eos, bos_token_id=self.model.generation_config.bos_token_id,
+            pad_token_id=self.model.generation_config.pad_token_id)
         self.context_length = context_length(self.model.config)
         self.add_special_tokens = adds_special_tokens(self.tokenizer)
         self.vocab_size = int(self.model.config.get_text_config().vocab_size)
@@ -78,8 +123,17 @@ class Reference:
 
     @property
     def pad_id(self) -> int:
+        """The tokenizer's pad id, or the first end-of-sequence id where it has none or where its
+        pad token lies outside the model's vocabulary (a tokenizer class that adds its own)."""
         pad = self.tokenizer.pad_token_id
-        return int(pad) if pad is not None else next(iter(sorted(self.eos)), 0)
+        if pad is not None and 0 <= int(pad) < self.vocab_size:
+            return int(pad)
+        return next(iter(sorted(self.eos)), 0)
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """bos_token, eos_token... as text: what chat templates are rendered with."""
+        return {k: v for k, v in self.tokenizer.special_tokens_map.items() if isinstance(v, str)}
 
     @property
     def chat_template(self) -> str | None:

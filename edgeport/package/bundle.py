@@ -40,9 +40,12 @@ def runtime_requirements(artifact: Artifact) -> list[str]:
     pins = []
     for name in names:
         try:
-            pins.append(f"{name}=={metadata.version(name)}")
+            version = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+        # A local label ("2.13.0+cpu") names a build from another index (PyTorch's own);
+        # pip on PyPI finds no such version, so the pin is to the public release.
+        pins.append(f"{name}=={version.split('+')[0]}")
     return pins
 
 

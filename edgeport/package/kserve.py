@@ -35,6 +35,8 @@ TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:24.08-py3"
 DEFAULT_IMAGE = "python:3.11-slim"       # edgeport and the bundle's requirements installed when the pod starts
 QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# What KServe's storage initializer downloads (Azure storage is reached over https://).
+STORAGE_SCHEMES = ("s3", "gs", "pvc", "https", "http", "hdfs", "webhdfs")
 
 
 @dataclass(frozen=True)
@@ -63,9 +65,10 @@ class KServeOptions:
                 raise InvalidOptionError(f"{option} must be a whole number >= 0 (got {value!r})")
         if self.max_replicas < max(1, self.min_replicas):
             raise InvalidOptionError("--max-replicas must be >= --min-replicas and >= 1")
-        if self.storage_uri is not None and "://" not in self.storage_uri:
-            raise InvalidOptionError(f"--storage-uri '{self.storage_uri}' must be a URI KServe can fetch (s3://, "
-                                     "gs://, pvc://, https://...)")
+        scheme, separator, rest = (self.storage_uri or "").partition("://")
+        if self.storage_uri is not None and (not separator or scheme not in STORAGE_SCHEMES or not rest.strip("/")):
+            raise InvalidOptionError(f"--storage-uri '{self.storage_uri}' must be a URI KServe's storage initializer "
+                                     f"fetches: {', '.join(s + '://' for s in STORAGE_SCHEMES)}")
 
 
 def _sdk_call(request: dict) -> dict:
@@ -162,6 +165,7 @@ def _readme(name: str, base: str, options: KServeOptions, triton: bool) -> str:
     if triton:
         lines += ["   or Triton over the model repository:",
                   f"   kubectl -n {options.namespace} apply -f servingruntime-triton.yaml -f inferenceservice-triton.yaml"]
-    lines += ["", "Both speak the Open Inference Protocol v2 (/v2/models/NAME/infer); the edgeport predictor also has "
-              f"/v2/models/{name}/text and, for causal LMs, the OpenAI endpoints."]
+    lines += ["", ("Both speak" if triton else "It speaks") + " the Open Inference Protocol v2 "
+              f"(/v2/models/NAME/infer); the edgeport predictor also has /v2/models/{name}/text and, for causal LMs, "
+              "the OpenAI endpoints."]
     return "\n".join(lines) + "\n"

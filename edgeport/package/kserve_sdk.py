@@ -30,8 +30,10 @@ def _sdk():
 
 def _edgeport_service(name: str, bundle_uri: str, options: KServeOptions, requirements: list[str]):
     models, k8s, _ = _sdk()
-    bundle_path = f"/mnt/models/{name}.tar.gz"
-    serve = ["edgeport", "serve", bundle_path, "--host", "0.0.0.0", "--port", str(PORT), "--name", name]
+    # The folder, not the archive: KServe's storage initializer unpacks a single archive it
+    # downloads (and deletes it), and copies one from a volume as it is; edgeport serve opens
+    # a folder holding just one bundle either way.
+    serve = ["edgeport", "serve", "/mnt/models", "--host", "0.0.0.0", "--port", str(PORT), "--name", name]
     if options.image:
         command, args = serve[:1], serve[1:]
     else:

@@ -51,6 +51,10 @@ class GenerationParity:
     thresholds: dict[str, float] = field(default_factory=dict)
 
     @property
+    def samples(self) -> int:
+        return self.prompts
+
+    @property
     def perplexity_increase(self) -> float | None:
         if self.perplexity is None or not self.perplexity_reference:
             return None

@@ -120,6 +120,10 @@ def verify(candidate: str | Artifact, reference: str | Artifact, data: str | Non
         return open_artifact(path, trusted_key=trusted_key if Path(path).is_file() else None)
 
     candidate, reference = opened(candidate), opened(reference)
+    if "text-generation" in (candidate.task, reference.task):
+        if candidate.task != reference.task:
+            raise ParityError(f"the candidate is a {candidate.task} model, the reference a {reference.task} model")
+        return verify_generation(candidate, reference, data, budget, limit)
     ref_inputs = [(s["name"], s["dtype"]) for s in reference.manifest.graph["inputs"]]
     cand_inputs = [(s["name"], s["dtype"]) for s in candidate.manifest.graph["inputs"]]
     if ref_inputs != cand_inputs:
@@ -133,3 +137,58 @@ def verify(candidate: str | Artifact, reference: str | Artifact, data: str | Non
     with make_runner(candidate, QUIET_CPU) as candidate_runner:
         return measure(candidate_runner, expected, examples, reference.task, budget,
                        reference_name=f"reference artifact '{reference.path}'")
+
+
+GENERATION_PROMPTS = 8
+GENERATION_TEXTS = 24
+GENERATION_NEW_TOKENS = 16
+
+
+def verify_generation(candidate: Artifact, reference: Artifact, data: str | None, budget: ParityBudget | None,
+                      limit: int | None):
+    """Two causal LMs (two routes, a quantized one and its source...) on real prompts: the
+    candidate's greedy tokens and next-token logits against the reference's, perplexity on
+    real text.  Thresholds: those the candidate passed when it was made, unless given."""
+    from ..data import generation_prompts, stdlib_sentences
+    from ..runtime.formats import make_generator
+    from .generation import measure_generation
+
+    budget = budget or ParityBudget()
+    if budget.max_abs_error is not None or budget.min_top1_agreement is not None:
+        raise InvalidOptionError("causal LMs are compared by greedy tokens, logits and perplexity: of the thresholds "
+                                 "only --min-cosine (next-token logits) applies")
+    if data is None:
+        prompts, texts, described = generation_prompts(GENERATION_PROMPTS), stdlib_sentences(GENERATION_TEXTS), \
+            "docstring prompts"
+    else:
+        prompts = _text_lines(data)
+        texts, described = prompts, f"prompts from '{data}'"
+    prompts = prompts[:limit or GENERATION_PROMPTS]
+    known = ("min_cosine", "min_exact", "max_token_disagreement", "max_perplexity_increase")
+    thresholds = {k: v for k, v in {**recorded_thresholds(candidate), **budget.thresholds()}.items() if k in known}
+    with make_generator(reference, QUIET_CPU) as model:
+        prompt_ids = [model.encode(p) for p in prompts]
+        tokens = [g.tokens for g in model.generate(prompt_ids, max_new_tokens=GENERATION_NEW_TOKENS)]
+        logits = np.stack([model.logits(ids)[-1] for ids in prompt_ids])
+        perplexity = model.perplexity(texts)
+    measured_on = (f"{len(prompts)} {described} x {GENERATION_NEW_TOKENS} greedy tokens; perplexity on "
+                   f"{len(texts)} texts")
+    with make_generator(candidate, QUIET_CPU) as model:
+        return measure_generation(model, prompt_ids, tokens, logits, texts, perplexity,
+                                  reference=f"reference artifact '{reference.path}'", data=measured_on,
+                                  new_tokens=GENERATION_NEW_TOKENS, thresholds=thresholds)
+
+
+def _text_lines(data: str) -> list[str]:
+    from pathlib import Path
+
+    path = Path(data)
+    if path.suffix != ".txt":
+        raise InvalidOptionError(f"--data for causal LMs is a .txt file of prompts, one a line (got '{data}')")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidOptionError(f"cannot read --data '{data}': {exc}") from exc
+    if not lines:
+        raise InvalidOptionError(f"--data '{data}' holds no prompts")
+    return lines

@@ -72,3 +72,6 @@ class QuantizeOptions:
                             ("--max-perplexity-increase", self.max_perplexity_increase)):
             if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
                 raise InvalidOptionError(f"{name} must be a finite number >= 0")
+        if self.max_token_disagreement is not None and self.max_token_disagreement > 1:
+            raise InvalidOptionError("--max-token-disagreement is a share of tokens, between 0 and 1 "
+                                     f"(got {self.max_token_disagreement!r})")

@@ -226,6 +226,21 @@ def _check_declared(archive: tarfile.TarFile, members: list[tarfile.TarInfo], ro
                             "free some space or point XDG_CACHE_HOME elsewhere")
 
 
+def lone_bundle(folder: Path) -> Path | None:
+    """The one bundle in ``folder`` (an archive, or a folder one unpacked to) when it holds
+    nothing else but hidden entries and a volume's lost+found; None otherwise."""
+    try:
+        entries = [e for e in folder.iterdir() if not e.name.startswith(".") and e.name != "lost+found"]
+    except OSError:
+        return None
+    if len(entries) != 1:
+        return None
+    entry = entries[0]
+    if (entry.is_file() and entry.name.endswith((".tar.gz", ".tgz"))) or (entry / BUNDLE_META).is_file():
+        return entry
+    return None
+
+
 def read_meta(folder: Path) -> dict:
     try:
         meta = json.loads((folder / BUNDLE_META).read_text(encoding="utf-8"))

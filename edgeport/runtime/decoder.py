@@ -30,6 +30,30 @@ from .onnxrt import SessionSettings, create_session, ort_errors
 PAST, PRESENT = "past_key_values.", "present."
 
 
+def render_chat_template(template_text: str, messages: Sequence[dict], special_tokens: dict[str, str]) -> str:
+    """The template rendered as transformers' ``apply_chat_template`` renders it: the same
+    jinja settings (trim_blocks, lstrip_blocks, loop controls), the tokenizer's special tokens
+    (bos_token, eos_token...) and ``raise_exception``, whose message becomes the error."""
+    from datetime import datetime
+
+    from jinja2 import TemplateError
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ModelInputError(f"the model's chat template refuses these messages: {message}")
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    environment.filters["tojson"] = lambda value, indent=None: json.dumps(value, ensure_ascii=False, indent=indent)
+    environment.globals.update(raise_exception=raise_exception,
+                               strftime_now=lambda fmt: datetime.now().strftime(fmt))
+    try:
+        return environment.from_string(template_text).render(messages=list(messages), add_generation_prompt=True,
+                                                             **special_tokens)
+    except TemplateError as exc:
+        raise ModelInputError(f"the model's chat template fails on these messages: {exc}") from exc
+
+
 class DecoderModel(GenerativeModel):
     """A KV-cache decoder graph with its tokenizer, loaded for generation."""
 
@@ -104,11 +128,10 @@ class DecoderModel(GenerativeModel):
 
     def _apply_chat_template(self, messages: Sequence[dict]) -> str:
         try:
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
+            import jinja2  # noqa: F401
         except ImportError:
             return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
-        template = ImmutableSandboxedEnvironment().from_string(self.template)
-        return template.render(messages=list(messages), add_generation_prompt=True)
+        return render_chat_template(self.template, messages, self.contract.get("special_tokens") or {})
 
     # ------------------------------------------------------------------ the graph
 

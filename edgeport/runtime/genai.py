@@ -88,7 +88,26 @@ class GenAIModel(GenerativeModel):
         return [int(t) for t in self.tokenizer.encode(text)]
 
     def decode(self, tokens: Sequence[int]) -> str:
+        # ONNX Runtime GenAI's decode stops at the first byte sequence that is not valid UTF-8
+        # (an untrained or byte-level model makes them): the rest of the text would be lost.
+        # The tokenizers library decodes the same tokenizer.json as transformers does.
+        if self._text_decoder is not None:
+            return self._text_decoder.decode([int(t) for t in tokens], skip_special_tokens=True)
         return self.tokenizer.decode(np.asarray(list(tokens), dtype=np.int32))
+
+    @property
+    def _text_decoder(self):
+        if not hasattr(self, "_tokenizers_decoder"):
+            self._tokenizers_decoder = None
+            name = self.artifact.manifest.processing.get("tokenizer")
+            if name:
+                from tokenizers import Tokenizer
+
+                try:
+                    self._tokenizers_decoder = Tokenizer.from_file(str(self.artifact.member(name)))
+                except Exception:  # tokenizers raises a bare Exception; GenAI's own decoder stays
+                    self._tokenizers_decoder = None
+        return self._tokenizers_decoder
 
     def _apply_chat_template(self, messages: Sequence[dict]) -> str:
         import json
@@ -96,7 +115,10 @@ class GenAIModel(GenerativeModel):
         return self.tokenizer.apply_chat_template(json.dumps(list(messages)), add_generation_prompt=True)
 
     def _search_options(self, sampling: Sampling, max_length: int, batch_size: int) -> dict[str, Any]:
-        options: dict[str, Any] = {"max_length": max_length, "batch_size": batch_size, "do_sample": sampling.sampled}
+        # genai_config.json carries the source's repetition penalty and n-gram ban; edgeport's
+        # runtimes decode without them on both routes (the export's note says so).
+        options: dict[str, Any] = {"max_length": max_length, "batch_size": batch_size, "do_sample": sampling.sampled,
+                                   "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0}
         if sampling.sampled:
             options.update(temperature=float(sampling.temperature or 1.0), top_k=int(sampling.top_k or 0),
                            top_p=float(sampling.top_p or 1.0))

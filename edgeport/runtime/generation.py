@@ -39,10 +39,62 @@ class Generation:
 
 @dataclass
 class Piece:
-    """One streamed token."""
+    """One streamed token and the text it adds.  Text that may be the start of a stop string is
+    held back until it is known not to be, so the last piece of a stream may carry held text
+    and no token (``token`` None)."""
 
-    token: int
+    token: int | None
     text: str
+
+
+class TokenStream:
+    """The pieces of one prompt's generation, as they are made.  Once it is exhausted (or
+    cancelled) it holds the new ``tokens``, their ``text`` (cut before a stop string, exactly
+    as a non-streamed generation's) and the ``finish_reason``; ``cancel()`` stops it before
+    the next token from any thread (a client that went away)."""
+
+    def __init__(self):
+        self.tokens: list[int] = []
+        self.text = ""
+        self.finish_reason = "length"
+        self._cancelled = threading.Event()
+        self._pieces: Iterator[Piece] = iter(())
+
+    def __iter__(self) -> "TokenStream":
+        return self
+
+    def __next__(self) -> Piece:
+        return next(self._pieces)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def close(self) -> None:
+        """Stop generating and let go of the model (the generator's lock) now."""
+        close = getattr(self._pieces, "close", None)
+        if close:
+            close()
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the earliest stop string starts in ``text``, or None."""
+    found = [text.find(stop) for stop in stops if stop and stop in text]
+    return min(found) if found else None
+
+
+def stop_prefix_length(text: str, stops: Sequence[str]) -> int:
+    """The longest end of ``text`` that a stop string starts with (and is not whole)."""
+    longest = 0
+    for stop in stops:
+        for size in range(min(len(text), len(stop) - 1), longest, -1):
+            if text.endswith(stop[:size]):
+                longest = size
+                break
+    return longest
 
 
 @dataclass(frozen=True)
@@ -196,6 +248,11 @@ class GenerativeModel:
         for prompt in encoded:
             self._check_room(prompt, sampling)
         self._check_adapter(adapter)
+        if sampling.stop and len(encoded) == 1:     # one prompt stops at its stop string, not at max_new_tokens
+            stream = self._stream_of(encoded[0], sampling, adapter)
+            for _ in stream:
+                pass
+            return [Generation(encoded[0], stream.tokens, stream.text, stream.finish_reason)]
         with self._lock:
             new_tokens = self._generate(encoded, sampling, adapter)
         return [self._finish(prompt, tokens, sampling) for prompt, tokens in zip(encoded, new_tokens)]
@@ -207,38 +264,59 @@ class GenerativeModel:
                 tokens, reason = tokens[:index], "stop"
                 break
         text = self.decode(tokens)
-        for stop in sampling.stop:
-            if stop in text:
-                text, reason = text[:text.index(stop)], "stop"
+        cut = first_stop(text, sampling.stop)
+        if cut is not None:
+            text, reason = text[:cut], "stop"
         return Generation(prompt, tokens, text, reason)
 
     def stream(self, prompt, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, temperature: float | None = None,
                top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-               stop: Sequence[str] = (), adapter: str | None = None) -> Iterator[Piece]:
-        """Yield each new token as it is generated (one prompt).  The prompt and options are
-        checked here, before the first token is asked for."""
+               stop: Sequence[str] = (), adapter: str | None = None) -> TokenStream:
+        """Yield each new token as it is generated (one prompt): a ``TokenStream``.  The prompt
+        and options are checked here, before the first token is asked for."""
         sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
         ids = self.encode(prompt)
         self._check_room(ids, sampling)
         self._check_adapter(adapter)
-        return self._pieces(ids, sampling, adapter)
+        return self._stream_of(ids, sampling, adapter)
 
     def stream_ids(self, prompt_ids: Sequence[int], max_new_tokens: int) -> Iterator[int]:
         """Greedy new token ids one at a time (what ``bench`` times)."""
-        return (piece.token for piece in self.stream(list(prompt_ids), max_new_tokens))
+        return (piece.token for piece in self.stream(list(prompt_ids), max_new_tokens) if piece.token is not None)
 
-    def _pieces(self, ids: list[int], sampling: Sampling, adapter: str | None) -> Iterator[Piece]:
+    def _stream_of(self, ids: list[int], sampling: Sampling, adapter: str | None) -> TokenStream:
+        stream = TokenStream()
+        stream._pieces = self._pieces(ids, sampling, adapter, stream)
+        return stream
+
+    def _pieces(self, ids: list[int], sampling: Sampling, adapter: str | None, stream: TokenStream
+                ) -> Iterator[Piece]:
         with self._lock:
             decoder = self._text_stream(ids)
-            text = ""
+            held = ""                   # decoded, not yet shown: it may be the start of a stop string
             for token in self._token_stream(ids, sampling, adapter):
+                if stream.cancelled:
+                    stream.finish_reason = "cancelled"
+                    return
                 if token in self.eos:
+                    stream.finish_reason = "stop"
+                    break
+                stream.tokens.append(token)
+                held += decoder.step(token) or ""
+                cut = first_stop(stream.text + held, sampling.stop)
+                if cut is not None:     # a stop string never starts in shown text: it was held back
+                    shown, held = (stream.text + held)[len(stream.text):cut], ""
+                    stream.text += shown
+                    stream.finish_reason = "stop"
+                    yield Piece(token, shown)
                     return
-                piece = decoder.step(token) or ""
-                text += piece
-                if any(s in text for s in sampling.stop):
-                    return
-                yield Piece(token, piece)
+                keep = min(len(held), stop_prefix_length(stream.text + held, sampling.stop))
+                shown, held = held[:len(held) - keep], held[len(held) - keep:]
+                stream.text += shown
+                yield Piece(token, shown)
+            if held:
+                stream.text += held
+                yield Piece(None, held)
 
     # ------------------------------------------------------------------ scoring
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import ArtifactError, InvalidOptionError, ModelInputError
+from ..manifest import MANIFEST_NAME
 from ..vocabulary import ENCODER_TEXT_TASKS
 from .formats import format_of
 from .onnxrt import SessionSettings
@@ -40,6 +41,7 @@ def load(path: str | os.PathLike, device: str = "auto", threads: int | None = No
     except TypeError as exc:
         raise InvalidOptionError(f"unknown runtime setting: {exc}") from exc
     graph_format = format_of(artifact)
+    graph_format.check_device(session_settings.device)
     if graph_format.generative:
         return graph_format.generator(artifact, session_settings, adapters)
     if adapters:
@@ -49,12 +51,18 @@ def load(path: str | os.PathLike, device: str = "auto", threads: int | None = No
 
 def open_artifact(path: str | os.PathLike, check_files: bool = True, trusted_key: str | None = None) -> Artifact:
     """An artifact folder, or the artifact inside a bundle (every checksum verified first;
-    with ``trusted_key``, its signature too)."""
-    path = Path(path)
-    if path.is_file():
-        from .bundle import open_bundle
+    with ``trusted_key``, its signature too): the archive, the folder it unpacks to, or a
+    folder holding just one of those (where KServe's storage initializer leaves a bundle:
+    it unpacks a single archive it downloads, and copies one from a volume as it is)."""
+    from .bundle import BUNDLE_META, lone_bundle, open_bundle, verify_extracted
 
+    path = Path(path)
+    if path.is_dir() and not (path / MANIFEST_NAME).exists():
+        path = lone_bundle(path) or path
+    if path.is_file():
         return open_bundle(path, trusted_key=trusted_key)
+    if (path / BUNDLE_META).is_file():
+        return verify_extracted(path, trusted_key)
     if trusted_key is not None:
         raise InvalidOptionError(f"--trusted-key checks the signature of a bundle; '{path}' is an artifact folder, "
                                  "which carries none (package it with --sign)")
@@ -83,12 +91,15 @@ class Model:
         low, high = runner.shape_range.get(self.inputs[0].name, ((), ())) if self.inputs else ((), ())
         self.min_rows, self.max_rows = (low[0], high[0]) if low else (1, None)
         self.min_length = low[1] if len(low) > 1 and self.task in ENCODER_TEXT_TASKS else None
+        self.max_length = high[1] if len(high) > 1 and self.task in ENCODER_TEXT_TASKS else None
 
     # ------------------------------------------------------------------ raw feeds
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Run the graph on ``feeds`` (input name → array); checked against the manifest."""
-        return self.runner.run(feeds)
+        """Run the graph on ``feeds`` (input name → array); checked against the manifest.  More
+        rows than the engine takes in one call (a TensorRT profile, an ExecuTorch program's
+        bounds) run in chunks it takes."""
+        return self.runner.run_in_rows(feeds)
 
     # ------------------------------------------------------------------ processed
 
@@ -97,7 +108,8 @@ class Model:
         if self._text is None:
             with self._lock:
                 if self._text is None:
-                    self._text = TextProcessor.from_artifact(self.artifact, [s.name for s in self.inputs])
+                    self._text = TextProcessor.from_artifact(self.artifact, [s.name for s in self.inputs],
+                                                             longest=self.max_length)
         return self._text
 
     def takes_text(self) -> bool:
@@ -127,8 +139,8 @@ class Model:
             if isinstance(inputs, str) or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str)):
                 raise ModelInputError("this is an image model; pass images (an array), not text")
             return self._predict_images(inputs, batch_size, layout)
-        raise ModelInputError(f"predict() does not know how to prepare inputs for this {self.task} model; "
-                              f"call run() with feeds: {'; '.join(s.describe() for s in self.inputs)}")
+        raise ModelInputError(f"this {self.task} model takes no text or images, only its raw inputs (edgeport run "
+                              f"--input FILE.npz, or run() in Python): {'; '.join(s.describe() for s in self.inputs)}")
 
     def _predict_text(self, texts: Sequence[str] | str, batch_size: int):
         if isinstance(texts, str):

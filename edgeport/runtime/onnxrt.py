@@ -223,5 +223,6 @@ class OnnxRuntimeRunner(Runner):
 
 
 def run_all(runner: Runner, batches: Sequence[dict[str, Any]]) -> list[dict[str, np.ndarray]]:
-    """The runner's outputs for every batch, in order."""
-    return [runner.run(feeds) for feeds in batches]
+    """The runner's outputs for every batch, in order (batches larger than the engine takes
+    run in chunks of rows)."""
+    return [runner.run_in_rows(feeds) for feeds in batches]

@@ -34,13 +34,17 @@ class TextProcessor:
         self._tokenizer.enable_truncation(max_length=self.max_length)
 
     @classmethod
-    def from_artifact(cls, artifact, input_names: Sequence[str] | None = None) -> "TextProcessor":
+    def from_artifact(cls, artifact, input_names: Sequence[str] | None = None,
+                      longest: int | None = None) -> "TextProcessor":
+        """``longest``: the engine's own longest sequence, where it ends before the manifest's
+        max_length (texts are truncated there, not refused)."""
         processing = artifact.manifest.processing
         name = processing.get("tokenizer")
         if not name:
             raise ModelInputError("this artifact has no tokenizer, so it cannot take text; pass feeds instead")
         names = input_names if input_names is not None else [s["name"] for s in artifact.manifest.graph["inputs"]]
-        return cls(artifact.member(name), int(processing.get("max_length", 512)), list(names),
+        max_length = int(processing.get("max_length", 512))
+        return cls(artifact.member(name), min(max_length, longest or max_length), list(names),
                    processing.get("pad_token"), int(processing.get("pad_id", 0)))
 
     def tokenize(self, texts: Sequence[str]) -> list:

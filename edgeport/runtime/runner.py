@@ -40,17 +40,36 @@ class Runner:
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    @property
+    def max_rows(self) -> int | None:
+        """The most rows one call takes (an engine's profile or a program's bounds), or None."""
+        limits = [high[0] for _, high in self.shape_range.values() if high]
+        return min(limits) if limits else None
+
     def run_in_rows(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """``run``, in chunks of rows no larger than the engine's largest batch (``shape_range``),
-        outputs concatenated: for checks whose batches were made for another engine."""
-        limits = [high[0] for _, high in self.shape_range.values() if high]
-        rows = len(next(iter(feeds.values()))) if feeds else 0
-        if not limits or rows <= min(limits):
-            return self.run(feeds)
-        step = min(limits)
-        parts = [self.run({name: value[start:start + step] for name, value in feeds.items()})
-                 for start in range(0, rows, step)]
+        outputs concatenated: for checks whose batches were made for another engine, a server's
+        joined requests, a file of examples."""
+        parts = [self.run(chunk) for chunk in self._row_chunks(feeds)]
+        if len(parts) == 1:
+            return parts[0]
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def check_in_rows(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        """``check``, chunk by chunk as ``run_in_rows`` will run them: every value is checked
+        (a server checks a request before it joins others), only the row count may exceed
+        the engine's largest batch."""
+        parts = [self.check(chunk) for chunk in self._row_chunks(feeds)]
+        if len(parts) == 1:
+            return parts[0]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _row_chunks(self, feeds: dict[str, Any]) -> list[dict[str, Any]]:
+        step = self.max_rows
+        rows = _rows(feeds)
+        if step is None or rows is None or rows <= step:
+            return [feeds]
+        return [{name: value[start:start + step] for name, value in feeds.items()} for start in range(0, rows, step)]
 
     def close(self) -> None:
         self._closed = True
@@ -95,6 +114,15 @@ class Runner:
             _check_limits(name, value, spec)
             checked[name] = value if value.flags.c_contiguous else np.ascontiguousarray(value)
         return checked
+
+
+def _rows(feeds: Any) -> int | None:
+    """The row count every feed agrees on, or None (not feeds, or not arrays yet: ``check``
+    says what is wrong with them)."""
+    if not isinstance(feeds, dict) or not feeds:
+        return None
+    counts = {len(value) if isinstance(value, np.ndarray) and value.ndim else None for value in feeds.values()}
+    return counts.pop() if len(counts) == 1 else None
 
 
 def _as_array(name: str, value: Any) -> np.ndarray:

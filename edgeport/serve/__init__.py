@@ -178,12 +178,17 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
                             ssl_certfile=options.certfile, ssl_keyfile=options.keyfile,
                             timeout_graceful_shutdown=options.graceful_seconds, lifespan="on")
     server = _signal_noting_server(config)
+    # Once its graceful shutdown is done, uvicorn raises the signal it caught again, under the
+    # handler it found: SIGTERM's default would kill the process (143), so it finds a no-op.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
         server.run()
     except (OSError, ValueError) as exc:    # a certificate that does not load, an address taken meanwhile
         raise ServerError(f"the server could not start: {exc}") from exc
     except KeyboardInterrupt:               # uvicorn re-raises Ctrl-C once the accepted requests are answered
         server.signals.append(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if signal.SIGINT in server.signals:     # exit 130 as for every command stopped with Ctrl-C (SIGTERM: 0)
         raise StoppedByUser("stopped by Ctrl-C, after answering the requests it had accepted")
 

@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from .. import vocabulary as v
 from ..errors import EdgeportError, ModelInputError
+from ..runtime.formats import format_of
 from .batching import DynamicBatcher, QueueFull
 from .metrics import Metrics
 from .protocol import HEADER_LENGTH, ProtocolError, datatype_of, encode_infer, parse_infer, parse_json
@@ -81,11 +82,14 @@ class ModelServer:
         self.name = name
         self.limits = limits
         self.generative = model.task == "text-generation"
+        self.generations = 0            # causal LMs: requests generating or waiting for the model
         self.metrics = Metrics(name)
         self.ready = False
         make_batcher = batcher or DynamicBatcher
         self.batcher = None if self.generative else make_batcher(
             model.run, limits.max_batch, limits.max_delay_ms / 1000, limits.max_queue, self.metrics.batch)
+        # Joined requests may hold more rows than the engine takes in one call (an ExecuTorch
+        # program's bounds, a TensorRT profile): Model.run runs them in chunks it takes.
         if self.batcher:
             self.metrics.queue_depth = lambda: self.batcher.depth
 
@@ -108,7 +112,7 @@ class ModelServer:
         outputs = [{"name": s.name, "datatype": datatype_of(s.dtype), "shape": [d if isinstance(d, int) else -1
                                                                                   for d in s.shape]}
                    for s in self.model.artifact.manifest.outputs]
-        return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx", "inputs": inputs,
+        return {"name": self.name, "versions": ["1"], "platform": platform_of(self.model.artifact), "inputs": inputs,
                 "outputs": outputs, "parameters": {"task": self.model.task,
                                                     "manifest_sha256": self.model.artifact.manifest_sha256}}
 
@@ -119,7 +123,7 @@ class ModelServer:
             return error(400, "this is a causal LM: use /v1/completions or /v1/chat/completions")
         body = await read_body(request, self.limits.max_body_bytes)
         parsed = parse_infer(body, request.headers.get(HEADER_LENGTH))
-        feeds = self.model.runner.check(parsed.inputs)
+        feeds = self.model.runner.check_in_rows(parsed.inputs)
         try:
             outputs = await self.batcher.submit(feeds)
         except QueueFull as exc:
@@ -133,8 +137,10 @@ class ModelServer:
         return Response(payload, headers=headers)
 
     async def text(self, request: Request) -> Response:
-        if self.generative or not self.model.takes_text():
-            return error(400, "this model does not take raw text; use /v2/models/{name}/infer")
+        if self.generative:
+            return error(400, "this is a causal LM: use /v1/completions or /v1/chat/completions")
+        if not self.model.takes_text():
+            return error(400, f"this model does not take raw text; use /v2/models/{self.name}/infer")
         request_json = parse_json(await read_body(request, self.limits.max_body_bytes))
         texts = request_json.get("texts") if isinstance(request_json, dict) else None
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -150,6 +156,13 @@ class ModelServer:
                 return error(503, f"server busy: {exc}; retry later")
             results.extend(self.model.postprocess_text(outputs, feeds, [encoding]))
         return JSONResponse({"model_name": self.name, "predictions": _jsonable(results)})
+
+
+def platform_of(artifact) -> str:
+    """The metadata's ``platform``: Triton's name for the format where Triton has one
+    (onnxruntime_onnx, tensorrt_plan), else the format's own (executorch)."""
+    graph_format = format_of(artifact)
+    return graph_format.triton.platform if graph_format.triton else graph_format.name
 
 
 def _jsonable(value):

@@ -261,6 +261,9 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         ray = cluster.start()
+        # Ray's core worker installs its own fatal-signal handler for SIGTERM in the driver (a
+        # stack dump, then abort, leaving its agents running): ours again, so SIGTERM tears down.
+        signal.signal(signal.SIGTERM, _terminate)
         from ray import serve
         from ray.serve.schema import LoggingConfig
 

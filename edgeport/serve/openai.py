@@ -13,6 +13,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.routing import Route
 
 from ..errors import AdapterError, EdgeportError, InvalidOptionError
@@ -27,6 +28,8 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
 def _options(request: dict[str, Any]) -> dict[str, Any]:
     if request.get("n", 1) != 1:
         raise ProtocolError("only n=1 is supported")
+    if request.get("logprobs") not in (None, False, 0) or request.get("top_logprobs") not in (None, 0):
+        raise ProtocolError("logprobs are not supported by this server")
     stop = request.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
@@ -52,37 +55,80 @@ def openai_routes(server, endpoint) -> list[Route]:
         return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens}
 
-    async def run_blocking(function, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: function(*args, **kwargs))
+    def produce(pieces, on_piece=None) -> None:
+        """Run a TokenStream to its end in a worker thread (cancelled: at the next token), and
+        let go of the model whatever happens."""
+        try:
+            for piece in pieces:
+                if on_piece and piece.text:
+                    on_piece(piece.text)
+        finally:
+            pieces.close()
 
-    def stream(prompt, options, chunk) -> StreamingResponse:
+    async def generate(request: Request, prompt, options):
+        """One prompt to its end, off the event loop; a client that goes away (or times out)
+        cancels it at the next token, so it never holds the model for nobody."""
+        pieces = model.stream(prompt, **options)     # checked here: errors are answered at once
+        work = asyncio.get_running_loop().run_in_executor(None, produce, pieces)
+        while not work.done():
+            await asyncio.wait([work], timeout=0.25)
+            if not work.done() and await request.is_disconnected():
+                pieces.cancel()
+        await work
+        return pieces
+
+    def stream(prompt, options, chunk, release) -> StreamingResponse:
+        """``release`` is called once when the stream is over, however it ends."""
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
         pieces = model.stream(prompt, **options)      # checked here: errors are answered before the stream starts
+        released = []
 
-        def produce():
+        def release_once():
+            if not released:
+                released.append(True)
+                release()
+
+        def run():
             try:
-                for piece in pieces:
-                    loop.call_soon_threadsafe(queue.put_nowait, piece.text)
+                produce(pieces, lambda text: loop.call_soon_threadsafe(queue.put_nowait, text))
                 loop.call_soon_threadsafe(queue.put_nowait, None)
             except EdgeportError as exc:
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
 
         async def events():
-            task = loop.run_in_executor(None, produce)
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, Exception):
-                    yield f"data: {json.dumps({'error': {'message': str(item)}})}\n\n"
-                    break
-                yield f"data: {json.dumps(chunk(item, None))}\n\n"
-            await task
-            yield f"data: {json.dumps(chunk('', 'stop'))}\n\n"
-            yield "data: [DONE]\n\n"
+            task = loop.run_in_executor(None, run)
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    if isinstance(item, Exception):
+                        yield f"data: {json.dumps({'error': {'message': str(item)}})}\n\n"
+                        break
+                    yield f"data: {json.dumps(chunk(item, None))}\n\n"
+                await task
+                yield f"data: {json.dumps(chunk('', pieces.finish_reason))}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:                  # the client went away mid-stream: stop generating for it
+                pieces.cancel()
+                release_once()
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+        # The background task also runs when the client left before the first event.
+        return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(release_once))
+
+    def admitted() -> bool:
+        """Requests waiting for the model, bounded by --max-queue as the batcher's queue is."""
+        if server.generations > server.limits.max_queue:       # one runs, max_queue wait
+            return False
+        server.generations += 1
+        return True
+
+    def release() -> None:
+        server.generations -= 1
+
+    def prompt_tokens(prompt) -> int:
+        return len(model.encode(prompt))
 
     def handler(kind: str):
         async def respond(request: Request) -> Response:
@@ -113,8 +159,19 @@ def openai_routes(server, endpoint) -> list[Route]:
                                                  "finish_reason": finish}]}
                         return {"id": ident, "object": "text_completion", "created": created, "model": name,
                                 "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
-                    return stream(prompt, options, chunk)
-                [result] = await run_blocking(model.generate, [prompt], **options)
+                if not admitted():
+                    return _error(503, f"server busy: {server.limits.max_queue} requests wait already; retry later",
+                                  "server_error")
+                if body.get("stream"):
+                    try:
+                        return stream(prompt, options, chunk, release)
+                    except BaseException:
+                        release()
+                        raise
+                try:
+                    result = await generate(request, prompt, options)
+                finally:
+                    release()
             except BodyTooLarge:
                 return _error(413, f"request body over {server.limits.max_body_bytes} bytes")
             except (ProtocolError, InvalidOptionError, AdapterError) as exc:
@@ -129,7 +186,7 @@ def openai_routes(server, endpoint) -> list[Route]:
                 choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}
                 obj = "text_completion"
             return JSONResponse({"id": ident, "object": obj, "created": created, "model": name, "choices": [choice],
-                                 "usage": usage(len(result.prompt_tokens), len(result.tokens))})
+                                 "usage": usage(prompt_tokens(prompt), len(result.tokens))})
         return respond
 
     async def models(request: Request) -> Response:

@@ -179,6 +179,80 @@ def test_the_second_route_refuses_what_it_cannot_do(bpe, tmp_path, cli):
                  InvalidOptionError.exit_code, "--runtime-adapter needs ONNX Runtime GenAI", absent=out)
 
 
+def test_a_repetition_penalty_in_generation_config_is_noted_not_a_failure(bpe, tmp_path):
+    """Instruct checkpoints often ship repetition_penalty / no_repeat_ngram_size: transformers'
+    generate() applies them, edgeport's runtime does not; parity compares plain greedy tokens
+    and the export says what it did not apply."""
+    import torch
+    import transformers
+
+    source = build(tmp_path / "gpt2", "gpt2", bpe)
+    settings = transformers.GenerationConfig.from_pretrained(source)
+    settings.repetition_penalty, settings.no_repeat_ngram_size = 1.5, 2
+    settings.save_pretrained(source)
+    model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    ids = torch.tensor([prompts(512)[1]])
+    with torch.no_grad():
+        penalized = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=1)
+        plain = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=1,
+                               repetition_penalty=1.0, no_repeat_ngram_size=0)
+    assert penalized.tolist() != plain.tolist()           # the settings matter for this model
+    artifact = export_onnx(source, tmp_path / "out", ExportOptions(route="onnx", exporter="torchscript"))
+    assert artifact.manifest.parity["export"]["passed"]
+    assert any("repetition_penalty=1.5, no_repeat_ngram_size=2" in note
+               for note in artifact.manifest.lineage[-1]["notes"])
+    with load(artifact.path, device="cpu") as exported:
+        assert exported.generate(prompts(512)[1], max_new_tokens=NEW_TOKENS)[0].tokens == \
+            plain[0, ids.shape[1]:].tolist()
+
+
+CHAT = ("{{ bos_token }}{% for m in messages %}{% if m['role'] not in ['user', 'assistant'] %}"
+        "{{ raise_exception('roles must be user or assistant') }}{% endif %}\n"
+        "<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+
+
+def test_chat_templates_render_as_transformers_renders_them(bpe, tmp_path):
+    """Special tokens, transformers' whitespace settings, and raise_exception as an error
+    line (it was a NameError: a 500 from the server)."""
+    import transformers
+
+    source = build(tmp_path / "gpt2", "gpt2", bpe)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    tokenizer.chat_template = CHAT
+    tokenizer.save_pretrained(source)
+    messages = [{"role": "user", "content": "Return the value"}, {"role": "assistant", "content": "It is."},
+                {"role": "user", "content": "And now?"}]
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    artifact = export_onnx(source, tmp_path / "out", ExportOptions(route="onnx", exporter="torchscript"))
+    with load(artifact.path, device="cpu") as model:
+        assert model.format_chat(messages) == expected
+        with pytest.raises(ModelInputError, match="roles must be user or assistant"):
+            model.format_chat([{"role": "system", "content": "Be brief."}] + messages)
+
+
+def test_a_cancelled_or_closed_stream_lets_go_of_the_model_at_once(bpe, tmp_path):
+    """What a server does for a client that went away: cancel() ends the stream at the next
+    token; close() ends it where it stands; either way the model is free for the next."""
+    import threading
+
+    source = build(tmp_path / "gpt2", "gpt2", bpe)
+    artifact = export_onnx(source, tmp_path / "out", ExportOptions(route="onnx", exporter="torchscript"))
+    with load(artifact.path, device="cpu") as model:
+        stream = model.stream(prompts(512)[0], max_new_tokens=40)
+        next(stream)
+        stream.cancel()
+        assert list(stream) == [] and len(stream.tokens) == 1 and stream.finish_reason == "cancelled"
+        stream = model.stream(prompts(512)[0], max_new_tokens=40)
+        next(stream)
+        stream.close()
+        done = []
+        worker = threading.Thread(target=lambda: done.append(model.generate(prompts(512)[0], max_new_tokens=4)))
+        worker.start()
+        worker.join(timeout=60)
+        assert done and len(done[0][0].tokens) <= 4
+
+
 def test_short_contexts_lower_the_check_and_long_prompts_are_refused(bpe, tmp_path):
     """A 24-position model: the export check cuts its prompts to fit (it does not refuse);
     a prompt longer than the context is refused when generating."""
@@ -192,6 +266,38 @@ def test_short_contexts_lower_the_check_and_long_prompts_are_refused(bpe, tmp_pa
     with load(artifact.path, device="cpu") as model:
         with pytest.raises(ModelInputError, match="24"):
             model.generate(list(range(2, 40)), max_new_tokens=4)
+
+
+def test_a_seq2seq_model_and_a_damaged_tokenizer_get_one_error_line(bpe, tmp_path, cli):
+    import shutil
+
+    import transformers
+
+    t5 = tmp_path / "t5"
+    config = transformers.T5Config(vocab_size=512, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
+                                   decoder_start_token_id=0)
+    transformers.T5ForConditionalGeneration(config).save_pretrained(t5)
+    for item in bpe.iterdir():
+        shutil.copy(item, t5)
+    assert_fails(cli("export", "onnx", t5, "--task", "text-generation", "-o", tmp_path / "a"),
+                 UnsupportedModelError.exit_code, "is not a causal LM", absent=tmp_path / "a")
+    source = build(tmp_path / "gpt2", "gpt2", bpe)
+    (source / "tokenizer.json").write_text('{"version": "1.0", "truncated')
+    assert_fails(cli("export", "onnx", source, "-o", tmp_path / "b"), SourceError.exit_code,
+                 "cannot load the tokenizer", absent=tmp_path / "b")
+
+
+def test_a_pad_token_outside_the_vocabulary_falls_back_to_end_of_sequence(bpe, tmp_path):
+    """Without tokenizer_config.json transformers picks GPT-NeoX's tokenizer class, which adds a
+    <|padding|> token one past the model's 512 ids: padding with it would index past the
+    embeddings."""
+    import transformers
+
+    source = build(tmp_path / "neox", "gpt_neox", bpe)
+    (source / "tokenizer_config.json").unlink()
+    assert transformers.AutoTokenizer.from_pretrained(source).pad_token_id >= 512
+    artifact = export_onnx(source, tmp_path / "out", ExportOptions(route="onnx", exporter="torchscript"))
+    assert artifact.manifest.processing["pad_id"] < 512 and artifact.manifest.parity["export"]["passed"]
 
 
 def test_a_config_with_a_wrong_field_type_is_a_source_error(bpe, tmp_path, cli):
@@ -217,3 +323,17 @@ def test_int4_and_int8_weight_only_on_the_second_route(bpe, tmp_path, cli):
         assert manifest["parity"]["quantize"]["passed"]
         with load(tmp_path / mode, device="cpu") as model:
             assert model.generate("Return the", max_new_tokens=4)[0].tokens
+    # verify compares causal LMs by generation: the quantized one against its source passes
+    # on the thresholds it was made with, and on prompts of the user's own.
+    checked = cli("verify", tmp_path / "int8-weight-only", "--reference", artifact.path, "--json")
+    assert checked.exit_code == 0, checked.output
+    report = json.loads(checked.output)
+    assert report["passed"] and report["samples"] == 8 and "max_token_disagreement" in report["thresholds"]
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("Return the value of\nRaise an error if\n")
+    checked = cli("verify", artifact.path, "--reference", artifact.path, "--data", prompts_file)
+    assert checked.exit_code == 0 and "2 prompts from" in checked.output, checked.output
+    assert_fails(cli("verify", artifact.path, "--reference", artifact.path, "--max-abs-error", "0.1"), 2,
+                 "only --min-cosine")
+    assert_fails(cli("quantize", artifact.path, "--mode", "int4", "--max-token-disagreement", "2", "-o",
+                     tmp_path / "x"), 2, "a share of tokens, between 0 and 1", absent=tmp_path / "x")

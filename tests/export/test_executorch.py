@@ -150,3 +150,69 @@ def test_what_torch_export_cannot_capture_is_refused(cli, tmp_path):
     assert_fails(cli("export", "executorch", *DIGITS, "--max-batch", "0", "-o", out), 2, "--max-batch", absent=out)
     assert_fails(cli("export", "executorch", *DIGITS, "--min-cosine", "0.9", "-o", out), 2, "--quantize int8",
                  absent=out)
+
+
+def _infer_body(feeds: dict) -> dict:
+    return {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "INT64", "data": v.reshape(-1).tolist()}
+                       for k, v in feeds.items()]}
+
+
+@pytest.mark.slow
+def test_more_rows_than_the_bound_run_in_chunks_wherever_rows_are_not_the_users_choice(minilm_pte, minilm_onnx, cli,
+                                                                                        tmp_path):
+    """The program takes 8 rows a call: a parity reference's batches of 16, a file of 12
+    examples, a server's joined requests all run in chunks of 8; a bench asked to time 16
+    rows a call is refused before it measures; an explicit GPU is refused, not ignored."""
+    import re
+    import threading
+
+    from serving import request, running
+
+    program_dir = minilm_pte / "fp32"
+    assert verify(minilm_onnx, program_dir).passed                      # the .pte as the reference
+    with load(program_dir) as program:
+        feeds = program.text_processor.encode(TEXTS)                   # 12 rows
+        whole = program.run(feeds)["last_hidden_state"]
+        first = program.runner.run({k: v[:8] for k, v in feeds.items()})["last_hidden_state"]
+    np.testing.assert_allclose(whole[:8], first, atol=1e-5)
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    ran = cli("run", program_dir, "--input", tmp_path / "feeds.npz")
+    assert ran.exit_code == 0, ran.output
+    assert np.asarray(json.loads(ran.output)["outputs"]["last_hidden_state"]).shape[0] == 12
+    assert_fails(cli("run", program_dir, "--text", "hi", "--device", "cuda"), 14, "runs on cpu only")
+    assert_fails(cli("bench", "run", program_dir, "--scenario", "offline", "--batch-sizes", "1,16",
+                     "--json", tmp_path / "b.json"), 2, "takes at most 8 rows", absent=tmp_path / "b.json")
+
+    one = {k: v[:1] for k, v in feeds.items()}
+    with running(program_dir, "--name", "pte", "--max-delay-ms", "100", ready_within=120) as (base, _):
+        url = f"{base}/v2/models/pte/infer"
+        status, answer, _ = request(url, _infer_body(feeds), timeout=120)     # one request of 12 rows
+        assert status == 200, answer
+        results: list = []
+        threads = [threading.Thread(target=lambda: results.append(request(url, _infer_body(one), timeout=120)))
+                   for _ in range(24)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(r[0] for r in results) == [200] * 24, [r[1] for r in results if r[0] != 200][:2]
+        for _, answer, _ in results:
+            got = np.asarray(answer["outputs"][0]["data"], np.float32).reshape(first[:1].shape)
+            np.testing.assert_allclose(got, first[:1], atol=1e-4)
+        metrics = request(f"{base}/metrics")[1]
+        within = int(re.search(r'edgeport_batch_rows_bucket\{model="pte",le="8"\} (\d+)', metrics).group(1))
+        total = int(re.search(r'edgeport_batch_rows_count\{model="pte"\} (\d+)', metrics).group(1))
+        assert total > within                                           # batches past the bound were formed
+        assert request(f"{base}/v2/models/pte")[1]["platform"] == "executorch"
+
+
+@pytest.mark.slow
+def test_a_shorter_sequence_bound_truncates_text_where_the_program_ends(minilm_dir, tmp_path, cli):
+    out = tmp_path / "short"
+    result = cli("export", "executorch", minilm_dir, "-o", out, "--sequence-length", "32", "--max-batch", "2")
+    assert result.exit_code == 0, result.output
+    assert Artifact.load(out).manifest.processing["max_length"] == 32
+    long_text = " ".join(["documentation"] * 100)
+    ran = cli("run", out, "--text", long_text, "--text", "short")
+    assert ran.exit_code == 0, ran.output
+    assert np.asarray(json.loads(ran.output)["predictions"]).shape == (2, 384)

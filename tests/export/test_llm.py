@@ -82,6 +82,13 @@ def test_generation_api(lms):
     logits = model.runner.run({"input_ids": np.array([model.encode("Return the")], np.int64)})["logits"]
     assert logits.shape[:2] == (1, len(model.encode("Return the"))) and np.isfinite(logits).all()
     assert 1 < model.perplexity(["Return the number of items in the container."]) < 600
+    # A lone byte of a multi-byte character (what byte-level models emit) decodes to U+FFFD and
+    # the text goes on, as transformers decodes it; GenAI's own decode would stop there.
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model.artifact.member("tokenizer.json")))
+    ids = [tokenizer.token_to_id("\u00e2")] + tokenizer.encode(" the value").ids
+    assert model.decode(ids) == "\ufffd the value"
 
 
 def test_chat_template_is_applied_when_the_tokenizer_has_one(tmp_path):

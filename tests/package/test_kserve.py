@@ -7,10 +7,11 @@ import copy
 import importlib.util
 import tarfile
 
+import numpy as np
 import pytest
 import yaml
 
-from edgeport.errors import InvalidOptionError
+from edgeport.errors import ArtifactError, InvalidOptionError
 from helpers import assert_fails
 
 # Not importorskip: importing kserve here would load its gRPC protos into the test process,
@@ -44,7 +45,7 @@ def test_the_manifests_validate_against_kserves_sdk(kserve_folder):
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (1, 3)
     container = predictor["containers"][0]
     assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
-    assert "edgeport serve /mnt/models/classifier.tar.gz" in " ".join(container["command"] + container["args"])
+    assert "edgeport serve /mnt/models " in " ".join(container["command"] + container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert env["EDGEPORT_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "edgeport-token", "key": "token"}
     assert env["STORAGE_URI"]["value"] == "s3://bucket/edgeport/classifier/bundle/classifier.tar.gz"
@@ -57,6 +58,33 @@ def test_the_folder_holds_what_the_manifests_point_at(kserve_folder):
         assert "classifier/bundle.json" in archive.getnames()
     assert (kserve_folder / "triton" / "classifier" / "config.pbtxt").is_file()
     assert "kubectl -n models apply" in (kserve_folder / "README.txt").read_text()
+
+
+@pytest.mark.parametrize("storage", ["unpacked", "copied"])
+def test_edgeport_serve_opens_the_bundle_where_kserves_storage_initializer_leaves_it(kserve_folder, onnx_artifacts,
+                                                                                      tmp_path, storage):
+    """/mnt/models as KServe leaves it: a downloaded archive unpacked there and deleted (its
+    storage.py extracts a single .tar.gz it fetches), or an archive copied from a volume."""
+    import shutil
+
+    from edgeport.runtime import load
+
+    models = tmp_path / "mnt-models"
+    models.mkdir()
+    archive = kserve_folder / "bundle" / "classifier.tar.gz"
+    if storage == "unpacked":
+        with tarfile.open(archive) as opened:
+            opened.extractall(models, filter="data")
+    else:
+        shutil.copy(archive, models)
+    with load(models) as model:
+        assert model.artifact.manifest_sha256 == onnx_artifacts["classifier"].manifest_sha256
+        inputs, expected = model.artifact.golden()
+        np.testing.assert_allclose(model.run(inputs)["logits"], expected["logits"], rtol=1e-4, atol=1e-5)
+    if storage == "unpacked":          # an unpacked bundle is checked like the archive
+        next(models.rglob("model.onnx")).write_bytes(b"damaged")
+        with pytest.raises(ArtifactError, match="does not match its sha256"):
+            load(models)
 
 
 @pytest.mark.parametrize("edit, phrase", [
@@ -84,7 +112,9 @@ def test_the_validation_refuses_what_kserves_own_deserializer_would_let_through(
     (("--name", "Not_A_Name"), "Kubernetes name"),
     (("--memory", "lots"), "Kubernetes quantity"),
     (("--min-replicas", "3", "--max-replicas", "2"), "--max-replicas must be >="),
-    (("--storage-uri", "bucket/path"), "URI KServe can fetch"),
+    (("--storage-uri", "bucket/path"), "URI KServe's storage initializer fetches"),
+    (("--storage-uri", "ftp://host/models"), "URI KServe's storage initializer fetches"),
+    (("--storage-uri", "s3://"), "URI KServe's storage initializer fetches"),
 ])
 def test_bad_settings_are_refused_and_nothing_is_written(cli, onnx_artifacts, tmp_path, args, phrase):
     assert_fails(cli("package", onnx_artifacts["classifier"].path, "--format", "kserve", "-o", tmp_path / "k", *args),

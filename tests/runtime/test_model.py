@@ -112,7 +112,7 @@ def test_fixed_dims_are_checked(tmp_path, monkeypatch):
     model = load(artifact.path)
     with pytest.raises(ModelInputError, match="size 28 on axis 2, expected images: float32 \\[batch, 3, 32, 32\\]"):
         model.run({"images": np.zeros((2, 3, 28, 32), dtype=np.float32)})
-    with pytest.raises(ModelInputError, match="call run\\(\\) with feeds"):
+    with pytest.raises(ModelInputError, match="takes no text or images, only its raw inputs"):
         model.predict(["text"])
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from ...errors import ArtifactError
+from ...errors import ArtifactError, DeviceError
 from ...vocabulary import GRAPH_FORMATS
 
 if TYPE_CHECKING:
@@ -54,10 +54,17 @@ class GraphFormat:
     runtime_requirements: tuple[str, ...] = ()   # pip packages a bundle needs beyond the light runtime
     mobile_convertible: bool = False             # ONNX Runtime's .ort converter takes it
     emulation_refusal: str = ""                  # why verify --platform cannot run it emulated, if it cannot
+    devices: tuple[str, ...] = ("cpu", "cuda", "tensorrt")   # what an explicit --device may name for it
 
     @property
     def kind(self) -> str:
         return self.bench_kind or self.name
+
+    def check_device(self, device: str) -> None:
+        """An explicit device this format cannot run on is an error, never a silent fallback."""
+        if device != "auto" and device not in self.devices:
+            raise DeviceError(f"an {self.description} runs on {' or '.join(self.devices)} only, not on '{device}'; "
+                              f"give --device {self.devices[0]} (or auto)")
 
     def graph_files(self, artifact: "Artifact") -> list[str]:
         """The artifact's files that make up the graph: the model file and its external data;

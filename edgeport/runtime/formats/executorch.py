@@ -31,6 +31,7 @@ EXECUTORCH = register(GraphFormat(
     description="ExecuTorch program (.pte, XNNPACK delegate)",
     runner=executorch_runner,
     details=delegation_details,
+    devices=("cpu",),
     triton_refusal="Triton has no ExecuTorch backend; serve the ONNX artifact, or run the .pte on the device",
     # Measured: ExecuTorch 1.5.1 has an aarch64 wheel, but its Python runtime imports torch,
     # and PyPI's aarch64 torch 2.13 is the CUDA build: it does not import without NVIDIA's
