@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
 from .errors import InvalidOptionError, OutputExistsError
@@ -74,24 +74,70 @@ def _html_report(path: Path) -> bool:
         return False
 
 
-def _unlisted_in_artifact(path: Path) -> list[str]:
-    """Files the folder's manifest does not list (every file, when it is no manifest edgeport
-    wrote): what replacing the folder would delete that edgeport did not make."""
+# Folder outputs other than artifacts list what edgeport wrote into them here (an artifact's
+# manifest is its list): --force replaces such a folder only while it holds nothing else.
+WRITTEN_LIST = ".edgeport-written.json"
+
+
+def _read_json(path: Path):
     import json
 
     try:
-        listed = json.loads((path / MANIFEST_NAME).read_text(encoding="utf-8")).get("files")
-    except (OSError, ValueError, AttributeError):
-        listed = None
-    listed = set(listed) if isinstance(listed, (dict, list)) else set()
-    present = sorted(f.relative_to(path).as_posix() for f in path.rglob("*") if not f.is_dir())
-    return [name for name in present if name != MANIFEST_NAME and name not in listed]
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
-ARTIFACT = OutputKind("edgeport artifact", True, _has(MANIFEST_NAME), _unlisted_in_artifact)
-MERGED_MODEL = OutputKind("merged model folder (edgeport merge)", True, _has("edgeport-merge.json"))
-TRITON_REPOSITORY = OutputKind("Triton model repository (edgeport package)", True, _has(".edgeport-triton.json"))
-KSERVE_FOLDER = OutputKind("KServe deployment folder (edgeport package)", True, _has(".edgeport-kserve.json"))
+def _artifact_manifest(path: Path) -> dict | None:
+    """The folder's manifest, when it is one edgeport wrote (a schema version, files by name)."""
+    manifest = _read_json(path / MANIFEST_NAME) if path.is_dir() else None
+    if isinstance(manifest, dict) and "schema_version" in manifest and isinstance(manifest.get("files"), dict):
+        return manifest
+    return None
+
+
+def _written_list(path: Path) -> list[str] | None:
+    listed = _read_json(path / WRITTEN_LIST) if path.is_dir() else None
+    return listed if isinstance(listed, list) and all(isinstance(n, str) for n in listed) else None
+
+
+def _strangers(path: Path, allowed: set[str]) -> list[str]:
+    """Entries under ``path`` edgeport did not write: links (it writes none), files not in
+    ``allowed``, folders holding none of them."""
+    folders = {"/".join(parts[:depth]) for parts in (PurePosixPath(name).parts for name in allowed)
+               for depth in range(1, len(parts))}
+    found = []
+    for root, dirs, files in os.walk(path):        # links to folders are listed, not followed
+        for name in sorted(dirs) + sorted(files):
+            entry = Path(root) / name
+            relative = entry.relative_to(path).as_posix()
+            if entry.is_symlink() or (name in files and relative not in allowed) or \
+                    (name in dirs and relative not in folders):
+                found.append(relative + ("/" if name in dirs and not entry.is_symlink() else ""))
+    return found
+
+
+def _artifact_strangers(path: Path) -> list[str]:
+    manifest = _artifact_manifest(path)
+    return _strangers(path, set(manifest["files"]) | {MANIFEST_NAME}) if manifest else [MANIFEST_NAME]
+
+
+def _listed_strangers(path: Path) -> list[str]:
+    listed = _written_list(path)
+    return _strangers(path, set(listed) | {WRITTEN_LIST}) if listed is not None else [WRITTEN_LIST]
+
+
+def _listed(marker: str) -> Callable[[Path], bool]:
+    return lambda path: _has(marker)(path) and _written_list(path) is not None
+
+
+ARTIFACT = OutputKind("edgeport artifact", True, lambda p: _artifact_manifest(p) is not None, _artifact_strangers)
+MERGED_MODEL = OutputKind("merged model folder (edgeport merge)", True, _listed("edgeport-merge.json"),
+                          _listed_strangers)
+TRITON_REPOSITORY = OutputKind("Triton model repository (edgeport package)", True, _listed(".edgeport-triton.json"),
+                               _listed_strangers)
+KSERVE_FOLDER = OutputKind("KServe deployment folder (edgeport package)", True, _listed(".edgeport-kserve.json"),
+                           _listed_strangers)
 SHIP_FOLDER = OutputKind("ship output folder", True,
                          lambda p: _has("ship-summary.json")(p) or (p / ".ship-cache").is_dir())
 BUNDLE = OutputKind("edgeport bundle", False, _bundle)
@@ -235,6 +281,8 @@ def staged_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os
         raise
     try:
         yield staging
+        if kind.strangers is _listed_strangers:
+            _write_list(staging)
         _give_default_permissions(staging)
         _replace(staging, out, force, kind)
     except BaseException:
@@ -245,6 +293,13 @@ def staged_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os
                 staging.unlink()
         _remove_created(created)
         raise
+
+
+def _write_list(folder: Path) -> None:
+    import json
+
+    written = sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file())
+    (folder / WRITTEN_LIST).write_text(json.dumps(written, indent=1) + "\n", encoding="utf-8")
 
 
 def _replace(new: Path, out: Path, force: bool, kind: OutputKind) -> None:

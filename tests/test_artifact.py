@@ -127,23 +127,47 @@ def _force_onto(path):
         finalize_manifest(folder, _manifest())
 
 
-def test_force_never_deletes_files_edgeport_did_not_write(tmp_path):
-    """A folder of the user's own that happens to hold a file named edgeport.json, and a real
-    artifact the user put a file into: --force refuses both and names the files."""
-    project = tmp_path / "project"
-    (project / "src").mkdir(parents=True)
-    (project / "edgeport.json").write_text('{"my": "own settings"}')
-    (project / "src" / "main.py").write_text("print('mine')")
-    with pytest.raises(OutputExistsError, match="did not write there .src/main.py"):
-        _force_onto(project)
-    assert (project / "src" / "main.py").read_text() == "print('mine')"
+@pytest.mark.parametrize("plant", ["manifest-only", "files-as-list", "deep-json", "user-folder"])
+def test_force_never_replaces_a_folder_whose_manifest_edgeport_did_not_write(tmp_path, plant):
+    """Folders of the user's own that hold a file named edgeport.json: alone, naming the
+    user's files as a list, too deeply nested to parse, beside the user's code."""
+    folder = tmp_path / "project"
+    folder.mkdir()
+    manifest = {"manifest-only": '{"name": "my settings"}', "files-as-list": '{"files": ["notes.txt"]}',
+                "deep-json": "[" * 100_000 + "]" * 100_000, "user-folder": '{"my": "own settings"}'}[plant]
+    (folder / "edgeport.json").write_text(manifest)
+    if plant != "manifest-only":
+        (folder / "src").mkdir()
+        (folder / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="is not an edgeport artifact"):
+        _force_onto(folder)
+    assert (folder / "edgeport.json").read_text() == manifest
+
+
+@pytest.mark.parametrize("plant", ["file", "nested-file", "hidden-file", "empty-folder", "link-to-folder"])
+def test_force_never_deletes_what_a_user_put_into_an_artifact(tmp_path, plant):
     _make(tmp_path / "a")
-    (tmp_path / "a" / "NOTES.txt").write_text("mine")
-    with pytest.raises(OutputExistsError, match="NOTES.txt"):
-        _force_onto(tmp_path / "a")
-    assert (tmp_path / "a" / "NOTES.txt").read_text() == "mine"
-    (tmp_path / "a" / "NOTES.txt").unlink()
-    _force_onto(tmp_path / "a")                      # only what the manifest lists: replaced
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("precious")
+    target = tmp_path / "a"
+    planted = {"file": "NOTES.txt", "nested-file": "sub/deeper/notes.txt", "hidden-file": ".secret",
+               "empty-folder": "my_empty_folder", "link-to-folder": "mylink"}[plant]
+    if plant == "empty-folder":
+        (target / planted).mkdir()
+    elif plant == "link-to-folder":
+        (target / planted).symlink_to(outside)
+    else:
+        (target / planted).parent.mkdir(parents=True, exist_ok=True)
+        (target / planted).write_text("mine")
+    with pytest.raises(OutputExistsError, match=f"did not write there .{planted.split('/')[0]}"):
+        _force_onto(target)
+    assert (target / planted).exists() and (outside / "keep.txt").read_text() == "precious"
+
+
+def test_force_replaces_an_artifact_holding_only_what_its_manifest_lists(tmp_path):
+    _make(tmp_path / "a")
+    _force_onto(tmp_path / "a")
     assert set(Artifact.load(tmp_path / "a").manifest.files) == {"model.onnx"}
 
 

@@ -228,17 +228,22 @@ def _check_declared(archive: tarfile.TarFile, members: list[tarfile.TarInfo], ro
 
 def lone_bundle(folder: Path) -> Path | None:
     """The one bundle in ``folder`` (an archive, or a folder one unpacked to) when it holds
-    nothing else but hidden entries and a volume's lost+found; None otherwise."""
+    nothing else but hidden entries and a volume's lost+found; None when it holds no bundle.
+    Several bundles, or a bundle among other files, are refused: which one was meant?"""
     try:
-        entries = [e for e in folder.iterdir() if not e.name.startswith(".") and e.name != "lost+found"]
+        entries = sorted(e for e in folder.iterdir() if not e.name.startswith(".") and e.name != "lost+found")
     except OSError:
         return None
-    if len(entries) != 1:
+    bundles = [e for e in entries if (e.is_file() and e.name.endswith((".tar.gz", ".tgz")))
+               or (e / BUNDLE_META).is_file()]
+    if not bundles:
         return None
-    entry = entries[0]
-    if (entry.is_file() and entry.name.endswith((".tar.gz", ".tgz"))) or (entry / BUNDLE_META).is_file():
-        return entry
-    return None
+    if len(entries) > 1:
+        others = [e.name for e in entries if e not in bundles]
+        raise ArtifactError(f"'{folder}' holds {len(bundles)} bundle(s) ({', '.join(b.name for b in bundles[:3])})"
+                            + (f" beside other files ({', '.join(others[:3])})" if others else "")
+                            + "; give the path of the one to open")
+    return bundles[0]
 
 
 def read_meta(folder: Path) -> dict:
@@ -268,6 +273,9 @@ def verify_extracted(folder: Path, trusted_key: str | os.PathLike | None = None)
         listed = parse_checksums((folder / CHECKSUMS).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"cannot read the bundle's {CHECKSUMS}: {exc}") from exc
+    links = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink())
+    if links:                          # extraction writes none: an unpacked bundle someone changed
+        raise ArtifactError(f"bundle holds links, which no bundle has: {', '.join(links[:5])}")
     present = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     unlisted = [name for name in present if name not in listed and name not in (CHECKSUMS, SIGNATURE)]
     if unlisted:

@@ -1,7 +1,8 @@
 """OpenAI-compatible endpoints for causal-LM artifacts: ``/v1/completions`` and
 ``/v1/chat/completions`` (streamed as server-sent events when asked), ``/v1/models``.
 Generation runs in a worker thread; a stream hands each token to the event loop as it is
-made."""
+made.  A client that goes away cancels its generation at the next token; requests waiting
+for the model are bounded by --max-queue (503 past it), as the batcher's queue is."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import time
 import uuid
 from typing import Any
 
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.background import BackgroundTask
 from starlette.routing import Route
 
 from ..errors import AdapterError, EdgeportError, InvalidOptionError

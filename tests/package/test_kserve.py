@@ -81,7 +81,16 @@ def test_edgeport_serve_opens_the_bundle_where_kserves_storage_initializer_leave
         assert model.artifact.manifest_sha256 == onnx_artifacts["classifier"].manifest_sha256
         inputs, expected = model.artifact.golden()
         np.testing.assert_allclose(model.run(inputs)["logits"], expected["logits"], rtol=1e-4, atol=1e-5)
+    shutil.copy(archive, models / "second.tar.gz")
+    with pytest.raises(ArtifactError, match="holds 2 bundle.* give the path of the one to open"):
+        load(models)                   # which one was meant? not guessed
+    (models / "second.tar.gz").unlink()
     if storage == "unpacked":          # an unpacked bundle is checked like the archive
+        link = next(models.rglob("model.onnx")).parent / "etc"
+        link.symlink_to("/etc")
+        with pytest.raises(ArtifactError, match="holds links"):
+            load(models)
+        link.unlink()
         next(models.rglob("model.onnx")).write_bytes(b"damaged")
         with pytest.raises(ArtifactError, match="does not match its sha256"):
             load(models)
@@ -119,3 +128,14 @@ def test_the_validation_refuses_what_kserves_own_deserializer_would_let_through(
 def test_bad_settings_are_refused_and_nothing_is_written(cli, onnx_artifacts, tmp_path, args, phrase):
     assert_fails(cli("package", onnx_artifacts["classifier"].path, "--format", "kserve", "-o", tmp_path / "k", *args),
                  InvalidOptionError.exit_code, phrase, absent=tmp_path / "k")
+
+
+def test_force_replaces_the_folder_only_while_it_holds_nothing_of_the_users(cli, onnx_artifacts, tmp_path):
+    folder = tmp_path / "k"
+    artifact = onnx_artifacts["classifier"].path
+    assert cli("package", artifact, "--format", "kserve", "-o", folder).exit_code == 0
+    assert cli("package", artifact, "--format", "kserve", "-o", folder, "--force").exit_code == 0
+    (folder / "notes.txt").write_text("mine")
+    assert_fails(cli("package", artifact, "--format", "kserve", "-o", folder, "--force"), 5,
+                 "did not write there (notes.txt)")
+    assert (folder / "notes.txt").read_text() == "mine"
