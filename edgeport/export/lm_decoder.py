@@ -93,8 +93,13 @@ def cache_layout(model, vocab: int) -> list[tuple[int, int, int]]:
         for length in (3, 4):
             ids = torch.randint(0, vocab, (2, length))
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
-            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or \
+                getattr(out, "cache_params", None)      # Mamba's state
             layers = getattr(cache, "layers", None)
+            if cache is None:          # an encoder (BERT's LM head) given --task text-generation keeps none
+                raise UnsupportedModelError(f"this {model.config.model_type} model keeps no key/value cache: it is "
+                                            "not a causal LM (an encoder with a language-model head generates "
+                                            "nothing token by token); export it without --task text-generation")
             if layers is None or any(type(layer).__name__ not in ("DynamicLayer", "DynamicSlidingWindowLayer")
                                      for layer in layers):
                 kinds = sorted({type(layer).__name__ for layer in layers or []}) or [type(cache).__name__]

@@ -152,6 +152,13 @@ def test_families_without_a_key_value_cache_are_refused_with_the_reason(family, 
                  "not per-layer keys and values", "Mamba", absent=tmp_path / "out")
 
 
+def test_an_encoder_given_task_text_generation_is_told_it_is_not_a_causal_lm(cli, tmp_path, tiny_models):
+    source = tiny_models("bert", "feature-extraction")
+    assert_fails(cli("export", "onnx", source, "--task", "text-generation", "-o", tmp_path / "out"),
+                 UnsupportedModelError.exit_code, "keeps no key/value cache: it is not a causal LM",
+                 absent=tmp_path / "out")
+
+
 def test_a_builder_failure_falls_through_to_the_second_route(bpe, tmp_path, monkeypatch):
     """The builder fails (here: it raises on its own model) and the export goes on with the
     second route, recording why the first was passed over."""
