@@ -414,6 +414,7 @@ def test_run_text_on_models_that_take_no_text(cli, onnx_artifacts, tmp_path, tin
                  "takes no text or images, only its raw inputs (edgeport run --input FILE.npz")
     vit = export_onnx(tiny_models("vit", "image-classification"), tmp_path / "vit")
     assert_fails(cli("run", vit.path, "--text", "hello"), ModelInputError.exit_code, "image model")
+    assert_fails(cli("run", vit.path, "--text", "hello", "--batch-size", "0"), 2, "--batch-size must be")
 
 
 # ------------------------------------------------------------------------ 18. output formats

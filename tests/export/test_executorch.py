@@ -141,6 +141,16 @@ def test_the_digits_cnn_in_int8_static_keeps_its_answers(cli, tmp_path, digits_s
     with torch.no_grad():
         reference = trained_digits_cnn()(torch.from_numpy(images)).numpy().argmax(-1)
     assert float((logits.argmax(-1) == reference).mean()) >= 0.97 and accuracy > 0.9
+    # Its bundle pins what a device installs from PyPI: no local label such as torch's "+cpu".
+    import tarfile
+
+    bundle = tmp_path / "digits.tar.gz"
+    assert cli("package", out, "--format", "bundle", "-o", bundle).exit_code == 0
+    with tarfile.open(bundle) as archive:
+        pins = archive.extractfile("digits/requirements.txt").read().decode().split()
+    assert any(pin.startswith("torch==") for pin in pins) and not any("+" in pin for pin in pins), pins
+    # The PyTorch baseline rebuilds Hugging Face folders, not this callable: said as such.
+    assert_fails(cli("bench", "run", out, "--baseline", "torch"), 2, "exported from the Python callable")
 
 
 def test_what_torch_export_cannot_capture_is_refused(cli, tmp_path):
