@@ -171,16 +171,23 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
         elif kind.is_folder != out.is_dir():
             raise InvalidOptionError(f"'{out}' exists and is a {'folder' if out.is_dir() else 'file'}; "
                                      f"{option} must name a {'folder' if kind.is_folder else 'file'}")
-        elif not kind.recognise(out) and not _empty_folder(out):
+        elif (strangers := _foreign(out, kind)) is None:
             raise OutputExistsError(f"'{out}' exists and is not an {kind.noun}; --force only replaces edgeport's own "
                                     "outputs. Remove it yourself or choose another " + option)
-        elif kind.recognise(out) and kind.strangers(out):
-            strangers = kind.strangers(out)
+        elif strangers:
             raise OutputExistsError(f"'{out}' holds files edgeport did not write there ({', '.join(strangers[:5])}"
                                     f"{', ...' if len(strangers) > 5 else ''}); --force only replaces edgeport's own "
                                     f"outputs. Move them out or choose another {option}")
     _check_writable(out, option)
     return out
+
+
+def _foreign(out: Path, kind: OutputKind) -> list[str] | None:
+    """What replacing the existing folder ``out`` would delete that edgeport did not write
+    there ([] for an empty folder); None when it is not an output of ``kind`` at all."""
+    if kind.recognise(out):
+        return kind.strangers(out)
+    return [] if _empty_folder(out) else None
 
 
 def _check_name_lengths(out: Path, option: str) -> None:
@@ -314,7 +321,9 @@ def _replace(new: Path, out: Path, force: bool, kind: OutputKind) -> None:
         if not kind.is_folder:
             os.replace(new, out)
             return
-        strangers = kind.strangers(out) if kind.recognise(out) else [] if _empty_folder(out) else ["its contents"]
+        strangers = _foreign(out, kind)
+        if strangers is None:
+            strangers = ["its contents"]
         if strangers:              # files put there while we worked
             raise OutputExistsError(f"'{out}' changed while writing and now holds files edgeport did not write "
                                     f"({', '.join(strangers[:5])}); nothing was replaced")

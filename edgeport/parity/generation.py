@@ -130,6 +130,22 @@ def compare_generation(reference_tokens, candidate_tokens, forced_predictions, r
                             perplexity_reference, perplexity_candidate, dict(thresholds or {}))
 
 
+# What a causal LM is checked on against another artifact (quantize, verify): real prompts,
+# greedy tokens after each, and real sentences for perplexity.
+CHECK_PROMPTS = 8
+CHECK_TEXTS = 24
+CHECK_NEW_TOKENS = 16
+
+
+def reference_answers(model, prompts: Sequence[str], texts: Sequence[str], new_tokens: int = CHECK_NEW_TOKENS):
+    """A loaded generative model's answers, to measure another against: the prompts' token ids,
+    its greedy continuations, its next-token logits after each prompt, its perplexity."""
+    prompt_ids = [model.encode(p) for p in prompts]
+    tokens = [g.tokens for g in model.generate(prompt_ids, max_new_tokens=new_tokens)]
+    logits = np.stack([model.logits(ids)[-1] for ids in prompt_ids])
+    return prompt_ids, tokens, logits, model.perplexity(list(texts))
+
+
 def measure_generation(model, prompt_ids: list[list[int]], reference_tokens: list[list[int]],
                        reference_logits: np.ndarray, texts: list[str], perplexity_reference: float | None, *,
                        reference: str, data: str, new_tokens: int, thresholds: dict[str, float]) -> GenerationParity:

@@ -139,11 +139,6 @@ def verify(candidate: str | Artifact, reference: str | Artifact, data: str | Non
                        reference_name=f"reference artifact '{reference.path}'")
 
 
-GENERATION_PROMPTS = 8
-GENERATION_TEXTS = 24
-GENERATION_NEW_TOKENS = 16
-
-
 def verify_generation(candidate: Artifact, reference: Artifact, data: str | None, budget: ParityBudget | None,
                       limit: int | None):
     """Two causal LMs (two routes, a quantized one and its source...) on real prompts: the
@@ -151,32 +146,29 @@ def verify_generation(candidate: Artifact, reference: Artifact, data: str | None
     real text.  Thresholds: those the candidate passed when it was made, unless given."""
     from ..data import generation_prompts, stdlib_sentences
     from ..runtime.formats import make_generator
-    from .generation import measure_generation
+    from .generation import CHECK_NEW_TOKENS, CHECK_PROMPTS, CHECK_TEXTS, measure_generation, reference_answers
 
     budget = budget or ParityBudget()
     if budget.max_abs_error is not None or budget.min_top1_agreement is not None:
         raise InvalidOptionError("causal LMs are compared by greedy tokens, logits and perplexity: of the thresholds "
                                  "only --min-cosine (next-token logits) applies")
     if data is None:
-        prompts, texts, described = generation_prompts(GENERATION_PROMPTS), stdlib_sentences(GENERATION_TEXTS), \
+        prompts, texts, described = generation_prompts(CHECK_PROMPTS), stdlib_sentences(CHECK_TEXTS), \
             "docstring prompts"
     else:
         prompts = _text_lines(data)
         texts, described = prompts, f"prompts from '{data}'"
-    prompts = prompts[:limit or GENERATION_PROMPTS]
+    prompts = prompts[:limit or CHECK_PROMPTS]
     known = ("min_cosine", "min_exact", "max_token_disagreement", "max_perplexity_increase")
     thresholds = {k: v for k, v in {**recorded_thresholds(candidate), **budget.thresholds()}.items() if k in known}
     with make_generator(reference, QUIET_CPU) as model:
-        prompt_ids = [model.encode(p) for p in prompts]
-        tokens = [g.tokens for g in model.generate(prompt_ids, max_new_tokens=GENERATION_NEW_TOKENS)]
-        logits = np.stack([model.logits(ids)[-1] for ids in prompt_ids])
-        perplexity = model.perplexity(texts)
-    measured_on = (f"{len(prompts)} {described} x {GENERATION_NEW_TOKENS} greedy tokens; perplexity on "
+        prompt_ids, tokens, logits, perplexity = reference_answers(model, prompts, texts)
+    measured_on = (f"{len(prompts)} {described} x {CHECK_NEW_TOKENS} greedy tokens; perplexity on "
                    f"{len(texts)} texts")
     with make_generator(candidate, QUIET_CPU) as model:
         return measure_generation(model, prompt_ids, tokens, logits, texts, perplexity,
                                   reference=f"reference artifact '{reference.path}'", data=measured_on,
-                                  new_tokens=GENERATION_NEW_TOKENS, thresholds=thresholds)
+                                  new_tokens=CHECK_NEW_TOKENS, thresholds=thresholds)
 
 
 def _text_lines(data: str) -> list[str]:

@@ -11,15 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
 from ..data import generation_prompts, stdlib_sentences
 from ..errors import InvalidOptionError, QuantizationError
 from ..runtime.onnxrt import SessionSettings
 from .recipes import Outcome, QuantizeJob, Recipe, register
 from .writing import candidate_folder
 
-NEW_TOKENS = 16
 # The options that belong to INT8/FP16 recipes of encoders; given to a weight-only mode they would be ignored.
 ENCODER_OPTIONS = ("calib", "min_cosine", "max_abs_error", "min_top1_agreement", "min_p01_cosine")
 
@@ -48,18 +45,16 @@ class WeightOnly(Recipe):
         return budget
 
     def run(self, job: QuantizeJob) -> Outcome:
-        from ..parity.generation import measure_generation
+        from ..parity.generation import (CHECK_NEW_TOKENS, CHECK_PROMPTS, CHECK_TEXTS, measure_generation,
+                                         reference_answers)
         from ..runtime.formats import make_generator
 
         options, source = job.options, job.source
         budget = self.gate(options)
-        prompts, texts = generation_prompts(8), stdlib_sentences(24)
+        prompts, texts = generation_prompts(CHECK_PROMPTS), stdlib_sentences(CHECK_TEXTS)
         job.say(f"reference: {source.path} (FP32) on {len(prompts)} prompts and {len(texts)} sentences...")
         with make_generator(source, SessionSettings(device="cpu")) as reference:
-            prompt_ids = [reference.encode(p) for p in prompts]
-            tokens = [g.tokens for g in reference.generate(prompt_ids, max_new_tokens=NEW_TOKENS)]
-            logits = np.stack([reference.logits(ids)[-1] for ids in prompt_ids])
-            perplexity = reference.perplexity(texts)
+            prompt_ids, tokens, logits, perplexity = reference_answers(reference, prompts, texts)
         job.say(f"quantizing MatMul weights to {self.bits} bits (block {options.block_size}, accuracy level "
                 f"{options.accuracy_level})...")
         model_file = job.work / "quantized" / source.manifest.graph["file"]
@@ -70,9 +65,9 @@ class WeightOnly(Recipe):
         with make_generator(candidate, SessionSettings(device="cpu")) as model:
             parity = measure_generation(model, prompt_ids, tokens, logits, texts, perplexity,
                                         reference=f"input artifact '{source.path}'",
-                                        data=f"{len(prompts)} docstring prompts x {NEW_TOKENS} greedy tokens; "
+                                        data=f"{len(prompts)} docstring prompts x {CHECK_NEW_TOKENS} greedy tokens; "
                                              f"perplexity on {len(texts)} sentences",
-                                        new_tokens=NEW_TOKENS, thresholds=budget)
+                                        new_tokens=CHECK_NEW_TOKENS, thresholds=budget)
         job.say(parity.summary())
         parity.raise_for_failure(f"the {self.mode} model")
         outcome.parity["quantize"] = parity.to_dict()

@@ -50,19 +50,13 @@ class Runner:
         """``run``, in chunks of rows no larger than the engine's largest batch (``shape_range``),
         outputs concatenated: for checks whose batches were made for another engine, a server's
         joined requests, a file of examples."""
-        parts = [self.run(chunk) for chunk in self._row_chunks(feeds)]
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return _joined([self.run(chunk) for chunk in self._row_chunks(feeds)])
 
     def check_in_rows(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """``check``, chunk by chunk as ``run_in_rows`` will run them: every value is checked
         (a server checks a request before it joins others), only the row count may exceed
         the engine's largest batch."""
-        parts = [self.check(chunk) for chunk in self._row_chunks(feeds)]
-        if len(parts) == 1:
-            return parts[0]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return _joined([self.check(chunk) for chunk in self._row_chunks(feeds)])
 
     def _row_chunks(self, feeds: dict[str, Any]) -> list[dict[str, Any]]:
         step = self.max_rows
@@ -114,6 +108,13 @@ class Runner:
             _check_limits(name, value, spec)
             checked[name] = value if value.flags.c_contiguous else np.ascontiguousarray(value)
         return checked
+
+
+def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Chunks' arrays joined along the rows again (one chunk: as it is)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def _rows(feeds: Any) -> int | None:
