@@ -69,8 +69,15 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
     else:
         click.echo(f"{candidate} against {reference} on {report.data} ({report.samples} samples)")
         click.echo(report.summary())
+        source = "given" if budget.given else "the gate the candidate passed when it was made"
+        click.echo(f"thresholds ({source}): {_listed(report.thresholds)}")
         click.echo("PASSED" if report.passed else "FAILED")
     report.raise_for_failure(f"'{candidate}'")
+
+
+def _listed(thresholds: dict[str, float]) -> str:
+    signs = {"max_abs_err": "<=", "atol": "<=", "rtol": "<="}
+    return ", ".join(f"{name} {signs.get(name, '>=')} {value:g}" for name, value in thresholds.items()) or "none"
 
 
 @main.command("run")

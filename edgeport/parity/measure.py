@@ -62,10 +62,12 @@ def reference_outputs(reference: Runner, examples: ExampleSet) -> list[dict[str,
 
 
 def measure(candidate: Runner, expected: Sequence[dict[str, np.ndarray]], examples: ExampleSet, task: str,
-            budget: ParityBudget | None = None, reference_name: str = "reference") -> ParityReport:
-    """Run the candidate on every example batch and compare with the reference's outputs."""
+            budget: ParityBudget | None = None, reference_name: str = "reference",
+            thresholds: dict[str, float] | None = None) -> ParityReport:
+    """Run the candidate on every example batch and compare with the reference's outputs
+    (against ``thresholds`` when given, else ``budget``'s)."""
     reports = []
-    thresholds = (budget or ParityBudget()).thresholds()
+    thresholds = thresholds if thresholds is not None else (budget or ParityBudget()).thresholds()
     for feeds, reference in zip(examples.batches, expected):
         got = candidate.run_in_rows(feeds)
         reports.append(compare_outputs(reference, got, task=task, token_mask=feeds.get("attention_mask"),
@@ -101,8 +103,10 @@ def golden_check(runner: Runner, artifact: Artifact) -> ParityReport | None:
 def verify(candidate: str | Artifact, reference: str | Artifact, data: str | None = None,
            budget: ParityBudget | None = None, limit: int | None = None, trusted_key: str | None = None
            ) -> ParityReport:
-    """Compare two artifacts (or bundles) on ``data`` (default: the task's bundled real data).
-    ``trusted_key``: every bundle among them must be signed by it."""
+    """Compare two artifacts (or bundles) on ``data`` (default: the task's bundled real data)
+    against ``budget``, or, where it sets no threshold, the gate the candidate passed when it
+    was made (so that a pass always checked something).  ``trusted_key``: every bundle among
+    them must be signed by it."""
     from pathlib import Path
 
     from ..runtime.model import open_artifact
@@ -134,9 +138,10 @@ def verify(candidate: str | Artifact, reference: str | Artifact, data: str | Non
     examples = examples_for(reference, data, role="eval", limit=limit)
     with make_runner(reference, QUIET_CPU) as reference_runner:
         expected = reference_outputs(reference_runner, examples)
+    thresholds = budget.thresholds() if budget is not None and budget.given else recorded_thresholds(candidate)
     with make_runner(candidate, QUIET_CPU) as candidate_runner:
-        return measure(candidate_runner, expected, examples, reference.task, budget,
-                       reference_name=f"reference artifact '{reference.path}'")
+        return measure(candidate_runner, expected, examples, reference.task,
+                       reference_name=f"reference artifact '{reference.path}'", thresholds=thresholds)
 
 
 def verify_generation(candidate: Artifact, reference: Artifact, data: str | None, budget: ParityBudget | None,
