@@ -57,13 +57,23 @@ def _json_with(*keys: str) -> Callable[[Path], bool]:
 
 
 def _bundle(path: Path) -> bool:
+    """A tarball whose one top folder holds a bundle.json of edgeport's bundle format (a user's
+    archive that merely holds some ``*bundle.json`` is not one)."""
+    import json
     import tarfile
+
+    from .runtime.bundle import BUNDLE_FORMAT
 
     try:
         with tarfile.open(path, "r:*") as archive:
-            return any(m.name.endswith("bundle.json") for m in archive.getmembers()[:4])
-    except (OSError, tarfile.TarError):
+            for member in archive.getmembers()[:4]:
+                parts = PurePosixPath(member.name).parts
+                if len(parts) == 2 and parts[1] == "bundle.json" and member.isfile() and member.size < 2**20:
+                    meta = json.loads(archive.extractfile(member).read().decode("utf-8"))
+                    return isinstance(meta, dict) and meta.get("format") == BUNDLE_FORMAT
+    except (OSError, tarfile.TarError, ValueError, RecursionError):
         return False
+    return False
 
 
 def _html_report(path: Path) -> bool:
@@ -74,8 +84,9 @@ def _html_report(path: Path) -> bool:
         return False
 
 
-# Folder outputs other than artifacts list what edgeport wrote into them here (an artifact's
-# manifest is its list): --force replaces such a folder only while it holds nothing else.
+# Folder outputs other than artifacts list what edgeport wrote into them here, with each
+# file's sha256 (an artifact's manifest is its list): --force replaces such a folder only
+# while it holds nothing else and nothing listed was edited (a hand-tuned config.pbtxt).
 WRITTEN_LIST = ".edgeport-written.json"
 
 
@@ -96,9 +107,28 @@ def _artifact_manifest(path: Path) -> dict | None:
     return None
 
 
-def _written_list(path: Path) -> list[str] | None:
+def _written_list(path: Path) -> dict[str, str | None] | None:
+    """File name -> sha256 as written (None: a list written before digests were kept)."""
     listed = _read_json(path / WRITTEN_LIST) if path.is_dir() else None
-    return listed if isinstance(listed, list) and all(isinstance(n, str) for n in listed) else None
+    if isinstance(listed, list) and all(isinstance(n, str) for n in listed):
+        return dict.fromkeys(listed)
+    if isinstance(listed, dict) and all(isinstance(n, str) and (d is None or isinstance(d, str))
+                                        for n, d in listed.items()):
+        return listed
+    return None
+
+
+def _sha256(path: Path) -> str | None:
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def _strangers(path: Path, allowed: set[str]) -> list[str]:
@@ -124,7 +154,12 @@ def _artifact_strangers(path: Path) -> list[str]:
 
 def _listed_strangers(path: Path) -> list[str]:
     listed = _written_list(path)
-    return _strangers(path, set(listed) | {WRITTEN_LIST}) if listed is not None else [WRITTEN_LIST]
+    if listed is None:
+        return [WRITTEN_LIST]
+    edited = [f"{name} (edited)" for name, digest in sorted(listed.items())
+              if digest is not None and (path / name).is_file() and not (path / name).is_symlink()
+              and _sha256(path / name) != digest]
+    return _strangers(path, set(listed) | {WRITTEN_LIST}) + edited
 
 
 def _listed(marker: str) -> Callable[[Path], bool]:
@@ -175,7 +210,8 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
             raise OutputExistsError(f"'{out}' exists and is not an {kind.noun}; --force only replaces edgeport's own "
                                     "outputs. Remove it yourself or choose another " + option)
         elif strangers:
-            raise OutputExistsError(f"'{out}' holds files edgeport did not write there ({', '.join(strangers[:5])}"
+            raise OutputExistsError(f"'{out}' holds files edgeport did not write there, or has edited since "
+                                    f"({', '.join(strangers[:5])}"
                                     f"{', ...' if len(strangers) > 5 else ''}); --force only replaces edgeport's own "
                                     f"outputs. Move them out or choose another {option}")
     _check_writable(out, option)
@@ -305,7 +341,7 @@ def staged_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os
 def _write_list(folder: Path) -> None:
     import json
 
-    written = sorted(f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file())
+    written = {f.relative_to(folder).as_posix(): _sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()}
     (folder / WRITTEN_LIST).write_text(json.dumps(written, indent=1) + "\n", encoding="utf-8")
 
 

@@ -160,7 +160,7 @@ def test_force_never_deletes_what_a_user_put_into_an_artifact(tmp_path, plant):
     else:
         (target / planted).parent.mkdir(parents=True, exist_ok=True)
         (target / planted).write_text("mine")
-    with pytest.raises(OutputExistsError, match=f"did not write there .{planted.split('/')[0]}"):
+    with pytest.raises(OutputExistsError, match=f"did not write there.*[(]{planted.split('/')[0]}"):
         _force_onto(target)
     assert (target / planted).exists() and (outside / "keep.txt").read_text() == "precious"
 

@@ -8,7 +8,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from edgeport.errors import ArtifactError, UnsafeFileError
+from edgeport.errors import ArtifactError, OutputExistsError, UnsafeFileError
 from edgeport.package import PackageOptions, package
 from edgeport.runtime import load
 from edgeport.runtime.bundle import ExtractionLimits, extract_bundle, open_bundle
@@ -130,3 +130,19 @@ def test_a_bundle_whose_manifest_was_edited_is_refused(onnx_artifacts, tmp_path)
 def test_a_file_that_is_not_a_bundle(tmp_path, cli):
     (tmp_path / "fake.tar.gz").write_bytes(b"not gzip at all")
     assert_fails(cli("inspect", tmp_path / "fake.tar.gz"), ArtifactError.exit_code, "not an edgeport bundle")
+
+
+def test_force_never_replaces_a_users_archive_that_only_looks_like_a_bundle(onnx_artifacts, tmp_path, cli):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "webpack-bundle.json").write_text("{}")
+    (tmp_path / "site" / "bundle.json").write_text('{"format": "webpack"}')
+    archive = tmp_path / "backup.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "site", arcname="site")
+    before = archive.read_bytes()
+    assert_fails(cli("package", onnx_artifacts["encoder"].path, "--format", "bundle", "-o", archive, "--force"),
+                 OutputExistsError.exit_code, "is not an edgeport bundle")
+    assert archive.read_bytes() == before
+    ours = tmp_path / "ours.tar.gz"                   # edgeport's own bundle is still replaced
+    assert cli("package", onnx_artifacts["encoder"].path, "--format", "bundle", "-o", ours).exit_code == 0
+    assert cli("package", onnx_artifacts["encoder"].path, "--format", "bundle", "-o", ours, "--force").exit_code == 0

@@ -137,5 +137,11 @@ def test_force_replaces_the_folder_only_while_it_holds_nothing_of_the_users(cli,
     assert cli("package", artifact, "--format", "kserve", "-o", folder, "--force").exit_code == 0
     (folder / "notes.txt").write_text("mine")
     assert_fails(cli("package", artifact, "--format", "kserve", "-o", folder, "--force"), 5,
-                 "did not write there (notes.txt)")
+                 "(notes.txt)")
     assert (folder / "notes.txt").read_text() == "mine"
+    (folder / "notes.txt").unlink()
+    service = next(folder.glob("inferenceservice-*.yaml"))
+    service.write_text(service.read_text() + "# tuned by hand\n")       # edited, not added: kept too
+    assert_fails(cli("package", artifact, "--format", "kserve", "-o", folder, "--force"), 5,
+                 f"({service.name} (edited))")
+    assert service.read_text().endswith("# tuned by hand\n")
