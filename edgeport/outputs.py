@@ -66,12 +66,15 @@ def _bundle(path: Path) -> bool:
 
     try:
         with tarfile.open(path, "r:*") as archive:
-            for member in archive.getmembers()[:4]:
+            for _ in range(4):            # its head only: a bundle cut short is still recognised, and replaced
+                member = archive.next()
+                if member is None:
+                    break
                 parts = PurePosixPath(member.name).parts
                 if len(parts) == 2 and parts[1] == "bundle.json" and member.isfile() and member.size < 2**20:
                     meta = json.loads(archive.extractfile(member).read().decode("utf-8"))
                     return isinstance(meta, dict) and meta.get("format") == BUNDLE_FORMAT
-    except (OSError, tarfile.TarError, ValueError, RecursionError):
+    except (OSError, EOFError, tarfile.TarError, ValueError, RecursionError):
         return False
     return False
 
@@ -288,7 +291,8 @@ def _give_default_permissions(path: Path) -> None:
         os.chmod(path, 0o666 & ~mask)
 
 
-def _make_parents(parent: Path) -> list[Path]:
+def make_folders(parent: Path) -> list[Path]:
+    """Make ``parent`` and the folders above it that are missing; returns those it made."""
     created = []
     for folder in reversed([parent, *parent.parents]):
         if not folder.exists():
@@ -297,7 +301,8 @@ def _make_parents(parent: Path) -> list[Path]:
     return created
 
 
-def _remove_created(created: list[Path]) -> None:
+def remove_created_folders(created: list[Path]) -> None:
+    """Remove the folders ``make_folders`` made, innermost first, where they are still empty."""
     for folder in reversed(created):
         with contextlib.suppress(OSError):
             folder.rmdir()
@@ -311,7 +316,7 @@ def staged_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os
     folder made for it, leaving ``out`` as it was."""
     out = check_output(out, force, inputs, kind, option)
     parent = out.absolute().parent
-    created = _make_parents(parent)
+    created = make_folders(parent)
     try:
         if kind.is_folder:
             staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
@@ -320,7 +325,7 @@ def staged_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os
             os.close(handle)
             staging = Path(name)
     except BaseException:
-        _remove_created(created)
+        remove_created_folders(created)
         raise
     try:
         yield staging
@@ -334,7 +339,7 @@ def staged_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os
         else:
             with contextlib.suppress(OSError):
                 staging.unlink()
-        _remove_created(created)
+        remove_created_folders(created)
         raise
 
 

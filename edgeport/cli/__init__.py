@@ -1,21 +1,44 @@
 """The ``edgeport`` command line: parsing and printing only, each command a thin call into
 the library.  One error bridge, in the group: an ``EdgeportError`` becomes ``error: ...``
-and its class's exit code (``--debug`` shows the traceback); Ctrl-C exits 130.  Anything
-else is a bug and surfaces as one.  Heavy modules are imported inside the commands, so
+and its class's exit code (``--debug`` shows the traceback); a command line click cannot
+parse is one ``error:`` line too, exit 2; Ctrl-C exits 130, and SIGTERM (``timeout``, CI,
+Kubernetes) unwinds the same way, so temporary folders are removed.  Anything else is a
+bug and surfaces as one.  Heavy modules are imported inside the commands, so
 ``--help`` stays instant.
 """
 
 from __future__ import annotations
+
+import signal
 
 import click
 
 from ..errors import INTERRUPTED_EXIT_CODE, EdgeportError
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does: every stage cleans up after it (staged
+    outputs, temporary folders).  ``serve`` installs its own handler (a graceful stop)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:             # not the main thread (an embedding program): leave its handler
+        pass
+
+
 class EdgeportGroup(click.Group):
     def invoke(self, ctx: click.Context):
+        _interrupt_on_sigterm()
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            if ctx.find_root().params.get("debug"):
+                raise
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see '{where} -h')", err=True)
+            ctx.exit(exc.exit_code)
         except EdgeportError as exc:
             if ctx.find_root().params.get("debug"):
                 raise

@@ -42,17 +42,20 @@ class StepCache:
         return self.folder / f"{step}.json"
 
     def hit(self, step: str, key: str, output: Path) -> bool:
-        """The step ran with this very key and its output is still there."""
+        """The step ran with this very key and its output is still there, byte for byte as it
+        wrote it (a truncated bundle or an edited artifact is made again)."""
         if self.force or not output.exists():
             return False
         try:
-            return json.loads(self._record(step).read_text(encoding="utf-8")).get("key") == key
-        except (OSError, ValueError):
+            record = json.loads(self._record(step).read_text(encoding="utf-8"))
+            return record.get("key") == key and record.get("digest") == folder_digest(output)
+        except (OSError, ValueError, AttributeError):
             return False
 
     def store(self, step: str, key: str, output: Path) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._record(step).write_text(json.dumps({"key": key, "output": str(output)}) + "\n", encoding="utf-8")
+        record = {"key": key, "output": str(output), "digest": folder_digest(output)}
+        self._record(step).write_text(json.dumps(record) + "\n", encoding="utf-8")
 
     def forget(self, step: str) -> None:
         self._record(step).unlink(missing_ok=True)

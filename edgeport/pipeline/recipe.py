@@ -23,6 +23,8 @@ BUNDLED_MINILM = "bundled:all-MiniLM-L6-v2"
 BUNDLED_DOCSTRINGS = "bundled:stdlib-docstrings"
 BUNDLED_MODELS = {BUNDLED_MINILM: "feature-extraction"}      # bundled source -> its task
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Folders ship writes beside the variants' own: a variant of that name would land in them.
+RESERVED_NAMES = ("export", "merged", "bundles", "triton")
 
 # The gates each task's parity records a figure for: a gate whose figure a task never has
 # would always "pass", so the recipe is refused instead.
@@ -140,13 +142,29 @@ def load_recipe(path: str | os.PathLike | None, output: str | None = None) -> Re
         return from_dict(DEMO_RECIPE, "the built-in demo recipe", Path.cwd(), output)
     yaml = require("yaml", "export")
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"recipe '{path}' is a folder; give the recipe's YAML file")
     if not path.is_file():
         raise RecipeError(f"recipe '{path}' does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"{path} is not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise RecipeError(f"cannot read recipe '{path}': {exc.strerror or exc}") from exc
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path} is not valid YAML: {_yaml_problem(exc)}") from exc
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path} is not valid YAML: it is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except RecursionError:
+        raise RecipeError(f"{path} is not a recipe: it nests deeper than Python can read") from None
     return from_dict(data, str(path), path.parent, output)
+
+
+def _yaml_problem(exc) -> str:
+    """PyYAML's error on one line: the problem and where (its own text spans several, with a
+    caret under the source line)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc).splitlines()[0]
+    return problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
 
 
 def from_dict(data: Any, where: str, base: Path, output: str | None = None) -> Recipe:
@@ -160,6 +178,9 @@ def from_dict(data: Any, where: str, base: Path, output: str | None = None) -> R
     for index, variant in enumerate(data["variants"]):
         if not variant["name"].replace("-", "").replace("_", "").isalnum():
             raise RecipeError(f"{where}: 'variants[{index}].name' must be letters, digits, '-' and '_'")
+        if variant["name"] in RESERVED_NAMES:
+            raise RecipeError(f"{where}: 'variants[{index}].name' '{variant['name']}' is a folder ship writes itself "
+                              f"({', '.join(RESERVED_NAMES)}); give the variant another name")
         if variant["precision"] == "int8-static" and "calibration" not in variant:
             raise RecipeError(f"{where}: 'variants[{index}].calibration' is needed for int8-static (a file, or "
                               f"{BUNDLED_DOCSTRINGS})")
@@ -188,8 +209,32 @@ def from_dict(data: Any, where: str, base: Path, output: str | None = None) -> R
                     gates.get("max_regression", DEFAULT_MAX_REGRESSION), dict(data.get("bench", {})),
                     list(data.get("package", {}).get("formats", [])),
                     list(data.get("verify", {}).get("platforms", [])), where)
+    _check_files(recipe, data)
     check_feasible(recipe)
     return recipe
+
+
+def _check_files(recipe: Recipe, data: dict) -> None:
+    """The files the recipe reads exist, and none of them is one the run writes over."""
+    where = recipe.where
+    for index, adapter in enumerate(recipe.adapters):
+        if not Path(adapter).is_dir():
+            raise RecipeError(f"{where}: 'source.adapters[{index}]' '{data['source']['adapters'][index]}' "
+                              f"{'is a file, not an adapter folder' if Path(adapter).exists() else 'does not exist'}")
+    for index, variant in enumerate(recipe.variants):
+        given = data["variants"][index].get("calibration")
+        if variant.calibration and variant.calibration.startswith("bundled:") and \
+                variant.calibration != BUNDLED_DOCSTRINGS:
+            raise RecipeError(f"{where}: 'variants[{index}].calibration' '{given}' is not bundled data; bundled: "
+                              f"{BUNDLED_DOCSTRINGS}")
+        if variant.calibration and variant.calibration != BUNDLED_DOCSTRINGS and not Path(variant.calibration).exists():
+            raise RecipeError(f"{where}: 'variants[{index}].calibration' '{given}' does not exist")
+    if recipe.previous_report:
+        report, output = Path(recipe.previous_report).resolve(), recipe.output.resolve()
+        if report == output or output in report.parents:
+            raise RecipeError(f"{where}: 'gates.previous_report' '{recipe.previous_report}' lies in the output "
+                              f"'{recipe.output}', which this run rewrites (its bench.json first): copy the report "
+                              "out of it and point the gate at the copy")
 
 
 def source_task(recipe: Recipe) -> str:

@@ -15,7 +15,7 @@ from typing import Callable
 
 from ..artifact import Artifact
 from ..errors import EdgeportError, ParityError, RegressionError, StoppedByUser
-from ..outputs import SHIP_FOLDER, check_output
+from ..outputs import SHIP_FOLDER, check_output, make_folders, remove_created_folders
 from ..vocabulary import DEFAULT_BATCH_SIZES, DEFAULT_MAX_PARITY_DROP, DEFAULT_MIN_DURATION_S, DEFAULT_ROUNDS
 from .cache import StepCache, folder_digest
 from .recipe import BUNDLED_DOCSTRINGS, Recipe, Variant
@@ -160,7 +160,7 @@ class Shipment:
         from ..quantize import QuantizeOptions, quantize
 
         out = self.root / variant.name
-        calibration = self._calibration(variant, fp32)
+        calibration, calibration_digest = self._calibration(variant, dry_run)
         budget = variant.gates if variant.accuracy_aware else {}
         options = QuantizeOptions(mode=variant.precision, target=variant.target, calib=calibration,
                                   calibration_method=variant.calibration_method, force=True,
@@ -171,7 +171,7 @@ class Shipment:
                                   max_perplexity_increase=variant.gates.get("max_perplexity_increase"))
         manifest = _digest(fp32)
         key = self.cache.key(f"quantize-{variant.name}", input=manifest, options=asdict(options),
-                             calibration=folder_digest(Path(calibration)) if calibration else None)
+                             calibration=calibration_digest)
         try:
             hit = self.step(f"quantize {variant.name}", key, out,
                             lambda: quantize(fp32, out, options, progress=self.say), dry_run)
@@ -186,17 +186,21 @@ class Shipment:
             return result
         return self._gate(variant, result, "quantize")
 
-    def _calibration(self, variant: Variant, fp32: Path) -> str | None:
+    def _calibration(self, variant: Variant, dry_run: bool) -> tuple[str | None, str | None]:
+        """The variant's calibration data and its digest; the bundled docstrings are written into
+        the cache folder first (not by a --dry-run, which writes nothing)."""
         if variant.calibration != BUNDLED_DOCSTRINGS:
-            return variant.calibration
+            return variant.calibration, folder_digest(Path(variant.calibration)) if variant.calibration else None
+        import hashlib
+
         from ..data import stdlib_sentences
 
         path = self.root / ".ship-cache" / "stdlib-docstrings.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
         text = "\n".join(stdlib_sentences(200, split="calib")) + "\n"
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        if not dry_run and (not path.is_file() or path.read_text(encoding="utf-8") != text):
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
-        return str(path)
+        return str(path), hashlib.sha256(text.encode()).hexdigest()
 
     def _gate(self, variant: Variant, result: VariantResult, stage: str) -> VariantResult:
         artifact = Artifact.load(result.artifact)
@@ -311,22 +315,26 @@ def _speed_and_size(result: ShipResult, recipe: Recipe, bench_json: Path | None)
 def ship(recipe: Recipe, force: bool = False, dry_run: bool = False,
          progress: Callable[[str], None] = lambda message: None) -> ShipResult:
     """Run ``recipe`` (or, with ``dry_run``, only say which steps would run)."""
-    check_output(recipe.output, True, _inputs(recipe), SHIP_FOLDER, option="the recipe's output")
+    check_output(recipe.output, True, _inputs(recipe), SHIP_FOLDER,
+                 option="output folder (-o, or the recipe's 'output')")
     shipment = Shipment(recipe, force, progress)
+    created = [] if dry_run else make_folders(recipe.output.absolute())
     try:
         return _run(recipe, shipment, dry_run)
     except KeyboardInterrupt:
+        remove_created_folders(created)        # where nothing was kept in them
         if dry_run or not shipment.finished:
             raise StoppedByUser("interrupted; nothing was written") from None
         raise StoppedByUser(f"interrupted; the finished steps are kept in '{recipe.output}' and the next run takes "
                             f"them from its cache ({', '.join(shipment.finished)}); the step in progress left nothing "
                             "behind") from None
+    except BaseException:
+        remove_created_folders(created)
+        raise
 
 
 def _run(recipe: Recipe, shipment: Shipment, dry_run: bool) -> ShipResult:
     start = time.perf_counter()
-    if not dry_run:
-        recipe.output.mkdir(parents=True, exist_ok=True)
     source = shipment.source(dry_run)
     fp32 = shipment.export(source, dry_run)
     results = [shipment.variant(v, fp32, dry_run) for v in recipe.variants]

@@ -109,6 +109,16 @@ def test_adapters_are_merged_and_a_regression_fails_the_run(cli, tmp_path, tiny_
      "'variants[0].gates.min_cosine' must be <= 1"),
     ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "fp32"}], "bench": {"rounds": 0}},
      "'bench.rounds' must be >= 1"),
+    ({"source": {"model": "x"}, "variants": [{"name": "bundles", "precision": "fp16"}]},
+     "'variants[0].name' 'bundles' is a folder ship writes itself"),
+    ({"source": {"model": "x", "adapters": ["no-such-lora"]}, "variants": [{"name": "a", "precision": "fp32"}]},
+     "'source.adapters[0]' 'no-such-lora' does not exist"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "int8-static", "calibration": "gone.txt"}]},
+     "'variants[0].calibration' 'gone.txt' does not exist"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "int8-static", "calibration": "bundled:x"}]},
+     "'bundled:x' is not bundled data"),
+    ({"source": {"model": "x"}, "output": "out", "variants": [{"name": "a", "precision": "fp32"}],
+      "gates": {"previous_report": "out/bench.json"}}, "lies in the output"),
 ])
 def test_recipe_errors_point_at_the_key(tmp_path, cli, recipe, phrase):
     import yaml
@@ -122,5 +132,37 @@ def test_recipe_errors_point_at_the_key(tmp_path, cli, recipe, phrase):
 
 def test_unreadable_recipes(tmp_path, cli):
     (tmp_path / "bad.yaml").write_text("variants: [unclosed")
-    assert_fails(cli("ship", tmp_path / "bad.yaml"), 2, "not valid YAML")
+    result = cli("ship", tmp_path / "bad.yaml")
+    assert_fails(result, 2, "not valid YAML", "(line 1, column")
+    assert len(result.output.strip().splitlines()) == 1, result.output          # one line, no caret excerpt
     assert_fails(cli("ship", tmp_path / "missing.yaml"), 2, "does not exist")
+    assert_fails(cli("ship", tmp_path), 2, "is a folder")
+    (tmp_path / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000)
+    assert_fails(cli("ship", tmp_path / "deep.yaml", "--dry-run"), 2, "nests deeper")
+
+
+def test_a_failed_run_leaves_no_empty_output_and_a_plan_writes_nothing(cli, tmp_path, tiny_models):
+    model = tiny_models("bert", "feature-extraction")
+    recipe = _recipe(tmp_path, model, variants=[{"name": "int8-static", "precision": "int8-static",
+                                                 "calibration": "bundled:stdlib-docstrings"}])
+    plan = cli("ship", recipe, "--dry-run")
+    assert plan.exit_code == 0 and not (tmp_path / "out").exists(), plan.output
+    # The source vanishes after the recipe was read: the export fails, and the folder it made goes.
+    recipe = _recipe(tmp_path, tmp_path / "gone", source={"model": str(model), "task": "text-generation"},
+                     variants=[{"name": "fp32", "precision": "fp32"}])
+    result = cli("ship", recipe, "-o", tmp_path / "new" / "out")
+    assert result.exit_code != 0 and "error: " in result.output
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_cache_makes_a_damaged_output_again(cli, tmp_path, tiny_models):
+    recipe = _recipe(tmp_path, tiny_models("bert", "feature-extraction"),
+                     variants=[{"name": "fp32", "precision": "fp32"}])
+    assert cli("ship", recipe).exit_code == 0
+    bundle = tmp_path / "out" / "bundles" / "fp32.tar.gz"
+    whole = bundle.read_bytes()
+    bundle.write_bytes(whole[: len(whole) // 2])                           # truncated
+    again = cli("ship", recipe)
+    assert again.exit_code == 0 and "[run] bundle fp32" in again.output, again.output
+    assert "[cached] export" in again.output
+    assert bundle.read_bytes() != whole[: len(whole) // 2]
