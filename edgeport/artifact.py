@@ -80,7 +80,11 @@ class Artifact:
             if size != entry["size"]:
                 raise ArtifactError(f"'{file}' is {size} bytes but the manifest says {entry['size']}: "
                                     "the file was truncated or replaced; re-create the artifact")
-            if sha256_file(file) != entry["sha256"]:
+            try:
+                digest = sha256_file(file)
+            except OSError as exc:
+                raise ArtifactError(f"cannot read '{file}': {exc.strerror or exc}") from exc
+            if digest != entry["sha256"]:
                 raise ArtifactError(f"'{file}' does not match its sha256 in the manifest: the file was "
                                     "modified or corrupted; re-create the artifact")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .artifact import Artifact
+from .errors import ArtifactError
 
 
 def inspect_artifact(path, check_files: bool = True, expected_manifest_sha256: str | None = None,
@@ -15,10 +15,10 @@ def inspect_artifact(path, check_files: bool = True, expected_manifest_sha256: s
     from .runtime.formats import format_of
     from .runtime.model import open_artifact
 
-    if expected_manifest_sha256 is None:
-        artifact = open_artifact(path, check_files, trusted_key)
-    else:
-        artifact = Artifact.load(path, check_files, expected_manifest_sha256)
+    artifact = open_artifact(path, check_files, trusted_key)
+    if expected_manifest_sha256 is not None and artifact.manifest_sha256 != expected_manifest_sha256.lower():
+        raise ArtifactError(f"the manifest of '{path}' has sha256 {artifact.manifest_sha256}, the record says "
+                            f"{expected_manifest_sha256}: it was edited, or is another artifact")
     manifest = artifact.manifest
     graph_format = format_of(artifact)
     details = graph_format.details(artifact)

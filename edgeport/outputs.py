@@ -62,7 +62,7 @@ def _bundle(path: Path) -> bool:
     import json
     import tarfile
 
-    from .runtime.bundle import BUNDLE_FORMAT
+    from .vocabulary import BUNDLE_FORMAT
 
     try:
         with tarfile.open(path, "r:*") as archive:
@@ -210,7 +210,7 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
             raise InvalidOptionError(f"'{out}' exists and is a {'folder' if out.is_dir() else 'file'}; "
                                      f"{option} must name a {'folder' if kind.is_folder else 'file'}")
         elif (strangers := _foreign(out, kind)) is None:
-            raise OutputExistsError(f"'{out}' exists and is not an {kind.noun}; --force only replaces edgeport's own "
+            raise OutputExistsError(f"'{out}' exists and is not {_a(kind.noun)}; --force only replaces edgeport's own "
                                     "outputs. Remove it yourself or choose another " + option)
         elif strangers:
             raise OutputExistsError(f"'{out}' holds files edgeport did not write there, or has edited since "
@@ -219,6 +219,10 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
                                     f"outputs. Move them out or choose another {option}")
     _check_writable(out, option)
     return out
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0].lower() in "aeio" else "a ") + noun
 
 
 def _foreign(out: Path, kind: OutputKind) -> list[str] | None:

@@ -73,3 +73,6 @@ DEFAULT_MAX_BODY_BYTES = 16 << 20
 # package --format triton, export tensorrt
 DEFAULT_TRITON_DELAY_US = 2000
 DEFAULT_WORKSPACE_MB = 4096
+
+# Bundles: the format name their bundle.json carries (outputs.py recognises an earlier bundle by it)
+BUNDLE_FORMAT = "edgeport-bundle"

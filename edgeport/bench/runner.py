@@ -215,6 +215,7 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
     if "generation" in options.scenarios:
         raise InvalidOptionError("the generation scenario is for causal LMs (task text-generation)")
     reference = Artifact.load(options.reference) if options.reference else artifacts[0]
+    options.budget.check_task(reference.task)
     if options.domains and not reference.manifest.processing.get("tokenizer"):
         raise InvalidOptionError("--domains measures text models on held-out text; this model takes no text")
     inputs = BenchInputs(reference, options.data)

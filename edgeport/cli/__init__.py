@@ -44,6 +44,11 @@ class EdgeportGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except PermissionError as exc:      # the machine's rules, not a bug: say which file
+            if ctx.find_root().params.get("debug"):
+                raise
+            click.echo(f"error: cannot use '{exc.filename}': permission denied", err=True)
+            ctx.exit(EdgeportError.exit_code)
         except KeyboardInterrupt:
             if ctx.find_root().params.get("debug"):
                 raise

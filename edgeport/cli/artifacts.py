@@ -48,8 +48,10 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
     if platform:
         ignored = [name for name, value in (("--reference", reference), ("--data", data), ("--limit", limit)) if value]
         if ignored:
-            raise InvalidOptionError(f"{', '.join(ignored)} do not apply with --platform, which runs the bundle's own "
-                                     "golden inputs; drop them, or verify against a reference without --platform")
+            verb = "does" if len(ignored) == 1 else "do"
+            raise InvalidOptionError(f"{', '.join(ignored)} {verb} not apply with --platform, which runs the "
+                                     "bundle's own golden inputs; drop them, or verify against a reference without "
+                                     "--platform")
     elif cpu:
         raise InvalidOptionError("--cpu picks the emulated CPU of --platform; give --platform linux/arm64 too")
     if platform:

@@ -40,6 +40,8 @@ def package_command(artifact, format_, out, target, name, max_batch, max_delay_u
     from ..package import KServeOptions, PackageOptions, TritonOptions, package
     from ..package.bundle import bundle_sha256
 
+    _refuse_options_of_other_formats(click.get_current_context(), format_)
+
     triton = TritonOptions(name, max_batch, max_delay_us, instances, instance_kind, with_tokenizer)
     kserve = KServeOptions(name, namespace, storage_uri, image, cpu, memory, min_replicas, max_replicas, auth_secret)
     path = package(artifact, out, PackageOptions(format_, target, triton, kserve, force, sign))
@@ -47,3 +49,25 @@ def package_command(artifact, format_, out, target, name, max_batch, max_delay_u
         click.echo(f"wrote {path} (sha256 {bundle_sha256(path)})")
     else:
         click.echo(f"wrote {path}")
+
+
+# The options each format reads; one given to another format would be silently ignored.
+FORMAT_OPTIONS = {
+    "bundle": ("target", "sign"),
+    "triton": ("name", "max_batch", "max_delay_us", "instances", "instance_kind", "with_tokenizer"),
+    "kserve": ("name", "namespace", "storage_uri", "image", "cpu", "memory", "min_replicas", "max_replicas",
+               "auth_secret"),
+}
+
+
+def _refuse_options_of_other_formats(ctx: click.Context, format_: str) -> None:
+    from ..errors import InvalidOptionError
+
+    given = [p for p in ctx.command.params if isinstance(p, click.Option) and p.name not in ("format_", "out", "force")
+             and ctx.get_parameter_source(p.name) not in (click.core.ParameterSource.DEFAULT, None)]
+    ignored = [p for p in given if p.name not in FORMAT_OPTIONS[format_]]
+    if ignored:
+        names = ", ".join(p.opts[-1] for p in ignored)
+        owners = sorted({f for f, names_ in FORMAT_OPTIONS.items() for p in ignored if p.name in names_})
+        raise InvalidOptionError(f"{names} {'is' if len(ignored) == 1 else 'are'} for --format "
+                                 f"{' or '.join(owners)}, not {format_}; drop {'it' if len(ignored) == 1 else 'them'}")

@@ -47,7 +47,7 @@ class TritonOptions:
         if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
             raise InvalidOptionError("--max-batch must be a whole number >= 1")
         if not isinstance(self.max_queue_delay_us, int) or self.max_queue_delay_us < 0:
-            raise InvalidOptionError("the queue delay must be >= 0")
+            raise InvalidOptionError("--max-delay-us must be a whole number >= 0")
         if not isinstance(self.instances, int) or self.instances < 1:
             raise InvalidOptionError("--instances must be a whole number >= 1")
         if self.kind not in ("KIND_CPU", "KIND_GPU"):

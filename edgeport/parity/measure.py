@@ -50,6 +50,15 @@ class ParityBudget:
     def given(self) -> bool:
         return bool(self.thresholds())
 
+    def check_task(self, task: str) -> "ParityBudget":
+        """Refuse a threshold the task never measures: it would pass whatever the model does."""
+        from ..vocabulary import CLASSIFICATION_TASKS
+
+        if self.min_top1_agreement is not None and task not in CLASSIFICATION_TASKS:
+            raise InvalidOptionError(f"--min-top1-agreement compares the classes a classifier predicts; a {task} "
+                                     "model predicts none (use --min-cosine or --max-abs-error)")
+        return self
+
     def thresholds(self) -> dict[str, float]:
         names = {"min_cosine": self.min_cosine, "max_abs_err": self.max_abs_error,
                  "min_top1_agreement": self.min_top1_agreement, "min_p01_cosine": self.min_p01_cosine}
@@ -135,6 +144,8 @@ def verify(candidate: str | Artifact, reference: str | Artifact, data: str | Non
                           "they are not the same model")
     if candidate.task != reference.task:
         raise ParityError(f"the candidate is a {candidate.task} model, the reference a {reference.task} model")
+    if budget is not None:
+        budget.check_task(reference.task)
     examples = examples_for(reference, data, role="eval", limit=limit)
     with make_runner(reference, QUIET_CPU) as reference_runner:
         expected = reference_outputs(reference_runner, examples)

@@ -147,7 +147,7 @@ def load_recipe(path: str | os.PathLike | None, output: str | None = None) -> Re
     if not path.is_file():
         raise RecipeError(f"recipe '{path}' does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_strict_loader(yaml))
     except OSError as exc:
         raise RecipeError(f"cannot read recipe '{path}': {exc.strerror or exc}") from exc
     except yaml.YAMLError as exc:
@@ -157,6 +157,23 @@ def load_recipe(path: str | os.PathLike | None, output: str | None = None) -> Re
     except RecursionError:
         raise RecipeError(f"{path} is not a recipe: it nests deeper than Python can read") from None
     return from_dict(data, str(path), path.parent, output)
+
+
+def _strict_loader(yaml):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (it would keep the last
+    silently: a gate written twice, one of them never checked)."""
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key '{key}' is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
 
 
 def _yaml_problem(exc) -> str:

@@ -129,7 +129,7 @@ class EncoderRecipe(Recipe):
         first_file = job.first_candidate or build([])
         result = FallbackResult(first_file, evaluate(first_file), [])
         with LatencyProbe(evaluation) as latency:
-            if budget.given:
+            if budget.given and not result.report.passed:       # a budget the first candidate meets needs no search
                 result = self.hold(job, prepared, build, evaluate, result, latency, options.max_kept_nodes, True)
             elif calibration_expected is not None:
                 result = self._guard(job, prepared, build, evaluate, result, calibration_expected, latency)

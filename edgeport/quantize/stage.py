@@ -30,6 +30,7 @@ def quantize(artifact_path, out, options: QuantizeOptions, progress=None, calibr
     require("onnx", "quantize")
     source = Artifact.load(artifact_path)
     check_source(source, artifact_path, recipe)
+    options.budget().check_task(source.task)
     with tempfile.TemporaryDirectory(prefix="edgeport-quantize-") as work_dir:
         job = QuantizeJob(source, options, target, detected, Path(work_dir), say, calibration_progress)
         outcome = recipe.run(job)

@@ -28,8 +28,8 @@ from pathlib import Path, PurePosixPath
 from ..artifact import Artifact
 from ..errors import ArtifactError, InvalidOptionError, UnsafeFileError
 from ..manifest import MANIFEST_NAME
+from ..vocabulary import BUNDLE_FORMAT
 
-BUNDLE_FORMAT = "edgeport-bundle"
 BUNDLE_VERSION = 1
 BUNDLE_META = "bundle.json"
 CHECKSUMS = "SHA256SUMS"

@@ -137,6 +137,9 @@ def test_unreadable_recipes(tmp_path, cli):
     assert len(result.output.strip().splitlines()) == 1, result.output          # one line, no caret excerpt
     assert_fails(cli("ship", tmp_path / "missing.yaml"), 2, "does not exist")
     assert_fails(cli("ship", tmp_path), 2, "is a folder")
+    (tmp_path / "twice.yaml").write_text("source: {model: x}\nvariants: [{name: a, precision: fp32,\n"
+                                         "  gates: {min_cosine: 0.99, min_cosine: 0.1}}]\n")
+    assert_fails(cli("ship", tmp_path / "twice.yaml"), 2, "the key 'min_cosine' is given twice (line 3")
     (tmp_path / "deep.yaml").write_text("a: " + "[" * 5000 + "]" * 5000)
     assert_fails(cli("ship", tmp_path / "deep.yaml", "--dry-run"), 2, "nests deeper")
 

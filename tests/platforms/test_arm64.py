@@ -94,7 +94,7 @@ def test_bad_platform_arguments(cli, digits_setup, tmp_path):
     assert_fails(cli("verify", bundle, "--platform", "linux/arm64", "--cpu", "pentium"), 2, "cortex-a72")
     assert cli("verify", bundle, "--platform", "linux/riscv64").exit_code == 2
     assert_fails(cli("verify", bundle, "--platform", "linux/arm64", "--reference", fp32.path), 2,
-                 "--reference do not apply with --platform")
+                 "--reference does not apply with --platform")
     assert_fails(cli("verify", fp32.path, "--cpu", "cortex-a72"), 2, "--cpu", "--platform linux/arm64")
     assert not (tmp_path / "cnn.tar.gz.platforms.json").exists()
 

@@ -1,0 +1,95 @@
+"""The fourth hostile pass: ship, verify, package and inspect as a deployment engineer misuses
+them.  (Recipe checks, the ship cache and --force on bundles and folders are tested beside
+their code: tests/pipeline/test_ship.py, tests/package/.)"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edgeport.errors import ArtifactError, InvalidOptionError, StoppedByUser
+from helpers import assert_fails
+
+
+def test_a_threshold_the_task_never_measures_is_refused(cli, onnx_artifacts, tmp_path):
+    encoder = onnx_artifacts["encoder"].path
+    for command in (("verify", encoder, "--reference", encoder),
+                    ("bench", "run", encoder, "--rounds", "1", "--json", tmp_path / "b.json"),
+                    ("quantize", encoder, "--mode", "int8-dynamic", "-o", tmp_path / "q")):
+        assert_fails(cli(*command, "--min-top1-agreement", "0.99"), InvalidOptionError.exit_code,
+                     "--min-top1-agreement", "predicts none")
+    assert not (tmp_path / "b.json").exists() and not (tmp_path / "q").exists()
+
+
+def test_inspect_checks_key_and_digest_together_and_takes_a_bundles_digest(cli, onnx_artifacts, tmp_path):
+    from edgeport.package.bundle import package_bundle
+
+    artifact = onnx_artifacts["encoder"]
+    digest = artifact.manifest_sha256
+    assert_fails(cli("inspect", artifact.path, "--trusted-key", tmp_path / "missing.pem",
+                     "--expect-manifest-sha256", digest), InvalidOptionError.exit_code, "--trusted-key")
+    bundle = package_bundle(artifact.path, tmp_path / "enc.tar.gz")
+    assert cli("inspect", bundle, "--expect-manifest-sha256", digest).exit_code == 0
+    other = digest[:-1] + ("0" if digest[-1] != "0" else "1")
+    assert_fails(cli("inspect", bundle, "--expect-manifest-sha256", other), ArtifactError.exit_code, other)
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (("--format", "bundle", "--max-batch", "0", "--storage-uri", "ftp://x"),
+     "--max-batch, --storage-uri are for --format kserve or triton, not bundle"),
+    (("--format", "triton", "--cpu", "lots"), "--cpu is for --format kserve, not triton"),
+    (("--format", "kserve", "--target", "ort-mobile"), "--target is for --format bundle, not kserve"),
+])
+def test_package_refuses_options_its_format_would_ignore(cli, onnx_artifacts, tmp_path, args, phrase):
+    assert_fails(cli("package", onnx_artifacts["encoder"].path, *args, "-o", tmp_path / "out.tar.gz"),
+                 InvalidOptionError.exit_code, phrase, absent=tmp_path / "out.tar.gz")
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None or os.geteuid() != 0,
+                    reason="needs root and setpriv to drop the capability that lets root read anything")
+def test_an_unreadable_model_file_is_one_error_line(onnx_artifacts, tmp_path):
+    artifact = tmp_path / "art"
+    shutil.copytree(onnx_artifacts["encoder"].path, artifact)
+    (artifact / "model.onnx").chmod(0)
+    edgeport = [sys.executable, "-m", "edgeport"]
+    for args in (["inspect", artifact], ["verify", artifact, "--reference", onnx_artifacts["encoder"].path],
+                 ["package", artifact, "--format", "bundle", "-o", tmp_path / "b.tar.gz"]):
+        done = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *edgeport,
+                               *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == ArtifactError.exit_code, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == f"error: cannot read '{artifact / 'model.onnx'}': " \
+                                                       "Permission denied", done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (tmp_path / "b.tar.gz").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_files(minilm_onnx, tmp_path):
+    """timeout, CI runners and Kubernetes stop a job with SIGTERM: quantize's work folder (some
+    hundred MB) and its staged output go, as they do on Ctrl-C."""
+    temporary, out = tmp_path / "tmp", tmp_path / "int8"
+    temporary.mkdir()
+
+    def left():          # ONNX Runtime (1.32) keeps a session id in the temp folder, '.ses': not ours
+        return [p for p in temporary.iterdir() if p.name != ".ses"]
+
+    process = subprocess.Popen([sys.executable, "-m", "edgeport", "quantize", str(minilm_onnx.path), "--mode",
+                                "int8-dynamic", "-o", str(out)], env={**os.environ, "TMPDIR": str(temporary)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not left() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.poll() is None, "quantize ended before it made its work folder"
+    time.sleep(1.0)                                     # well inside the work
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == StoppedByUser.exit_code, stderr
+    assert "error: interrupted" in stderr and "Traceback" not in stderr
+    assert left() == [] and not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["tmp"]         # no staged sibling either
