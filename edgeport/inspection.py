@@ -97,4 +97,5 @@ def format_inspection(info: dict[str, Any]) -> str:
         params = entry.get("parameters", {})
         detail = ", ".join(f"{k}={v}" for k, v in params.items() if v not in (None, [], {}))
         lines.append(f"lineage    {entry['time']}  {entry['stage']}: {detail}")
+        lines.extend(f"             note: {note}" for note in entry.get("notes") or [])
     return "\n".join(lines)

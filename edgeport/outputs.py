@@ -152,17 +152,25 @@ def _strangers(path: Path, allowed: set[str]) -> list[str]:
 
 def _artifact_strangers(path: Path) -> list[str]:
     manifest = _artifact_manifest(path)
-    return _strangers(path, set(manifest["files"]) | {MANIFEST_NAME}) if manifest else [MANIFEST_NAME]
+    if not manifest:
+        return [MANIFEST_NAME]
+    digests = {name: entry.get("sha256") if isinstance(entry, dict) else None
+               for name, entry in manifest["files"].items()}
+    return _strangers(path, set(digests) | {MANIFEST_NAME}) + _edited(path, digests)
+
+
+def _edited(path: Path, digests: dict[str, str | None]) -> list[str]:
+    """Listed files whose bytes are no longer the ones edgeport wrote (a hand-edited config)."""
+    return [f"{name} (edited)" for name, digest in sorted(digests.items())
+            if isinstance(digest, str) and (path / name).is_file() and not (path / name).is_symlink()
+            and _sha256(path / name) != digest]
 
 
 def _listed_strangers(path: Path) -> list[str]:
     listed = _written_list(path)
     if listed is None:
         return [WRITTEN_LIST]
-    edited = [f"{name} (edited)" for name, digest in sorted(listed.items())
-              if digest is not None and (path / name).is_file() and not (path / name).is_symlink()
-              and _sha256(path / name) != digest]
-    return _strangers(path, set(listed) | {WRITTEN_LIST}) + edited
+    return _strangers(path, set(listed) | {WRITTEN_LIST}) + _edited(path, listed)
 
 
 def _listed(marker: str) -> Callable[[Path], bool]:

@@ -165,6 +165,16 @@ def test_force_never_deletes_what_a_user_put_into_an_artifact(tmp_path, plant):
     assert (target / planted).exists() and (outside / "keep.txt").read_text() == "precious"
 
 
+def test_force_keeps_an_artifact_whose_listed_file_was_edited_by_hand(tmp_path):
+    _make(tmp_path / "a")
+    model = tmp_path / "a" / "model.onnx"
+    model.write_bytes(model.read_bytes()[:-1] + b"!")          # same size, other bytes: a hand edit
+    edited = model.read_bytes()
+    with pytest.raises(OutputExistsError, match=r"model\.onnx \(edited\)"):
+        _force_onto(tmp_path / "a")
+    assert model.read_bytes() == edited
+
+
 def test_force_replaces_an_artifact_holding_only_what_its_manifest_lists(tmp_path):
     _make(tmp_path / "a")
     _force_onto(tmp_path / "a")

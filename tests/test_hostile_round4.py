@@ -93,3 +93,40 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_files(minilm_onnx, 
     assert "error: interrupted" in stderr and "Traceback" not in stderr
     assert left() == [] and not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["tmp"]         # no staged sibling either
+
+
+def test_a_tokenizer_from_a_larger_vocabulary_is_refused_before_torch_fails(cli, tiny_models, tmp_path):
+    import transformers
+
+    from edgeport.errors import SourceError
+
+    source = tiny_models("bert", "feature-extraction")
+    small = tmp_path / "small-vocab"
+    shutil.copytree(source, small)
+    config = transformers.AutoConfig.from_pretrained(small)
+    config.vocab_size = 10                      # the tokenizer's ids run far past it
+    transformers.AutoModel.from_config(config).save_pretrained(small)
+    assert_fails(cli("export", "onnx", small, "-o", tmp_path / "out"), SourceError.exit_code, "vocab_size is 10",
+                 "another checkpoint", absent=tmp_path / "out")
+
+
+def test_an_opset_the_exporter_raised_is_noted(cli, tiny_models, tmp_path):
+    result = cli("export", "onnx", tiny_models("bert", "feature-extraction"), "-o", tmp_path / "o", "--exporter",
+                 "dynamo", "--opset", "13")
+    assert result.exit_code == 0, result.output
+    assert "onnx, opset 18" in result.output and "note: --opset 13 was asked; the dynamo exporter wrote opset 18" \
+        in result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a small tmpfs needs root")
+def test_a_full_disk_is_one_error_line_and_leaves_nothing(cli, onnx_artifacts, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("this machine does not let the tests mount a tmpfs")
+    try:
+        result = cli("package", onnx_artifacts["encoder"].path, "--format", "triton", "-o", small / "repo")
+        assert_fails(result, 1, "no space left on the device")
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

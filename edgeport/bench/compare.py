@@ -101,9 +101,12 @@ def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float)
             metric, a, b = "p50_ms", before["latency"]["p50_ms"], after["latency"]["p50_ms"]
             change = (b - a) / a if a else 0.0
         interval = slowdown_interval(before, after)
-        if interval is not None and metric != "p50_ms":      # the latency's uncertainty, around this metric's change
-            latency_change = after["latency"]["p50_ms"] / before["latency"]["p50_ms"] - 1
-            interval = (change + interval[0] - latency_change, change + interval[1] - latency_change)
+        if interval is not None and metric != "p50_ms" and a:
+            # The latency's uncertainty carried over as a ratio: throughput is its inverse, so the
+            # loss interval is 1 - (b/a) * r_median / r for r across the latency ratio's interval
+            # (a 10x slower batch loses 90%, never more than 100%).
+            spread = (b / a) * after["latency"]["p50_ms"] / before["latency"]["p50_ms"]
+            interval = (1 - spread / (1 + interval[0]), 1 - spread / (1 + interval[1]))
         real = change > max_regression and (interval is None or interval[0] > max_regression)
         deltas.append(Delta(key[0], key[1], key[2], metric, a, b, change, real, interval,
                             within_noise=change > max_regression and not real))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 from ..artifact import Artifact
@@ -105,7 +106,8 @@ class BenchOptions:
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InvalidOptionError(f"--threads must be a whole number >= 1 (got {self.threads!r})")
         inputs = [p for p in paths] + ([self.reference] if self.reference else [])
-        if self.reports.json and self.reports.html and str(self.reports.json) == str(self.reports.html):
+        if self.reports.json and self.reports.html and \
+                Path(self.reports.json).resolve() == Path(self.reports.html).resolve():      # ./r.json, a link
             raise InvalidOptionError("--json and --html name the same file")
         if self.reports.json:
             check_output(self.reports.json, self.reports.force, inputs, JSON_REPORT, "--json")

@@ -9,11 +9,17 @@ bug and surfaces as one.  Heavy modules are imported inside the commands, so
 
 from __future__ import annotations
 
+import errno
 import signal
 
 import click
 
 from ..errors import INTERRUPTED_EXIT_CODE, EdgeportError
+
+
+_MACHINE_LIMITS = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                   errno.ENOSPC: "no space left on the device (free some and run again)",
+                   errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
 
 
 def _interrupt_on_sigterm() -> None:
@@ -44,10 +50,12 @@ class EdgeportGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
-        except PermissionError as exc:      # the machine's rules, not a bug: say which file
-            if ctx.find_root().params.get("debug"):
+        except OSError as exc:
+            # The machine's limits, not a bug (no permission, a full disk): one line naming the file.
+            if exc.errno not in _MACHINE_LIMITS or ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"error: cannot use '{exc.filename}': permission denied", err=True)
+            where = f"'{exc.filename}': " if exc.filename else ""
+            click.echo(f"error: {where}{_MACHINE_LIMITS[exc.errno]}", err=True)
             ctx.exit(EdgeportError.exit_code)
         except KeyboardInterrupt:
             if ctx.find_root().params.get("debug"):

@@ -181,7 +181,12 @@ def _validation_inputs(base: Path, config) -> dict:
             tokenizer = transformers.AutoTokenizer.from_pretrained(base)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        return dict(tokenizer(stdlib_sentences(16), padding=True, truncation=True, max_length=128, return_tensors="pt"))
+        encoded = dict(tokenizer(stdlib_sentences(16), padding=True, truncation=True, max_length=128,
+                                 return_tensors="pt"))
+        from .prepare import check_token_ids
+
+        check_token_ids(config, [{"input_ids": encoded["input_ids"].numpy()}])
+        return encoded
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(3, max(4, int(getattr(config, "vocab_size", 100))), (4, 12), generator=generator)
     mask = torch.ones_like(ids)

@@ -343,6 +343,9 @@ def _write_artifact(out, job: ExportJob, options: ExportOptions, source: str, re
         for name, path in job.copy_files.items():
             shutil.copyfile(path, folder / name)
         inputs, outputs, opset = graph_io(folder / "model.onnx", job.input_limits)
+        if opset != options.opset:
+            job.notes.append(f"--opset {options.opset} was asked; the {result.route} exporter wrote opset {opset} "
+                             "(torch's dynamo exporter writes 18 at least)")
         graph = {"format": "onnx", "file": "model.onnx", "opset": opset, "inputs": inputs, "outputs": outputs,
                  "static_shapes": result.route == "static",
                  "external_data": (folder / "model.onnx.data").exists()}

@@ -215,6 +215,7 @@ class HfSource:
             job.input_limits = setup.limits
             job.notes.extend(setup.notes)
             job.trace_inputs, job.validation_batches, job.validation_data = setup.batches(static, self.sequence_length)
+            check_token_ids(self.config, [job.trace_inputs, *job.validation_batches])
             probe = setup.probe_pair(job.trace_inputs)
         else:
             setup = self.vision
@@ -234,6 +235,20 @@ class HfSource:
         job.output_axes = ({n: {} for n in job.output_names} if static else
                            output_axes(job.module, job.input_names, job.output_names, job.input_axes, probe))
         return job
+
+
+def check_token_ids(config, batches: list[dict[str, np.ndarray]]) -> None:
+    """The tokenizer beside the weights must not give ids past the model's embedding table (a
+    tokenizer from another checkpoint): refused here, before torch fails on an index."""
+    vocab = getattr(config, "vocab_size", None)
+    ids = [b["input_ids"] for b in batches if "input_ids" in b and b["input_ids"].size]
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or not ids:
+        return
+    largest = max(int(i.max()) for i in ids)
+    if largest >= vocab:
+        raise SourceError(f"the tokenizer beside the model gives token id {largest}, but the model's vocab_size is "
+                          f"{vocab}: the tokenizer belongs to another checkpoint (its vocabulary is larger than the "
+                          "model's embedding table); save the model's own tokenizer beside it")
 
 
 def available_tasks(model_type: str) -> list[str]:

@@ -168,3 +168,13 @@ def test_the_regression_gate_uses_the_interval(cli, tmp_path, rounds, code, verd
     result = cli("bench", "compare", *_write(tmp_path, old, new), "--max-regression", "5%")
     assert result.exit_code == code, result.output
     assert verdict in result.output and "95% interval" in result.output
+
+
+def test_a_throughput_collapse_is_a_regression_with_an_interval_below_100_percent(cli, tmp_path):
+    old = _with_rounds(_report(10.0, 100.0, 0.995), [10.2, 9.4, 11.6, 10.0, 9.0])
+    new = _with_rounds(_report(100.0, 10.0, 0.995), [102.0, 94.0, 116.0, 100.0, 90.0])       # 10x slower
+    result = cli("bench", "compare", *_write(tmp_path, old, new))
+    assert result.exit_code == RegressionError.exit_code, result.output
+    row = next(line for line in result.output.splitlines() if "throughput_per_s" in line)
+    low, high = (float(x) for x in row.split()[-2].rstrip("%").split(".."))
+    assert "REGRESSION" in row and 80 < low <= high < 100, row

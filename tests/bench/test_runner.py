@@ -168,6 +168,8 @@ def test_report_files_are_checked_before_measuring(cli, two_artifacts, tmp_path)
                  InvalidOptionError.exit_code, "is a file, not a folder")
     assert_fails(cli("bench", fp32.path, "--json", tmp_path / "same", "--html", tmp_path / "same", *FAST_ARGS),
                  InvalidOptionError.exit_code, "same file")
+    assert_fails(cli("bench", fp32.path, "--json", tmp_path / "same", "--html", tmp_path / "." / "same", *FAST_ARGS),
+                 InvalidOptionError.exit_code, "same file")                 # one file, spelled two ways
     assert not (tmp_path / "same").exists()
 
 
