@@ -130,3 +130,32 @@ def test_a_full_disk_is_one_error_line_and_leaves_nothing(cli, onnx_artifacts, t
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_bench_refuses_two_different_models_before_it_measures(cli, tiny_models, onnx_artifacts, tmp_path):
+    from edgeport.errors import ParityError
+
+    other = cli("export", "onnx", tiny_models("bert", "feature-extraction"), "-o", tmp_path / "tiny")
+    assert other.exit_code == 0, other.output
+    result = cli("bench", "run", onnx_artifacts["encoder"].path, tmp_path / "tiny", "--rounds", "1", "--no-memory",
+                 "--json", tmp_path / "r.json")
+    assert_fails(result, ParityError.exit_code, "not the same model", absent=tmp_path / "r.json")
+    assert "single-stream" not in result.output                     # refused before any scenario ran
+
+
+def test_the_torch_baseline_refuses_a_source_whose_weights_changed(cli, tiny_models, tmp_path, monkeypatch):
+    import transformers
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_models("bert", "feature-extraction"), source)
+    monkeypatch.chdir(tmp_path)                       # a relative source is recorded as an absolute path
+    assert cli("export", "onnx", "src", "-o", tmp_path / "art").exit_code == 0
+    from edgeport.artifact import Artifact
+
+    assert Artifact.load(tmp_path / "art").manifest.export_parameters()["source"] == str(source.resolve())
+    config = transformers.AutoConfig.from_pretrained(source)
+    transformers.AutoModel.from_config(config).save_pretrained(source)          # retrained: other weights
+    monkeypatch.chdir("/")
+    assert_fails(cli("bench", "run", tmp_path / "art", "--baseline", "torch", "--rounds", "1", "--no-memory",
+                     "--json", tmp_path / "r.json"), InvalidOptionError.exit_code, "no longer holds the weights",
+                 absent=tmp_path / "r.json")

@@ -47,6 +47,7 @@ class Comparison:
     max_regression: float
     max_parity_drop: float
     notes: list[str] = field(default_factory=list)     # the two reports' footings differ: read the deltas with that
+    failed_parity: list[str] = field(default_factory=list)   # variants whose new parity missed the bench's thresholds
 
     def raise_for_failure(self) -> None:
         problems = []
@@ -62,6 +63,8 @@ class Comparison:
             problems.append("no measurement of the new report matches the old one")
         if self.new_interrupted:
             problems.append("the new report was interrupted: its figures are partial")
+        if self.failed_parity:
+            problems.append(f"the new report's parity missed its thresholds for {', '.join(self.failed_parity)}")
         if problems:
             raise RegressionError("; ".join(problems))
 
@@ -110,15 +113,30 @@ def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float)
         real = change > max_regression and (interval is None or interval[0] > max_regression)
         deltas.append(Delta(key[0], key[1], key[2], metric, a, b, change, real, interval,
                             within_noise=change > max_regression and not real))
-    for variant in sorted(set(old.get("parity", {})) & set(new.get("parity", {}))):
-        for metric in ("min_cosine", "top1_agreement"):
-            a = headline_figures(old["parity"][variant]).get(metric)
-            b = headline_figures(new["parity"][variant]).get(metric)
-            if a is None or b is None:
-                continue
-            deltas.append(Delta(variant, "parity", "", metric, a, b, a - b, (a - b) > max_parity_drop))
+    old_parity, new_parity = old.get("parity") or {}, new.get("parity") or {}
+    for variant in sorted(old_parity):
+        if variant not in new_parity:
+            only_old.append(f"{variant} parity")
+            continue
+        for params, metric, a, b in _parity_figures(old_parity[variant], new_parity[variant]):
+            deltas.append(Delta(variant, "parity", params, metric, a, b, a - b, (a - b) > max_parity_drop))
+    failed = sorted(variant for variant, figures in new_parity.items()
+                    if isinstance(figures, dict) and figures.get("passed") is False)
     return Comparison(deltas, only_old, only_new, bool(new.get("interrupted")), max_regression, max_parity_drop,
-                      footing_notes(old, new))
+                      footing_notes(old, new), failed)
+
+
+def _parity_figures(old: dict, new: dict) -> list[tuple[str, str, float, float]]:
+    """(params, metric, old, new) for every faithfulness figure both reports hold for a variant:
+    cosine and top-1 agreement against the reference, accuracy on labels, each held-out domain."""
+    pairs = [("", metric, headline_figures(old).get(metric), headline_figures(new).get(metric))
+             for metric in ("min_cosine", "top1_agreement")]
+    accuracy = [(report.get("accuracy") or {}).get("top1") for report in (old, new)]
+    pairs.append(("labels", "accuracy", *accuracy))
+    old_domains, new_domains = old.get("domains") or {}, new.get("domains") or {}
+    pairs += [(f"domain {d}", "min_cosine", old_domains[d].get("min_cosine"), new_domains[d].get("min_cosine"))
+              for d in sorted(set(old_domains) & set(new_domains))]
+    return [(params, metric, a, b) for params, metric, a, b in pairs if a is not None and b is not None]
 
 
 def footing_notes(old: dict, new: dict) -> list[str]:
@@ -172,5 +190,6 @@ def format_deltas(comparison: Comparison) -> str:
     lines.extend(f"unmatched: {u} only in the new report" for u in comparison.only_new)
     if comparison.new_interrupted:
         lines.append("the new report was INTERRUPTED")
+    lines.extend(f"parity FAILED its thresholds in the new report: {v}" for v in comparison.failed_parity)
     lines.extend(f"note: {note}" for note in comparison.notes)
     return "\n".join(lines)

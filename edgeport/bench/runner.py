@@ -20,7 +20,7 @@ from ..artifact import Artifact
 from ..errors import InvalidOptionError
 from ..manifest import now_iso
 from ..outputs import HTML_REPORT, JSON_REPORT, check_output
-from ..parity import ParityBudget
+from ..parity import ParityBudget, check_same_model
 from ..runtime import load
 from ..runtime.formats import format_of
 from ..runtime.runner import Runner
@@ -218,6 +218,8 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
         raise InvalidOptionError("the generation scenario is for causal LMs (task text-generation)")
     reference = Artifact.load(options.reference) if options.reference else artifacts[0]
     options.budget.check_task(reference.task)
+    for artifact in artifacts:          # refused before the first measurement, not after the timing
+        check_same_model(artifact, reference, f"'{artifact.path}'")
     if options.domains and not reference.manifest.processing.get("tokenizer"):
         raise InvalidOptionError("--domains measures text models on held-out text; this model takes no text")
     inputs = BenchInputs(reference, options.data)

@@ -530,7 +530,8 @@ def _write(out, source: str, job: ExportJob, options: ExecuTorchOptions, bounds,
                 manifest.lineage.append(record)
         manifest.add_lineage(
             "export",
-            parameters={"source": source, "task": job.task, "target": "executorch", "backend": "xnnpack",
+            parameters={"source": source if is_callable_source(str(source)) else str(Path(source).resolve()),
+                        "task": job.task, "target": "executorch", "backend": "xnnpack",
                         "quantize": options.quantize, "max_batch": options.max_batch,
                         "sequence_length": bounds.get(SEQUENCE, (None, None))[1], "model_type": job.model_type},
             tools=tool_versions("torch", "transformers", "executorch", "torchao"),

@@ -238,7 +238,8 @@ def _write(out, folder: Path, candidate: Candidate, manifest: Manifest, parity, 
         if record:
             manifest.lineage.append(record)
         manifest.add_lineage("export", parameters={
-            "source": str(folder), "task": "text-generation", "precision": options.precision, "route": candidate.route,
+            "source": str(Path(folder).resolve()), "task": "text-generation", "precision": options.precision,
+            "route": candidate.route,
             "model_type": config["model_type"], "family": builder_family(config) or config["model_type"],
             "runtime_adapters": {k: str(v) for k, v in (runtime_adapters or {}).items()}},
             tools=tool_versions("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-genai", "onnxscript"),

@@ -274,6 +274,12 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
     import torch
 
     merged = merged.to(getattr(torch, DTYPES[dtype]))
+    # The merge is checked in float32 (exact up to rounding); the folder holds the cast model, so
+    # what the cast itself changed is measured and recorded too (not gated: fp16 moves by 1e-3).
+    written = None
+    if dtype != "fp32":
+        cast_inputs = {k: v.to(merged.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        written = compare_output(f"written ({dtype}) vs unmerged", unmerged, _first_output(merged, cast_inputs), mask)
     record = {
         "stage": "merge",
         "parameters": {"base": str(base), "adapters": [a.summary() for a in adapters],
@@ -283,6 +289,7 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
         "sources": {p.name: sha256_file(p) for p in base_weights},
         "time": now_iso(),
         "parity": {"unmerged_vs_merged": parity.to_dict(), "base_vs_merged": change.to_dict(),
+                   **({"unmerged_vs_written": written.to_dict()} if written else {}),
                    "data": "16 standard-library docstring sentences" if "input_ids" in inputs and
                    (base / "tokenizer.json").is_file() else "seeded inputs"},
     }
@@ -297,8 +304,10 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
             elif source.is_dir():
                 shutil.copytree(source, folder / name)
         (folder / MERGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    say(f"merged: max abs {parity.max_abs_err:.3g} against the PeftModel; changed the base by max abs "
-        f"{change.max_abs_err:.3g} (cosine {change.mean_cosine:.6f})")
+    say(f"merged: max abs {parity.max_abs_err:.3g} against the PeftModel (float32); changed the base by max abs "
+        f"{change.max_abs_err:.3g} (cosine {change.mean_cosine:.6f})"
+        + (f"; written as {dtype}: max abs {written.max_abs_err:.3g}, min cosine {written.min_cosine:.6f} against "
+           "the PeftModel" if written else ""))
     return Path(out)
 
 

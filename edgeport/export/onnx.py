@@ -362,7 +362,8 @@ def _write_artifact(out, job: ExportJob, options: ExportOptions, source: str, re
                 manifest.lineage.append(record)
         manifest.add_lineage(
             "export",
-            parameters={"source": source, "task": job.task, "opset": options.opset, "exporter": result.route,
+            parameters={"source": source if is_callable_source(source) else str(Path(source).resolve()),
+                        "task": job.task, "opset": options.opset, "exporter": result.route,
                         "shape_variant": job.variant, "static_shapes": options.static_shapes, "atol": options.atol,
                         "rtol": options.rtol, "validated": options.validate, "model_type": job.model_type},
             tools=tool_versions("torch", "transformers", "onnx", "onnxruntime", "onnxscript"),

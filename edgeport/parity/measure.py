@@ -85,6 +85,33 @@ def measure(candidate: Runner, expected: Sequence[dict[str, np.ndarray]], exampl
     return merge_reports(reports)
 
 
+def check_same_model(candidate: Artifact, reference: Artifact, what: str = "the candidate") -> None:
+    """Refuse, from the manifests alone, two artifacts that cannot be compared: other inputs,
+    another task, or an output of another rank or width (384 against 32 wide)."""
+    def inputs(artifact):
+        return [(spec["name"], spec["dtype"]) for spec in artifact.manifest.graph.get("inputs", [])]
+
+    def outputs(artifact):
+        return {spec["name"]: spec.get("shape") or [] for spec in artifact.manifest.graph.get("outputs", [])}
+
+    if inputs(candidate) != inputs(reference):
+        raise ParityError(f"{what} takes {inputs(candidate)} but the reference takes {inputs(reference)}: "
+                          "they are not the same model")
+    if candidate.task != reference.task:
+        raise ParityError(f"{what} is a {candidate.task} model, the reference a {reference.task} model")
+    theirs, ours = outputs(candidate), outputs(reference)
+    for name, shape in ours.items():
+        other = theirs.get(name)
+        if other is None:
+            continue            # outputs compared are those both have (the comparison says which)
+        # Rank and feature width (hidden size, classes) only: batch and length may be fixed apart
+        # (a static graph runs in rows of its own size).
+        widths = (shape[-1], other[-1]) if shape and other else (None, None)
+        if len(shape) != len(other) or (all(isinstance(w, int) for w in widths) and widths[0] != widths[1]):
+            raise ParityError(f"the output '{name}' of {what} is {other} but the reference's is {shape}: they are "
+                              "not the same model")
+
+
 def recorded_thresholds(artifact: Artifact) -> dict[str, float]:
     """The thresholds the artifact passed last: its quantization gate, or the export's."""
     parity = artifact.manifest.parity
@@ -137,13 +164,7 @@ def verify(candidate: str | Artifact, reference: str | Artifact, data: str | Non
         if candidate.task != reference.task:
             raise ParityError(f"the candidate is a {candidate.task} model, the reference a {reference.task} model")
         return verify_generation(candidate, reference, data, budget, limit)
-    ref_inputs = [(s["name"], s["dtype"]) for s in reference.manifest.graph["inputs"]]
-    cand_inputs = [(s["name"], s["dtype"]) for s in candidate.manifest.graph["inputs"]]
-    if ref_inputs != cand_inputs:
-        raise ParityError(f"the candidate takes {cand_inputs} but the reference takes {ref_inputs}: "
-                          "they are not the same model")
-    if candidate.task != reference.task:
-        raise ParityError(f"the candidate is a {candidate.task} model, the reference a {reference.task} model")
+    check_same_model(candidate, reference)
     if budget is not None:
         budget.check_task(reference.task)
     examples = examples_for(reference, data, role="eval", limit=limit)

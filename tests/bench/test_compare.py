@@ -14,6 +14,7 @@ from edgeport.bench.compare import compare
 from edgeport.bench.report import REPORT_SCHEMA, REPORT_SCHEMA_VERSION
 from edgeport.errors import InvalidOptionError, RegressionError
 from fuzzing import mutations
+from helpers import assert_fails
 
 
 def _report(p50: float, throughput: float, min_cos: float, version: int = REPORT_SCHEMA_VERSION) -> dict:
@@ -178,3 +179,21 @@ def test_a_throughput_collapse_is_a_regression_with_an_interval_below_100_percen
     row = next(line for line in result.output.splitlines() if "throughput_per_s" in line)
     low, high = (float(x) for x in row.split()[-2].rstrip("%").split(".."))
     assert "REGRESSION" in row and 80 < low <= high < 100, row
+
+
+
+@pytest.mark.parametrize("edit, phrase", [
+    (lambda parity: parity["int8"].update(accuracy={"samples": 100, "top1": 0.10}), "int8 parity labels accuracy"),
+    (lambda parity: parity["int8"]["domains"]["legal"].update(min_cosine=0.50),
+     "int8 parity domain legal min_cosine"),
+    (lambda parity: parity["int8"].update(passed=False), "parity missed its thresholds for int8"),
+    (lambda parity: parity.clear(), "int8 parity"),                                  # the parity vanished
+], ids=["accuracy-drop", "domain-drop", "parity-failed", "parity-vanished"])
+def test_every_faithfulness_figure_is_gated(cli, tmp_path, edit, phrase):
+    old, new = _report(10, 100, 0.995), _report(10, 100, 0.995)
+    legal = {"samples": 9, "mean_cosine": 0.995, "p01_cosine": 0.99, "min_cosine": 0.99}
+    old["parity"]["int8"].update(accuracy={"samples": 100, "top1": 0.95}, domains={"legal": legal})
+    new["parity"]["int8"].update(copy.deepcopy({k: old["parity"]["int8"][k] for k in ("accuracy", "domains")}))
+    assert cli("bench", "compare", *_write(tmp_path, old, new)).exit_code == 0
+    edit(new["parity"])
+    assert_fails(cli("bench", "compare", *_write(tmp_path, old, new)), RegressionError.exit_code, phrase)

@@ -128,6 +128,10 @@ def test_fp16_output_dtype(tmp_path, minilm_dir, minilm_lora):
     out = merge(minilm_dir, tmp_path / "half", MergeOptions([str(minilm_lora)], dtype="fp16"))
     with safe_open(str(out / "model.safetensors"), "pt") as handle:
         assert handle.get_tensor(next(iter(handle.keys()))).dtype == torch.float16
+    # The merge is checked in float32; what the folder holds, the fp16 cast, is measured as well.
+    parity = json.loads((out / "edgeport-merge.json").read_text())["parity"]
+    exact, written = parity["unmerged_vs_merged"], parity["unmerged_vs_written"]
+    assert exact["max_abs_err"] < 1e-4 < written["max_abs_err"] < 0.1 and written["min_cosine"] > 0.999
 
 
 # ------------------------------------------------------------------------ refusals
