@@ -159,3 +159,14 @@ def test_the_torch_baseline_refuses_a_source_whose_weights_changed(cli, tiny_mod
     assert_fails(cli("bench", "run", tmp_path / "art", "--baseline", "torch", "--rounds", "1", "--no-memory",
                      "--json", tmp_path / "r.json"), InvalidOptionError.exit_code, "no longer holds the weights",
                  absent=tmp_path / "r.json")
+
+
+def test_bench_refuses_options_it_would_ignore_or_clamp(cli, onnx_artifacts, tmp_path):
+    encoder = onnx_artifacts["encoder"]
+    fast = ("--rounds", "1", "--no-memory", "--json", tmp_path / "r.json")
+    assert_fails(cli("bench", "run", encoder.path, "--rate", "5", *fast), InvalidOptionError.exit_code,
+                 "--rate set the server scenario", absent=tmp_path / "r.json")
+    longest = encoder.manifest.processing["max_length"]
+    assert_fails(cli("bench", "run", encoder.path, "--scenario", "sweep", "--sequence-lengths",
+                     f"8,{longest + 1}", *fast), InvalidOptionError.exit_code, f"cuts text at {longest} tokens",
+                 absent=tmp_path / "r.json")

@@ -103,6 +103,12 @@ class BenchOptions:
             raise InvalidOptionError("--labels gives the classes of the --data examples; give --data too")
         if self.find_max_qps and self.p99_bound_ms is None:
             raise InvalidOptionError("--find-max-qps needs --p99-bound-ms")
+        server_only = [name for name, given in (("--rate", self.server_rate is not None),
+                                                ("--p99-bound-ms", self.p99_bound_ms is not None),
+                                                ("--find-max-qps", self.find_max_qps)) if given]
+        if server_only and "server" not in self.scenarios:
+            raise InvalidOptionError(f"{', '.join(server_only)} set the server scenario; add --scenario server "
+                                     "(they are ignored otherwise)")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InvalidOptionError(f"--threads must be a whole number >= 1 (got {self.threads!r})")
         inputs = [p for p in paths] + ([self.reference] if self.reference else [])
@@ -223,6 +229,11 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
     if options.domains and not reference.manifest.processing.get("tokenizer"):
         raise InvalidOptionError("--domains measures text models on held-out text; this model takes no text")
     inputs = BenchInputs(reference, options.data)
+    cut = [n for n in options.sequence_lengths if n > inputs.max_length] if inputs.text is not None else []
+    if "sweep" in options.scenarios and cut:
+        raise InvalidOptionError(f"the reference's tokenizer cuts text at {inputs.max_length} tokens (its "
+                                 f"processing.max_length), so sequence {', '.join(map(str, cut))} would time "
+                                 f"{inputs.max_length} tokens; give --sequence-lengths within 2..{inputs.max_length}")
     labels = read_bench_labels(reference, options, inputs.examples.count)
     threads, _ = options.thread_count()
     variants: list[Variant] = []
