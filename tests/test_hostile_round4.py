@@ -170,3 +170,8 @@ def test_bench_refuses_options_it_would_ignore_or_clamp(cli, onnx_artifacts, tmp
     assert_fails(cli("bench", "run", encoder.path, "--scenario", "sweep", "--sequence-lengths",
                      f"8,{longest + 1}", *fast), InvalidOptionError.exit_code, f"cuts text at {longest} tokens",
                  absent=tmp_path / "r.json")
+
+
+def test_export_refuses_a_weight_without_an_adapter(cli, tiny_models, tmp_path):
+    assert_fails(cli("export", "onnx", tiny_models("bert", "feature-extraction"), "-o", tmp_path / "o", "--weight",
+                     "2"), InvalidOptionError.exit_code, "give --adapter too", absent=tmp_path / "o")

@@ -6,6 +6,7 @@ import os
 import tempfile
 
 from ..artifact import Artifact
+from ..errors import InvalidOptionError
 from ..outputs import ARTIFACT, check_output
 from .onnx import ExportOptions, export_onnx
 from .source import is_callable_source
@@ -16,6 +17,8 @@ def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, opti
     """``export onnx|executorch SOURCE --adapter A``: merge (verified) into a temporary folder,
     then export that with ``exporter``; the merge record goes into the artifact's lineage."""
     if not adapters:
+        if weights:
+            raise InvalidOptionError("--weight weighs the --adapter folders merged first; give --adapter too")
         return exporter(source, out, options, progress=progress)
     from .lora import MergeOptions, merge
 
