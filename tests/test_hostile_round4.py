@@ -175,3 +175,16 @@ def test_bench_refuses_options_it_would_ignore_or_clamp(cli, onnx_artifacts, tmp
 def test_export_refuses_a_weight_without_an_adapter(cli, tiny_models, tmp_path):
     assert_fails(cli("export", "onnx", tiny_models("bert", "feature-extraction"), "-o", tmp_path / "o", "--weight",
                      "2"), InvalidOptionError.exit_code, "give --adapter too", absent=tmp_path / "o")
+
+
+def test_weights_the_config_does_not_use_are_noted(cli, tiny_models, tmp_path):
+    import json
+
+    source = tmp_path / "src"
+    shutil.copytree(tiny_models("bert", "feature-extraction"), source)
+    config = json.loads((source / "config.json").read_text())
+    config["num_hidden_layers"] -= 1                        # the weights hold one layer more
+    (source / "config.json").write_text(json.dumps(config))
+    result = cli("export", "onnx", source, "-o", tmp_path / "o")
+    assert result.exit_code == 0, result.output
+    assert "tensors this BertModel does not use" in result.output

@@ -15,8 +15,10 @@ from .stats import latency_stats, poisson_arrivals
 __all__ = ["Interrupted", "Settings", "find_max_qps", "server_run"]
 
 
-def server_run(run: Callable, feeds_cycle: list, rate: float, count: int, seed: int = 0) -> list[float]:
-    """One worker serving requests that arrive as a Poisson process at ``rate`` per second.
+def server_run(run: Callable, feeds_cycle: list, rate: float, count: int, seed: int = 0) -> tuple[list[float], float]:
+    """One worker serving requests that arrive as a Poisson process at ``rate`` per second:
+    the latencies, and the rate it served (requests over the time to the last completion,
+    below the offered rate when the worker cannot keep up).
 
     Latency is completion minus *scheduled* arrival, so time spent queued behind a slow
     request counts, as a user would feel it.
@@ -30,7 +32,8 @@ def server_run(run: Callable, feeds_cycle: list, rate: float, count: int, seed: 
             time.sleep(arrival - now)
         run(feeds_cycle[index % len(feeds_cycle)])
         latencies.append(time.perf_counter() - start - arrival)
-    return latencies
+    elapsed = time.perf_counter() - start
+    return latencies, count / elapsed if elapsed > 0 else 0.0
 
 
 def find_max_qps(run: Callable, feeds_cycle: list, p99_bound_ms: float, single_ms: float, count: int,
@@ -44,11 +47,13 @@ def find_max_qps(run: Callable, feeds_cycle: list, p99_bound_ms: float, single_m
     low, best, probes = high * 0.1, 0.0, []
     for step in range(steps):
         rate = (low + high) / 2 if step else low
-        stats = latency_stats(server_run(run, feeds_cycle, rate, count, seed=step))
+        stats = latency_stats(server_run(run, feeds_cycle, rate, count, seed=step)[0])
         held = stats.p99_ms <= p99_bound_ms
         probes.append({"rate_per_s": rate, "p99_ms": stats.p99_ms, "held": held})
         if held:
             best, low = max(best, rate), rate
+        elif not step:
+            break               # not even a tenth of the capacity holds the bound: 0, after one probe
         else:
             high = rate
     return best, probes

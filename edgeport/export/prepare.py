@@ -165,6 +165,14 @@ class HfSource:
         if self.loading_info.get("missing_keys"):
             self.notes.append("task head initialised randomly (not in checkpoint): "
                               f"{sorted(self.loading_info['missing_keys'])[:4]}")
+        # Tensors the checkpoint holds that this model does not use, beyond the heads a base
+        # model leaves out (pre-training heads, pooler): a config with fewer layers than the
+        # weights, say.  Said, not refused: checkpoints often carry extra heads.
+        unused = [k for k in self.loading_info.get("unexpected_keys", [])
+                  if not _is_head(k) and not k.startswith(("cls.", "lm_head", "mlm", "nsp", "generator_"))]
+        if unused:
+            self.notes.append(f"the checkpoint holds {len(unused)} tensors this {type(self.model).__name__} does not "
+                              f"use (first: {sorted(unused)[0]}): check config.json against the weights")
 
     def variants(self, static_shapes: bool) -> list[str]:
         """The shape variants worth trying, most general first."""

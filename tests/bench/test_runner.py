@@ -84,6 +84,20 @@ def test_server_bound_can_be_missed_and_max_qps_found(two_artifacts):
     row = report.results[0]
     assert row["max_qps"] > 0 and len(row["max_qps_probes"]) == 6
     assert all(p["held"] == (p["p99_ms"] <= 2000) for p in row["max_qps_probes"])
+    # A bound no rate can hold: one probe at the lowest rate, not six of the same; 0 found.
+    report = run_bench([str(fp32.path)], BenchOptions(scenarios=["server"], server_queries=15, p99_bound_ms=1e-6,
+                                                      find_max_qps=True, settings=FAST, measure_memory=False))
+    row = report.results[0]
+    assert row["max_qps"] == 0 and len(row["max_qps_probes"]) == 1 and not row["max_qps_probes"][0]["held"]
+
+
+def test_the_server_row_reports_what_one_worker_served_not_the_offered_rate(two_artifacts):
+    fp32, _ = two_artifacts
+    report = run_bench([str(fp32.path)], BenchOptions(scenarios=["server"], server_queries=30, server_rate=1e6,
+                                                      settings=FAST, measure_memory=False))
+    row = report.results[0]
+    assert row["params"]["rate_per_s"] == 1e6
+    assert 0 < row["throughput_per_s"] < 1e5           # one worker, tens of microseconds a call at the least
 
 
 class _StopsAfter(Runner):
