@@ -80,11 +80,14 @@ def _bundle(path: Path) -> bool:
 
 
 def _html_report(path: Path) -> bool:
+    """The page ``bench --html`` writes: it opens with its own title (a user's notes that
+    merely mention the phrase do not)."""
     try:
         with open(path, encoding="utf-8") as handle:
-            return "edgeport bench report" in handle.read(4096)
+            head = handle.read(4096)
     except (OSError, UnicodeDecodeError):
         return False
+    return head.lower().startswith("<!doctype html>") and "<title>edgeport bench report</title>" in head
 
 
 # Folder outputs other than artifacts list what edgeport wrote into them here, with each
@@ -188,7 +191,8 @@ SHIP_FOLDER = OutputKind("ship output folder", True,
                          lambda p: _has("ship-summary.json")(p) or (p / ".ship-cache").is_dir())
 BUNDLE = OutputKind("edgeport bundle", False, _bundle)
 ADAPTER_FILE = OutputKind("ONNX Runtime adapter file (.onnx_adapter)", False, lambda p: p.suffix == ".onnx_adapter")
-JSON_REPORT = OutputKind("edgeport bench report (JSON)", False, _json_with("schema_version", "variants", "results"))
+JSON_REPORT = OutputKind("edgeport bench report (JSON)", False,
+                         _json_with("schema_version", "created", "machine", "variants", "results", "parity"))
 HTML_REPORT = OutputKind("edgeport HTML report", False, _html_report)
 
 

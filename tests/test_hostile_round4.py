@@ -188,3 +188,22 @@ def test_weights_the_config_does_not_use_are_noted(cli, tiny_models, tmp_path):
     result = cli("export", "onnx", source, "-o", tmp_path / "o")
     assert result.exit_code == 0, result.output
     assert "tensors this BertModel does not use" in result.output
+
+
+def test_bench_force_keeps_files_that_only_mention_a_report(cli, onnx_artifacts, tmp_path):
+    from edgeport.errors import OutputExistsError
+
+    notes, data = tmp_path / "notes.html", tmp_path / "data.json"
+    notes.write_text("<h1>My notes on the edgeport bench report format</h1>\nimportant\n")
+    data.write_text('{"schema_version": 1, "variants": [], "results": [], "mine": true}')
+    fast = ("--rounds", "1", "--no-memory", "--force")
+    for option, path in (("--html", notes), ("--json", data)):
+        before = path.read_text()
+        assert_fails(cli("bench", "run", onnx_artifacts["encoder"].path, option, path, *fast),
+                     OutputExistsError.exit_code, "is not an edgeport")
+        assert path.read_text() == before
+    report = tmp_path / "r.json"                      # edgeport's own reports are still replaced
+    page = tmp_path / "r.html"
+    for _ in range(2):
+        assert cli("bench", "run", onnx_artifacts["encoder"].path, "--json", report, "--html", page, *fast,
+                   "--min-duration", "0.01").exit_code == 0
