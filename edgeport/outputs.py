@@ -225,8 +225,8 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
             raise OutputExistsError(f"'{out}' exists and is not {_a(kind.noun)}; --force only replaces edgeport's own "
                                     "outputs. Remove it yourself or choose another " + option)
         elif strangers:
-            raise OutputExistsError(f"'{out}' holds files edgeport did not write there, or has edited since "
-                                    f"({', '.join(strangers[:5])}"
+            raise OutputExistsError(f"'{out}' holds files edgeport did not write there or that changed since it "
+                                    f"did ({', '.join(strangers[:5])}"
                                     f"{', ...' if len(strangers) > 5 else ''}); --force only replaces edgeport's own "
                                     f"outputs. Move them out or choose another {option}")
     _check_writable(out, option)
