@@ -10,7 +10,6 @@ by ``manifest_sha256``, which bundles, verify reports and later stages record.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -19,15 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError
-from .manifest import GOLDEN_NAME, MANIFEST_NAME, Manifest, manifest_sha256
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+from .manifest import GOLDEN_NAME, MANIFEST_NAME, Manifest, manifest_sha256, sha256_file
 
 
 @dataclass

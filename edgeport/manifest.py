@@ -383,6 +383,15 @@ def seal_problems(data: dict[str, Any]) -> list[str]:
     return found
 
 
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file, read in chunks (artifacts list one per file; outputs.py checks them)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def manifest_sha256(text: str | bytes) -> str:
     """The digest a bundle, a verify or a later stage records to detect edits to a manifest."""
     return hashlib.sha256(text.encode("utf-8") if isinstance(text, str) else text).hexdigest()

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable, Iterator
 
 from .errors import InvalidOptionError, OutputExistsError
-from .manifest import MANIFEST_NAME
+from .manifest import MANIFEST_NAME, sha256_file
 
 
 @dataclass(frozen=True)
@@ -125,16 +125,11 @@ def _written_list(path: Path) -> dict[str, str | None] | None:
 
 
 def _sha256(path: Path) -> str | None:
-    import hashlib
-
-    digest = hashlib.sha256()
+    """The file's sha256, or None when it cannot be read (then it counts as edited)."""
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return sha256_file(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def _strangers(path: Path, allowed: set[str]) -> list[str]:
