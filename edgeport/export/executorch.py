@@ -43,7 +43,7 @@ from ..parity import ParityBudget, compare_outputs, merge_reports
 from ..vocabulary import BATCH, DEFAULT_ATOL, DEFAULT_RTOL, SEQUENCE
 from .prepare import CallableSource, ExportJob, HfSource, run_module
 from .quiet import quiet_torch_loggers, quiet_torch_onnx
-from .source import is_callable_source, parse_input_spec
+from .source import is_callable_source, parse_input_spec, recorded_source
 
 QUANTIZE_MODES = ("int8",)
 DEFAULT_MAX_BATCH = 8
@@ -530,7 +530,7 @@ def _write(out, source: str, job: ExportJob, options: ExecuTorchOptions, bounds,
                 manifest.lineage.append(record)
         manifest.add_lineage(
             "export",
-            parameters={"source": source if is_callable_source(str(source)) else str(Path(source).resolve()),
+            parameters={"source": recorded_source(source),
                         "task": job.task, "target": "executorch", "backend": "xnnpack",
                         "quantize": options.quantize, "max_batch": options.max_batch,
                         "sequence_length": bounds.get(SEQUENCE, (None, None))[1], "model_type": job.model_type},

@@ -34,7 +34,7 @@ from ..outputs import ARTIFACT, check_output, staged_output
 from ..parity.generation import measure_generation
 from .lm_builder import PRECISIONS, build_with_genai, builder_family
 from .lm_reference import PERPLEXITY_TEXTS, PROMPTS, Reference
-from .source import load_hf_config, read_config, weight_files
+from .source import load_hf_config, read_config, recorded_source, weight_files
 
 ROUTES = ("auto", "genai", "onnx")
 DECODER_EXPORTERS = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
@@ -238,7 +238,7 @@ def _write(out, folder: Path, candidate: Candidate, manifest: Manifest, parity, 
         if record:
             manifest.lineage.append(record)
         manifest.add_lineage("export", parameters={
-            "source": str(Path(folder).resolve()), "task": "text-generation", "precision": options.precision,
+            "source": recorded_source(folder), "task": "text-generation", "precision": options.precision,
             "route": candidate.route,
             "model_type": config["model_type"], "family": builder_family(config) or config["model_type"],
             "runtime_adapters": {k: str(v) for k, v in (runtime_adapters or {}).items()}},

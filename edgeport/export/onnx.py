@@ -40,7 +40,7 @@ from ..vocabulary import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, DEFAULT_SEQU
 from .prepare import CallableSource, ExportJob, HfSource, run_module
 from .quiet import quiet_torch_onnx
 from .registry import check_task, detect_task
-from .source import is_callable_source, parse_input_spec, read_config
+from .source import is_callable_source, parse_input_spec, read_config, recorded_source
 
 ROUTES = ("torchscript", "dynamo", "static")
 
@@ -362,7 +362,7 @@ def _write_artifact(out, job: ExportJob, options: ExportOptions, source: str, re
                 manifest.lineage.append(record)
         manifest.add_lineage(
             "export",
-            parameters={"source": source if is_callable_source(source) else str(Path(source).resolve()),
+            parameters={"source": recorded_source(source),
                         "task": job.task, "opset": options.opset, "exporter": result.route,
                         "shape_variant": job.variant, "static_shapes": options.static_shapes, "atol": options.atol,
                         "rtol": options.rtol, "validated": options.validate, "model_type": job.model_type},

@@ -25,6 +25,12 @@ def is_callable_source(source: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", source)) and not Path(source).exists()
 
 
+def recorded_source(source) -> str:
+    """How the export lineage names its source: a module:callable as given, a folder as an
+    absolute path (so that ``bench --baseline torch`` finds it from any working directory)."""
+    return str(source) if is_callable_source(str(source)) else str(Path(source).resolve())
+
+
 def read_config(folder: Path) -> dict:
     if not folder.exists():
         raise SourceError(f"model folder '{folder}' does not exist")
