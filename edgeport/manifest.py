@@ -305,9 +305,13 @@ class Manifest:
     def outputs(self) -> list[TensorSpec]:
         return [TensorSpec.from_manifest(s) for s in self.graph["outputs"]]
 
+    def export_entry(self) -> dict[str, Any]:
+        """The lineage entry of the export stage that made the graph ({} when there is none)."""
+        return next((e for e in reversed(self.lineage) if e["stage"] == "export"), {})
+
     def export_parameters(self) -> dict[str, Any]:
         """The parameters of the export stage that made the graph ({} when there is none)."""
-        return next((e["parameters"] for e in reversed(self.lineage) if e["stage"] == "export"), {})
+        return self.export_entry().get("parameters", {})
 
     def add_lineage(self, stage: str, parameters: dict[str, Any], tools: dict[str, str],
                     sources: dict[str, str] | None = None, **extra: Any) -> None:

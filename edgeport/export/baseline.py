@@ -43,9 +43,8 @@ class TorchRunner(Runner):
         model = HfSource(Path(source), export.get("task"), False, 128, Path(self._work.name))
         variant = model.variants(False)[0]
         job = model.job(variant)
-        recorded = next((entry.get("sources") for entry in reversed(reference.manifest.lineage)
-                         if entry.get("stage") == "export"), None)
-        changed = sorted(name for name, digest in (recorded or {}).items() if job.sources.get(name) != digest)
+        recorded = reference.manifest.export_entry().get("sources") or {}
+        changed = sorted(name for name, digest in recorded.items() if job.sources.get(name) != digest)
         if changed:
             self._work.cleanup()
             raise InvalidOptionError(f"'{source}' no longer holds the weights '{reference.path}' was exported from "
