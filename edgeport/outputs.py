@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -88,6 +89,49 @@ def _html_report(path: Path) -> bool:
     except (OSError, UnicodeDecodeError):
         return False
     return head.lower().startswith("<!doctype html>") and "<title>edgeport bench report</title>" in head
+
+
+# A single-file report carries the sha256 of its own text (taken with the digest's place
+# blanked): --force replaces it only while the digest still holds, so a report a user
+# annotated is kept.  Reports written before the seal existed carry none and are replaced.
+SEAL_KEY = "edgeport-content-sha256"
+_UNSEALED = "0" * 64
+_SEAL = re.compile(SEAL_KEY + r'"(?:: "| content=")([0-9a-f]{64})"')
+
+
+def seal_placeholder() -> str:
+    """What a report writes where its digest goes; ``seal`` fills it in."""
+    return _UNSEALED
+
+
+def seal(text: str) -> str:
+    """``text`` with its placeholder replaced by the sha256 of ``text`` as it stands."""
+    import hashlib
+
+    found = list(_SEAL.finditer(text))
+    if len(found) != 1 or found[0].group(1) != _UNSEALED:
+        raise ValueError("a sealed report needs exactly one blank seal")
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    start, end = found[0].span(1)
+    return text[:start] + digest + text[end:]
+
+
+def _broken_seal(path: Path) -> list[str]:
+    """[] when ``path`` is as edgeport wrote it (or predates the seal), else why not."""
+    import hashlib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return [f"{path.name} (unreadable)"]
+    found = list(_SEAL.finditer(text))
+    if not found:
+        return []
+    start, end = found[0].span(1)
+    blank = text[:start] + _UNSEALED + text[end:]
+    if len(found) > 1 or hashlib.sha256(blank.encode("utf-8")).hexdigest() != found[0].group(1):
+        return [f"{path.name} (edited)"]
+    return []
 
 
 # Folder outputs other than artifacts list what edgeport wrote into them here, with each
@@ -187,8 +231,9 @@ SHIP_FOLDER = OutputKind("ship output folder", True,
 BUNDLE = OutputKind("edgeport bundle", False, _bundle)
 ADAPTER_FILE = OutputKind("ONNX Runtime adapter file (.onnx_adapter)", False, lambda p: p.suffix == ".onnx_adapter")
 JSON_REPORT = OutputKind("edgeport bench report (JSON)", False,
-                         _json_with("schema_version", "created", "machine", "variants", "results", "parity"))
-HTML_REPORT = OutputKind("edgeport HTML report", False, _html_report)
+                         _json_with("schema_version", "created", "machine", "variants", "results", "parity"),
+                         _broken_seal)
+HTML_REPORT = OutputKind("edgeport HTML report", False, _html_report, _broken_seal)
 
 
 def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = (),
@@ -219,6 +264,9 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
         elif (strangers := _foreign(out, kind)) is None:
             raise OutputExistsError(f"'{out}' exists and is not {_a(kind.noun)}; --force only replaces edgeport's own "
                                     "outputs. Remove it yourself or choose another " + option)
+        elif strangers and not kind.is_folder:
+            raise OutputExistsError(f"'{out}' was edited since edgeport wrote it; --force only replaces edgeport's "
+                                    f"own outputs as written. Move it or choose another {option}")
         elif strangers:
             raise OutputExistsError(f"'{out}' holds files edgeport did not write there or that changed since it "
                                     f"did ({', '.join(strangers[:5])}"
@@ -277,6 +325,15 @@ def _check_writable(out: Path, option: str) -> None:
         raise InvalidOptionError(f"{option} '{out}': '{existing}' is on a read-only file system")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise InvalidOptionError(f"{option} '{out}': cannot write in '{existing}' (permission denied)")
+    # Permission bits do not tell everything (/proc, /sys, some FUSE and network mounts refuse
+    # new files to root too): create and remove a probe where the staging file will go.
+    try:
+        handle, probe = tempfile.mkstemp(dir=existing, prefix=".edgeport-probe-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise InvalidOptionError(f"{option} '{out}': cannot create files in '{existing}' "
+                                 f"({exc.strerror or exc})") from None
 
 
 def _umask() -> int:

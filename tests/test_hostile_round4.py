@@ -207,3 +207,20 @@ def test_bench_force_keeps_files_that_only_mention_a_report(cli, onnx_artifacts,
     for _ in range(2):
         assert cli("bench", "run", onnx_artifacts["encoder"].path, "--json", report, "--html", page, *fast,
                    "--min-duration", "0.01").exit_code == 0
+
+
+def test_bench_force_keeps_a_report_the_user_annotated(cli, onnx_artifacts, tmp_path):
+    """Each report carries the sha256 of its own text: one edited since is the user's now."""
+    from edgeport.errors import OutputExistsError
+
+    report, page = tmp_path / "r.json", tmp_path / "r.html"
+    fast = ("--rounds", "1", "--no-memory", "--force", "--min-duration", "0.01")
+    assert cli("bench", "run", onnx_artifacts["encoder"].path, "--json", report, "--html", page, *fast).exit_code == 0
+    for path, edit in ((report, lambda t: t.replace('"interrupted": false', '"interrupted": false, "note": "x"')),
+                       (page, lambda t: t.replace("<h1>", "<p>reviewed by Ana: keep</p><h1>"))):
+        annotated = edit(path.read_text())
+        assert annotated != path.read_text()
+        path.write_text(annotated)
+        assert_fails(cli("bench", "run", onnx_artifacts["encoder"].path, "--json" if path == report else "--html",
+                         path, *fast), OutputExistsError.exit_code, "was edited since edgeport wrote it")
+        assert path.read_text() == annotated

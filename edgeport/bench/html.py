@@ -13,6 +13,7 @@ import io
 import json
 
 from ..errors import require
+from ..outputs import SEAL_KEY, seal_placeholder
 from ..speed import describe
 from ..speed.wakeup import wake_phrase
 from .report import BenchReport, headline_figures
@@ -259,6 +260,7 @@ def render(report: BenchReport) -> str:
     status += machine_paragraph(report)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>edgeport bench report</title>
+<meta name="{SEAL_KEY}" content="{seal_placeholder()}">
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#222;max-width:1100px}}h1{{font-size:1.4rem}}
 h2{{font-size:1.1rem;margin-top:2rem}}table{{border-collapse:collapse;font-size:13px;margin:1rem 0}}
 th,td{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import NoisyMeasurementError, ParityError, StoppedByUser
 from ..manifest import json_safe
-from ..outputs import HTML_REPORT, JSON_REPORT, staged_output
+from ..outputs import HTML_REPORT, JSON_REPORT, SEAL_KEY, seal, seal_placeholder, staged_output
 from ..runtime.formats import bench_kinds
 from ..speed import describe, summarize
 from ..speed.load import DISTURBED_SHARE, DISTURBED_STEAL
@@ -173,15 +173,15 @@ class BenchReport:
     def write(self, files) -> None:
         """Write the JSON and HTML reports the user asked for (checked before the run)."""
         if files.json:
+            report = {**json_safe(self.to_dict()), SEAL_KEY: seal_placeholder()}
             with staged_output(files.json, files.force, kind=JSON_REPORT, option="--json") as staging:
-                staging.write_text(json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n",
-                                   encoding="utf-8")
+                staging.write_text(seal(json.dumps(report, indent=2, allow_nan=False) + "\n"), encoding="utf-8")
         if files.html:
             from .html import render
 
             page = render(self)
             with staged_output(files.html, files.force, kind=HTML_REPORT, option="--html") as staging:
-                staging.write_text(page, encoding="utf-8")
+                staging.write_text(seal(page), encoding="utf-8")
 
     def raise_for_failure(self) -> "BenchReport":
         if self.interrupted:

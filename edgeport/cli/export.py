@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import vocabulary as v
+from ..errors import InvalidOptionError
 from . import main
 from .common import given, say, show_artifact
 
@@ -51,6 +52,9 @@ def export_onnx_command(source, out, task, opset, static_shapes, sequence_length
     from ..export.api import export_with_adapters
     from ..export.onnx import ExportOptions
 
+    if sequence_length is not None and not static_shapes:
+        raise InvalidOptionError("--sequence-length fixes the length of a --static-shapes export; without it the "
+                                 "graph takes any length up to the tokenizer's max_length (add --static-shapes)")
     options = ExportOptions(**given(task=task, opset=opset, sequence_length=sequence_length, exporter=exporter,
                                     atol=atol, rtol=rtol, precision=precision, route=route),
                             static_shapes=static_shapes, validate=not no_validate, force=force,
@@ -118,8 +122,6 @@ def export_adapter_command(adapter, base, out, force):
 
 
 def _named(pairs) -> dict[str, str]:
-    from ..errors import InvalidOptionError
-
     named = {}
     for pair in pairs:
         name, sep, path = pair.partition("=")
@@ -176,7 +178,6 @@ def export_tensorrt_command(source, out, shapes, fp16, int8, calib, data, via, w
     """Build a TensorRT engine for this GPU from SOURCE (an ONNX artifact), with its parity measured."""
     import json
 
-    from ..errors import InvalidOptionError
     from ..engines import TensorRTOptions, export_tensorrt
 
     if not dry_run and not out:

@@ -109,6 +109,7 @@ def export_causal_lm(folder: Path, out, options, progress=None, runtime_adapters
     reference = Reference(folder, generation_prompts(PROMPTS), stdlib_sentences(PERPLEXITY_TEXTS))
     if reference.unapplied:
         say(f"note: {unapplied_note(reference.unapplied)}")
+    built_but_differed = []                  # per route tried: built, and its tokens differed
     with tempfile.TemporaryDirectory(prefix="edgeport-llm-") as work_dir:
         for route, exporter in routes:
             label = "genai-builder" if route == "genai" else f"onnx-{exporter}"
@@ -118,6 +119,7 @@ def export_causal_lm(folder: Path, out, options, progress=None, runtime_adapters
             except (ExportError, ParityError, UnsupportedModelError) as exc:
                 attempts.append({"route": label, "ok": False, "reason": str(exc)[:500],
                                  **({"unsupported": True} if isinstance(exc, UnsupportedModelError) else {})})
+                built_but_differed.append(isinstance(exc, ParityError))
                 say(f"  {label} passed over: {str(exc).splitlines()[0][:300]}")
                 continue
             attempts.append({"route": label, "ok": True})
@@ -125,6 +127,9 @@ def export_causal_lm(folder: Path, out, options, progress=None, runtime_adapters
                           runtime_adapters)
     reasons = "; ".join(f"{a['route']}: {a['reason']}" for a in attempts)
     unsupported = all(a.get("unsupported") for a in attempts if a["route"] != "genai-builder") and attempts
+    if built_but_differed and all(built_but_differed):
+        # As the encoder route does: every graph was built and none matched the source (exit 9).
+        raise ParityError(f"no route's tokens matched the source model ({reasons}); nothing was written")
     raise (UnsupportedModelError if unsupported else ExportError)(
         f"no route exported this causal LM ({reasons}); nothing was written")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,8 +295,7 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
                    (base / "tokenizer.json").is_file() else "seeded inputs"},
     }
     with staged_output(out, options.force, (base, *options.adapters), MERGED_MODEL) as folder:
-        with quiet_transformers():
-            merged.save_pretrained(folder)
+        _save(merged, folder, out)
         for name in CARRIED:
             source = base / name
             if source.is_file():
@@ -309,6 +309,22 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
         + (f"; written as {dtype}: max abs {written.max_abs_err:.3g}, min cosine {written.min_cosine:.6f} against "
            "the PeftModel" if written else ""))
     return Path(out)
+
+
+def _save(merged, folder: Path, out) -> None:
+    """save_pretrained into the staging ``folder``, with safetensors' writer errors (a full
+    disk, a quota) raised as the OSError they are, naming ``out``, so the command line says
+    which limit was hit in one line."""
+    from safetensors import SafetensorError
+
+    try:
+        with quiet_transformers():
+            merged.save_pretrained(folder)
+    except SafetensorError as exc:
+        code = re.search(r"(?:code: |os error )(\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(out)) from exc
 
 
 def _apply_adapters(model, adapters: list[AdapterInfo], options: MergeOptions, base: Path):

@@ -26,6 +26,7 @@ from ..artifact import Artifact
 from ..errors import ArtifactError, ModelInputError
 from .generation import CausalLMRunner, GenerativeModel, Sampling
 from .onnxrt import SessionSettings, create_session, ort_errors
+from .processing import load_tokenizer
 
 PAST, PRESENT = "past_key_values.", "present."
 
@@ -77,12 +78,7 @@ class DecoderModel(GenerativeModel):
         self.pad_id = int(artifact.manifest.processing.get("pad_id", 0))
         self.add_special_tokens = bool(contract.get("add_special_tokens", True))
         self.template = contract.get("chat_template")
-        from tokenizers import Tokenizer
-
-        try:
-            self.tokenizer = Tokenizer.from_file(str(artifact.member(artifact.manifest.processing["tokenizer"])))
-        except Exception as exc:  # tokenizers raises a bare Exception for every kind of bad file
-            raise ArtifactError(f"cannot load the tokenizer of '{artifact.path}': {exc}") from exc
+        self.tokenizer = load_tokenizer(artifact.member(artifact.manifest.processing["tokenizer"]))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         self.runner = CausalLMRunner(self)

@@ -13,9 +13,10 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ..artifact import Artifact
-from ..errors import AdapterError, DeviceError, ModelInputError, require
+from ..errors import AdapterError, ArtifactError, DeviceError, ModelInputError, require
 from .generation import CausalLMRunner, Generation, GenerativeModel, Piece, Sampling
 from .onnxrt import SessionSettings
+from .processing import load_tokenizer
 
 __all__ = ["GenAIModel", "Generation", "Piece", "Sampling", "check_adapter_file"]
 
@@ -101,11 +102,9 @@ class GenAIModel(GenerativeModel):
             self._tokenizers_decoder = None
             name = self.artifact.manifest.processing.get("tokenizer")
             if name:
-                from tokenizers import Tokenizer
-
                 try:
-                    self._tokenizers_decoder = Tokenizer.from_file(str(self.artifact.member(name)))
-                except Exception:  # tokenizers raises a bare Exception; GenAI's own decoder stays
+                    self._tokenizers_decoder = load_tokenizer(self.artifact.member(name))
+                except ArtifactError:  # GenAI's own decoder stays
                     self._tokenizers_decoder = None
         return self._tokenizers_decoder
 

@@ -13,6 +13,16 @@ import numpy as np
 from ..errors import ArtifactError, ModelInputError
 
 
+def load_tokenizer(path: Path):
+    """A ``tokenizers.Tokenizer`` from an artifact's tokenizer.json; a bad file is an ArtifactError."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for every kind of bad file
+        raise ArtifactError(f"cannot load tokenizer '{path}': {exc}") from exc
+
+
 @dataclass
 class TextProcessor:
     """Tokenizes text with the artifact's ``tokenizer.json`` into model feeds."""
@@ -24,12 +34,7 @@ class TextProcessor:
     pad_id: int = 0
 
     def __post_init__(self):
-        from tokenizers import Tokenizer
-
-        try:
-            self._tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
-        except Exception as exc:  # tokenizers raises a bare Exception for every kind of bad file
-            raise ArtifactError(f"cannot load tokenizer '{self.tokenizer_file}': {exc}") from exc
+        self._tokenizer = load_tokenizer(self.tokenizer_file)
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=self.max_length)
 

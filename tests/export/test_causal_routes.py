@@ -177,6 +177,28 @@ def test_a_builder_failure_falls_through_to_the_second_route(bpe, tmp_path, monk
                       {"route": "onnx-torchscript", "ok": True}]
 
 
+def test_when_every_route_builds_but_none_matches_it_is_a_parity_failure(bpe, tmp_path, monkeypatch, cli):
+    """Exit 9 (ParityError), as the encoder route exits when no graph matches PyTorch; a route
+    that could not be built at all is an export failure (exit 8)."""
+    import edgeport.export.llm as llm
+    from edgeport.errors import ExportError, ParityError
+
+    def differs(candidate, *args):
+        raise ParityError(f"the {candidate.route} model's greedy tokens differ from transformers' on 2 of 4 prompts")
+
+    monkeypatch.setattr(llm, "_verify", differs)
+    source = build(tmp_path / "llama", "llama", bpe)
+    assert_fails(cli("export", "onnx", source, "-o", tmp_path / "out", "--exporter", "torchscript"),
+                 ParityError.exit_code, "no route's tokens matched", "greedy tokens differ", absent=tmp_path / "out")
+
+    def breaks(*args, **kwargs):
+        raise ExportError("the model builder failed")
+
+    monkeypatch.setattr(llm, "build_with_genai", breaks)
+    assert_fails(cli("export", "onnx", source, "-o", tmp_path / "out", "--exporter", "torchscript"),
+                 ExportError.exit_code, "no route exported", absent=tmp_path / "out")
+
+
 def test_the_second_route_refuses_what_it_cannot_do(bpe, tmp_path, cli):
     source = build(tmp_path / "gpt2", "gpt2", bpe)
     out = tmp_path / "out"
