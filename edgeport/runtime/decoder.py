@@ -24,7 +24,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import ArtifactError, ModelInputError
-from .generation import CausalLMRunner, GenerativeModel, Sampling
+from .generation import CausalLMRunner, GenerativeModel, Sampling, TokenizerTextStream
 from .onnxrt import SessionSettings, create_session, ort_errors
 from .processing import load_tokenizer
 
@@ -112,15 +112,7 @@ class DecoderModel(GenerativeModel):
         return self.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True)
 
     def _text_stream(self, ids: list[int]):
-        from tokenizers.decoders import DecodeStream
-
-        stream, tokenizer = DecodeStream(ids=list(ids), skip_special_tokens=True), self.tokenizer
-
-        class Step:            # the tokenizer's own incremental decoder: whole UTF-8 characters, '##' joined
-            def step(self, token: int) -> str:
-                return stream.step(tokenizer, token) or ""
-
-        return Step()
+        return TokenizerTextStream(self.tokenizer, ids)
 
     def _apply_chat_template(self, messages: Sequence[dict]) -> str:
         try:

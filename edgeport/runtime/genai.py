@@ -14,11 +14,14 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import AdapterError, ArtifactError, DeviceError, ModelInputError, require
-from .generation import CausalLMRunner, Generation, GenerativeModel, Piece, Sampling
+from .generation import CausalLMRunner, Generation, GenerativeModel, Piece, Sampling, TokenizerTextStream
 from .onnxrt import SessionSettings
 from .processing import load_tokenizer
 
 __all__ = ["GenAIModel", "Generation", "Piece", "Sampling", "check_adapter_file"]
+
+
+PAD = -1   # the padding id GenAI is told to mask: no prompt can hold it
 
 
 def session_overlay(settings: SessionSettings) -> dict:
@@ -54,9 +57,13 @@ class GenAIModel(GenerativeModel):
         config = og.Config(str(artifact.path))
         if settings.device in ("auto", "cpu"):
             config.clear_providers()
+        # GenAI masks every input token equal to pad_token_id as padding, so a prompt holding
+        # that token (pad is eos in many models; chat templates write eos between turns) was
+        # generated as if the token were absent.  No real token is -1; batches pad with it
+        # (ONNX Gather takes -1 as the last row; those positions are masked).
         overlay = session_overlay(settings)
-        if overlay:
-            config.overlay(json.dumps(overlay))
+        overlay.setdefault("model", {})["pad_token_id"] = PAD
+        config.overlay(json.dumps(overlay))
         self._og = og
         self.model = og.Model(config)
         self.tokenizer = og.Tokenizer(self.model)
@@ -133,8 +140,7 @@ class GenAIModel(GenerativeModel):
             generator = self._og.Generator(self.model, params)
             if adapter is not None:
                 generator.set_active_adapter(self._adapters, adapter)
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            batch = np.full((len(prompts), width), pad, dtype=np.int32)
+            batch = np.full((len(prompts), width), PAD, dtype=np.int32)
             for row, prompt in enumerate(prompts):
                 batch[row, :len(prompt)] = prompt
             generator.append_tokens(batch if len(prompts) > 1 else batch[0])
@@ -162,6 +168,10 @@ class GenAIModel(GenerativeModel):
             yield int(generator.get_next_tokens()[0])
 
     def _text_stream(self, ids: list[int]):
+        # The same decoder as decode(), so a stream ends with the text an unstreamed call gives
+        # (GenAI's own stream decoder dropped text after bytes that are not yet whole characters).
+        if self._text_decoder is not None:
+            return TokenizerTextStream(self._text_decoder, ids)
         stream = self.tokenizer.create_stream()
 
         class Step:

@@ -139,6 +139,20 @@ def _is_chat(value) -> bool:
     return isinstance(value, (list, tuple)) and bool(value) and all(isinstance(m, dict) for m in value)
 
 
+class TokenizerTextStream:
+    """``step(token)``: the text a new token adds, from the tokenizers library's own incremental
+    decoder (whole UTF-8 characters only, '##' pieces joined), started after the prompt."""
+
+    def __init__(self, tokenizer, prompt_ids: Sequence[int]):
+        from tokenizers.decoders import DecodeStream
+
+        self._tokenizer = tokenizer
+        self._stream = DecodeStream(ids=list(prompt_ids), skip_special_tokens=True)
+
+    def step(self, token: int) -> str:
+        return self._stream.step(self._tokenizer, token) or ""
+
+
 class GenerativeModel:
     """A causal-LM artifact loaded for generation; subclasses say how to tokenize, decode, run
     a batch, stream one prompt and compute logits."""

@@ -202,3 +202,41 @@ def test_the_builder_route_refuses_families_it_does_not_know(cli, tmp_path):
     assert_fails(cli("export", "onnx", folder, "--route", "genai", "-o", tmp_path / "out"),
                  UnsupportedModelError.exit_code, "'GPT2LMHeadModel' is not a family", "--route onnx",
                  absent=tmp_path / "out")
+
+
+def test_a_prompt_holding_the_pad_token_is_generated_as_written(lms):
+    """GenAI masks every input token equal to its pad id; pad is often eos, and a prompt may
+    hold it (chat templates write it between turns).  The tokens must still be transformers'."""
+    import json
+
+    import torch
+    import transformers
+
+    setup = lms("llama")
+    path = setup["onnx"].path
+    pad = json.loads((path / "genai_config.json").read_text())["model"]["pad_token_id"]
+    model = load(path)
+    prompts = [model.encode(PROMPTS[0]) + [pad], [pad] + model.encode(PROMPTS[1]) + [pad, pad]]
+    source = transformers.AutoModelForCausalLM.from_pretrained(setup["merged"]).eval()
+    expected = []
+    with torch.no_grad():
+        for ids in prompts:
+            ids = torch.tensor([ids])
+            out = source.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                                  pad_token_id=0)[0, ids.shape[1]:].tolist()
+            expected.append(out[:out.index(0)] if 0 in out else out)
+    assert [model.generate([p], max_new_tokens=8)[0].tokens for p in prompts] == expected
+    assert [g.tokens for g in model.generate(prompts, max_new_tokens=8)] == expected      # ragged, batched
+
+
+def test_streamed_text_is_the_unstreamed_text(lms):
+    """Text cut inside a multi-byte character (a byte-level tokenizer splits them) comes out
+    whole, in streams as in decode()."""
+    model = load(lms("llama")["onnx"].path)
+    tokens = model.encode("naïve café → done; 日本語 ok")
+    assert len(tokens) > len("naïve café → done; 日本語 ok".split())
+    stream = model._text_stream([])
+    assert "".join(stream.step(t) for t in tokens) == model.decode(tokens) == "naïve café → done; 日本語 ok"
+    prompt = PROMPTS[2]
+    streamed = "".join(piece.text for piece in model.stream(prompt, max_new_tokens=24))
+    assert streamed == model.generate(prompt, max_new_tokens=24)[0].text
