@@ -118,8 +118,9 @@ class Sampling:
             raise InvalidOptionError(f"top_k must be a whole number >= 1 (got {self.top_k!r})")
         if self.top_p is not None and not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise InvalidOptionError(f"top_p must be in (0, 1] (got {self.top_p!r})")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise InvalidOptionError(f"seed must be a whole number (got {self.seed!r})")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)
+                                      or not 0 <= self.seed < 2 ** 63):
+            raise InvalidOptionError(f"seed must be a whole number from 0 to 2**63 - 1 (got {self.seed!r})")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidOptionError("stop strings must be non-empty strings")
 

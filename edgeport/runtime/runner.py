@@ -52,6 +52,15 @@ class Runner:
         joined requests, a file of examples."""
         return _joined([self.run(chunk) for chunk in self._row_chunks(feeds)])
 
+    def run_row_by_row(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        """``run`` one row per call, outputs joined: for graphs whose rows depend on the rows
+        run beside them (dynamically quantized activations)."""
+        feeds = self.check_in_rows(feeds)
+        rows = _rows(feeds)
+        if rows is None or rows <= 1:
+            return self.run(feeds)
+        return _joined([self.run({name: value[row:row + 1] for name, value in feeds.items()}) for row in range(rows)])
+
     def check_in_rows(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """``check``, chunk by chunk as ``run_in_rows`` will run them: every value is checked
         (a server checks a request before it joins others), only the row count may exceed

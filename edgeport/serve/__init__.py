@@ -170,14 +170,18 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
     options.check()
     _check_port_free(options.host, options.port)
     app, name, token = make_app(path, options)
-    for message in startup_warnings(options, token):
+    for message in startup_warnings(options, token) + serving_notes(app, options):
         warn(message)
     scheme = "https" if options.certfile else "http"
-    warn(f"serving '{name}' on {scheme}://{options.host}:{options.port} (Open Inference Protocol v2)")
+    host = f"[{options.host}]" if ":" in options.host else options.host
+
+    def started(port: int) -> None:        # once listening: the port --port 0 was given, TLS loaded
+        warn(f"serving '{name}' on {scheme}://{host}:{port} (Open Inference Protocol v2)")
+
     config = uvicorn.Config(app, host=options.host, port=options.port, log_level="warning", access_log=False,
                             ssl_certfile=options.certfile, ssl_keyfile=options.keyfile,
                             timeout_graceful_shutdown=options.graceful_seconds, lifespan="on")
-    server = _signal_noting_server(config)
+    server = _signal_noting_server(config, started)
     # Once its graceful shutdown is done, uvicorn raises the signal it caught again, under the
     # handler it found: SIGTERM's default would kill the process (143), so it finds a no-op.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
@@ -193,14 +197,30 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
         raise StoppedByUser("stopped by Ctrl-C, after answering the requests it had accepted")
 
 
-def _signal_noting_server(config):
-    """uvicorn's server, noting which signals stopped it (the exit code depends on it)."""
+def serving_notes(app, options: ServeOptions) -> list[str]:
+    """What the server does differently from what its options say, and why."""
+    server = app.server
+    if getattr(server.model, "rows_alone", False):
+        return [f"note: this model quantizes its activations per call (dynamic INT8), so every request row runs "
+                f"alone: its result depends on its input only, never on the requests beside it "
+                f"(--max-batch {options.max_batch} does not apply)"]
+    return []
+
+
+def _signal_noting_server(config, on_started=lambda port: None):
+    """uvicorn's server, noting which signals stopped it (the exit code depends on it), and
+    calling ``on_started`` with the port it listens on once it does."""
     import uvicorn
 
     class SignalNotingServer(uvicorn.Server):
         def __init__(self, config):
             super().__init__(config)
             self.signals: list[int] = []
+
+        async def startup(self, sockets=None) -> None:
+            await super().startup(sockets)
+            if self.started and self.servers and self.servers[0].sockets:
+                on_started(self.servers[0].sockets[0].getsockname()[1])
 
         def handle_exit(self, sig, frame) -> None:
             self.signals.append(sig)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -74,6 +75,35 @@ class AuthMiddleware:
         return await self.app(scope, receive, send)
 
 
+COUNTED = "edgeport.counted"
+
+
+class CountEveryResponse:
+    """Counts what the endpoints do not: refused tokens (401), unknown routes and methods
+    (404, 405), and a failure no endpoint answered for (500), so the metrics hold every
+    request.  ``.server`` is the ModelServer behind it."""
+
+    def __init__(self, app, server: "ModelServer"):
+        self.app, self.server, self.metrics = app, server, server.metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+
+        async def noting_status(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            if not scope.get(COUNTED) and not scope["path"].startswith(("/v2/health", "/metrics")):
+                label = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(status[0], "unhandled")
+                self.metrics.request(label, status[0], time.perf_counter() - start)
+
+
 class ModelServer:
     """One loaded model and its endpoints."""
 
@@ -86,8 +116,11 @@ class ModelServer:
         self.metrics = Metrics(name)
         self.ready = False
         make_batcher = batcher or DynamicBatcher
+        # Rows that depend on their batch (dynamic INT8) run alone: nothing to wait for.
+        alone = getattr(model, "rows_alone", False)
         self.batcher = None if self.generative else make_batcher(
-            model.run, limits.max_batch, limits.max_delay_ms / 1000, limits.max_queue, self.metrics.batch)
+            model.run, 1 if alone else limits.max_batch, 0 if alone else limits.max_delay_ms / 1000, limits.max_queue,
+            self.metrics.batch)
         # Joined requests may hold more rows than the engine takes in one call (an ExecuTorch
         # program's bounds, a TensorRT profile): Model.run runs them in chunks it takes.
         if self.batcher:
@@ -122,8 +155,8 @@ class ModelServer:
         if self.generative:
             return error(400, "this is a causal LM: use /v1/completions or /v1/chat/completions")
         body = await read_body(request, self.limits.max_body_bytes)
-        parsed = parse_infer(body, request.headers.get(HEADER_LENGTH))
-        feeds = self.model.runner.check_in_rows(parsed.inputs)
+        parsed = await run_in_threadpool(parse_infer, body, request.headers.get(HEADER_LENGTH))  # off the event loop
+        feeds = await run_in_threadpool(self.model.runner.check_in_rows, parsed.inputs)
         try:
             outputs = await self.batcher.submit(feeds)
         except QueueFull as exc:
@@ -141,20 +174,29 @@ class ModelServer:
             return error(400, "this is a causal LM: use /v1/completions or /v1/chat/completions")
         if not self.model.takes_text():
             return error(400, f"this model does not take raw text; use /v2/models/{self.name}/infer")
-        request_json = parse_json(await read_body(request, self.limits.max_body_bytes))
+        request_json = await run_in_threadpool(parse_json, await read_body(request, self.limits.max_body_bytes))
         texts = request_json.get("texts") if isinstance(request_json, dict) else None
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise ProtocolError("give {\"texts\": [\"...\", ...]} with at least one string")
         processor = self.model.text_processor
-        encodings = processor.tokenize(texts)
-        results = []
-        for encoding in encodings:      # one request per text: the batcher joins texts of one length
-            feeds = processor.feeds([encoding])
-            try:
-                outputs = await self.batcher.submit(self.model.runner.check(feeds))
+        # Off the event loop: a 15 MB body takes seconds to tokenize, and every other client waits.
+        encodings = await run_in_threadpool(processor.tokenize, texts)
+        # Texts of one length go in together, unpadded (the batcher joins requests of one shape);
+        # a graph of fixed length gets its padding.
+        pad_to = max(self.model.static_length or 0, self.model.min_length or 0) or None
+        groups: dict[int, list[int]] = {}
+        for index, encoding in enumerate(encodings):
+            groups.setdefault(len(encoding.ids), []).append(index)
+        results: list = [None] * len(texts)
+        for number, indices in enumerate(groups.values()):
+            chunk = [encodings[i] for i in indices]
+            feeds = processor.feeds(chunk, pad_to=pad_to)
+            try:      # admitted once: a later group never meets a full queue halfway through the request
+                outputs = await self.batcher.submit(self.model.runner.check_in_rows(feeds), admitted=number > 0)
             except QueueFull as exc:
                 return error(503, f"server busy: {exc}; retry later")
-            results.extend(self.model.postprocess_text(outputs, feeds, [encoding]))
+            for index, item in zip(indices, self.model.postprocess_text(outputs, feeds, chunk)):
+                results[index] = item
         return JSONResponse({"model_name": self.name, "predictions": _jsonable(results)})
 
 
@@ -199,6 +241,7 @@ def build_app(model, name: str, limits: Limits = Limits(), token: str | None = N
                     response = error(400 if isinstance(exc, ModelInputError) or exc.exit_code in (2, 12) else 500,
                                      str(exc))
             server.metrics.request(label, response.status_code, time.perf_counter() - start)
+            request.scope[COUNTED] = True
             return response
         return wrapped
 
@@ -248,5 +291,4 @@ def build_app(model, name: str, limits: Limits = Limits(), token: str | None = N
         await server.shutdown()
 
     app = Starlette(routes=routes, lifespan=lifespan)
-    app.state.server = server
-    return AuthMiddleware(app, token)
+    return CountEveryResponse(AuthMiddleware(app, token), server)

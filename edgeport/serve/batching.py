@@ -59,8 +59,9 @@ class DynamicBatcher:
             self._task.cancel()
         self.executor.shutdown(wait=True)
 
-    async def submit(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if self.depth >= self.max_queue:
+    async def submit(self, feeds: dict[str, np.ndarray], admitted: bool = False) -> dict[str, np.ndarray]:
+        """``admitted``: a later part of a request already let in, which the queue bound does not refuse."""
+        if not admitted and self.depth >= self.max_queue:
             raise QueueFull(f"the queue holds {self.max_queue} requests already")
         rows = len(next(iter(feeds.values())))
         pending = _Pending(feeds, rows, asyncio.get_running_loop().create_future())

@@ -120,8 +120,8 @@ class RayBatcher:
     async def stop(self) -> None:
         self._executor.shutdown(wait=True)
 
-    async def submit(self, feeds: dict) -> dict:
-        return await self._batched(feeds)
+    async def submit(self, feeds: dict, admitted: bool = False) -> dict:
+        return await self._batched(feeds)     # Ray Serve bounds its own queue (max_ongoing_requests)
 
 
 class ReplicaHeader:
@@ -152,6 +152,8 @@ def deployment_class():
             from . import make_app
 
             self.edgeport_app, self.name, _ = make_app(path, options, batcher=RayBatcher)   # golden check included
+            # Each replica counts its own requests: its series carry its process, as its responses do.
+            self.edgeport_app.server.metrics.replica = str(os.getpid())
 
         def __serve_build_asgi_app__(self):
             return ReplicaHeader(self.edgeport_app)
@@ -162,8 +164,12 @@ def deployment_class():
 # ------------------------------------------------------------------ the driver
 
 def _reachable(address: str) -> tuple[str, int]:
-    parsed = urlparse(address if "://" in address else f"gcs://{address}")
-    host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+    try:
+        parsed = urlparse(address if "://" in address else f"gcs://{address}")
+        host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+    except ValueError as exc:              # a port past 65535, an unclosed IPv6 bracket
+        raise InvalidOptionError(f"--address '{address}' must look like HOST:PORT or ray://HOST:PORT ({exc})") \
+            from None
     if not host:
         raise InvalidOptionError(f"--address '{address}' must look like HOST:PORT or ray://HOST:PORT")
     try:

@@ -35,8 +35,9 @@ class Histogram:
 
 
 class Metrics:
-    def __init__(self, model: str):
+    def __init__(self, model: str, replica: str | None = None):
         self.model = model
+        self.replica = replica          # one of several replicas (Ray Serve): its series are its own
         self.lock = threading.Lock()
         self.requests: dict[tuple[str, int], int] = defaultdict(int)
         self.latency = Histogram(LATENCY_BUCKETS)
@@ -57,11 +58,11 @@ class Metrics:
             self.inference.observe(seconds)
 
     def exposition(self) -> str:
-        model = f'model="{self.model}"'
+        model = f'model="{self.model}"' + (f',replica="{self.replica}"' if self.replica else "")
         with self.lock:
             lines = ["# HELP edgeport_requests_total Requests by endpoint and HTTP status.",
                      "# TYPE edgeport_requests_total counter"]
-            lines += [f'edgeport_requests_total{{endpoint="{e}",status="{s}"}} {n}'
+            lines += [f'edgeport_requests_total{{{model},endpoint="{e}",status="{s}"}} {n}'
                       for (e, s), n in sorted(self.requests.items())]
             for name, histogram, text in (
                     ("edgeport_request_duration_seconds", self.latency, "Time from request to response."),

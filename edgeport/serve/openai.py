@@ -26,20 +26,84 @@ def _error(status: int, message: str, kind: str = "invalid_request_error") -> JS
     return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status)
 
 
+# OpenAI fields this server does not implement, with the values that ask for nothing: any
+# other value is refused, so a client never gets an answer made without what it asked for.
+_NOT_IMPLEMENTED = {"echo": (False,), "suffix": ("",), "best_of": (1,), "presence_penalty": (0,),
+                    "frequency_penalty": (0,), "logit_bias": ({},), "tools": ([],), "tool_choice": ("none",),
+                    "functions": ([],), "function_call": ("none",), "response_format": ({"type": "text"},),
+                    "logprobs": (False, 0), "top_logprobs": (0,)}
+
+
 def _options(request: dict[str, Any]) -> dict[str, Any]:
-    if request.get("n", 1) != 1:
+    if request.get("n") not in (None, 1):
         raise ProtocolError("only n=1 is supported")
-    if request.get("logprobs") not in (None, False, 0) or request.get("top_logprobs") not in (None, 0):
-        raise ProtocolError("logprobs are not supported by this server")
+    for field, defaults in _NOT_IMPLEMENTED.items():
+        value = request.get(field)
+        if value is not None and not any(value == d and type(value) is type(d) for d in defaults):
+            raise ProtocolError(f"'{field}' is not supported by this server (got {json.dumps(value)[:60]})")
     stop = request.get("stop") or []
     stop = [stop] if isinstance(stop, str) else stop
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise ProtocolError("'stop' must be a string or a list of strings")
-    max_tokens = request.get("max_tokens", request.get("max_completion_tokens", 16))
-    temperature = request.get("temperature")
-    return {"max_new_tokens": max_tokens, "temperature": temperature if temperature else None,
-            "top_p": request.get("top_p") if request.get("top_p") not in (None, 1, 1.0) else None,
+    max_tokens, max_completion = request.get("max_tokens"), request.get("max_completion_tokens")
+    if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
+        raise ProtocolError(f"'max_tokens' ({max_tokens}) and 'max_completion_tokens' ({max_completion}) disagree; "
+                            "give one")
+    stream_options = request.get("stream_options")
+    if stream_options is not None and (not request.get("stream") or not isinstance(stream_options, dict) or
+                                       set(stream_options) - {"include_usage"} or
+                                       not isinstance(stream_options.get("include_usage", False), bool)):
+        raise ProtocolError("'stream_options' goes with \"stream\": true and takes only {\"include_usage\": "
+                            "true|false}")
+    temperature, top_p = request.get("temperature"), request.get("top_p")
+    return {"max_new_tokens": max_tokens if max_tokens is not None else
+            max_completion if max_completion is not None else 16,
+            "temperature": temperature if temperature else None,
+            "top_p": top_p if top_p not in (None, 1, 1.0) else None,
+            "top_k": request.get("top_k"),          # not OpenAI's, but vLLM's and others': honoured
             "seed": request.get("seed"), "stop": stop, "adapter": request.get("adapter")}
+
+
+def _is_ids(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                           for t in value)
+
+
+def _completion_prompts(body: dict[str, Any]) -> list:
+    """``prompt`` as OpenAI takes it: a string, a list of strings, token ids, or a list of
+    token id lists; one prompt per choice."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return [prompt]
+    if _is_ids(prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, str) or _is_ids(p) for p in prompt):
+        return prompt
+    raise ProtocolError("'prompt' must be a string, a list of strings, a list of token ids, or a list of those")
+
+
+def _chat_messages(body: dict[str, Any]) -> list[dict]:
+    """``messages``, with content given as a list of text parts joined into one string."""
+    messages = body.get("messages")
+    shape = ("'messages' must be a non-empty list of {\"role\": \"...\", \"content\": \"...\"} objects "
+             "(content: a string or a list of {\"type\": \"text\", \"text\": \"...\"} parts)")
+    if not isinstance(messages, list) or not messages:
+        raise ProtocolError(shape)
+    plain = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ProtocolError(shape)
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+                       for part in content):
+                raise ProtocolError("only text content parts ({\"type\": \"text\", \"text\": \"...\"}) are "
+                                    "supported")
+            content = "".join(part["text"] for part in content)
+        if not isinstance(content, str):
+            raise ProtocolError(shape)
+        plain.append({"role": message["role"], "content": content})
+    return plain
 
 
 async def _parse(request: Request, limit: int) -> dict[str, Any]:
@@ -66,10 +130,17 @@ def openai_routes(server, endpoint) -> list[Route]:
         finally:
             pieces.close()
 
-    async def generate(request: Request, prompt, options):
+    async def start(prompt, options):
+        """The prompt's ids and its token stream (prompt and options checked), made off the event
+        loop: tokenizing a 15 MB prompt takes seconds, and every other client would wait."""
+        def make():
+            ids = model.encode(prompt)
+            return ids, model.stream(ids, **options)
+        return await asyncio.get_running_loop().run_in_executor(None, make)
+
+    async def generate(request: Request, pieces):
         """One prompt to its end, off the event loop; a client that goes away (or times out)
         cancels it at the next token, so it never holds the model for nobody."""
-        pieces = model.stream(prompt, **options)     # checked here: errors are answered at once
         work = asyncio.get_running_loop().run_in_executor(None, produce, pieces)
         while not work.done():
             await asyncio.wait([work], timeout=0.25)
@@ -78,11 +149,10 @@ def openai_routes(server, endpoint) -> list[Route]:
         await work
         return pieces
 
-    def stream(prompt, options, chunk, release) -> StreamingResponse:
+    def stream(pieces, chunk, release, usage_chunk) -> StreamingResponse:
         """``release`` is called once when the stream is over, however it ends."""
         queue: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        pieces = model.stream(prompt, **options)      # checked here: errors are answered before the stream starts
         released = []
 
         def release_once():
@@ -94,22 +164,29 @@ def openai_routes(server, endpoint) -> list[Route]:
             try:
                 produce(pieces, lambda text: loop.call_soon_threadsafe(queue.put_nowait, text))
                 loop.call_soon_threadsafe(queue.put_nowait, None)
-            except EdgeportError as exc:
+            except Exception as exc:   # whatever it is, the client hears of it: a stream never just hangs
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
 
         async def events():
             task = loop.run_in_executor(None, run)
+            failed = False
             try:
                 while True:
                     item = await queue.get()
                     if item is None:
                         break
                     if isinstance(item, Exception):
-                        yield f"data: {json.dumps({'error': {'message': str(item)}})}\n\n"
+                        message = str(item) if isinstance(item, EdgeportError) else \
+                            f"generation failed: {type(item).__name__}: {item}"
+                        yield f"data: {json.dumps({'error': {'message': message}})}\n\n"
+                        failed = True
                         break
                     yield f"data: {json.dumps(chunk(item, None))}\n\n"
                 await task
-                yield f"data: {json.dumps(chunk('', pieces.finish_reason))}\n\n"
+                if not failed:
+                    yield f"data: {json.dumps(chunk('', pieces.finish_reason))}\n\n"
+                    if usage_chunk:
+                        yield f"data: {json.dumps(usage_chunk(len(pieces.tokens)))}\n\n"
                 yield "data: [DONE]\n\n"
             finally:                  # the client went away mid-stream: stop generating for it
                 pieces.cancel()
@@ -128,9 +205,6 @@ def openai_routes(server, endpoint) -> list[Route]:
     def release() -> None:
         server.generations -= 1
 
-    def prompt_tokens(prompt) -> int:
-        return len(model.encode(prompt))
-
     def handler(kind: str):
         async def respond(request: Request) -> Response:
             try:
@@ -138,39 +212,40 @@ def openai_routes(server, endpoint) -> list[Route]:
                 if body.get("model", name) != name:
                     return _error(404, f"no model named '{body.get('model')}' (this server has '{name}')")
                 options = _options(body)
-                if kind == "chat":
-                    messages = body.get("messages")
-                    if not isinstance(messages, list) or not messages or not all(
-                            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                            for m in messages):
-                        raise ProtocolError("'messages' must be a non-empty list of {\"role\": \"...\", "
-                                            "\"content\": \"...\"} objects")
-                    prompt = messages
-                else:
-                    prompt = body.get("prompt")
-                    if not isinstance(prompt, str):
-                        raise ProtocolError("'prompt' must be a string")
+                prompts = [_chat_messages(body)] if kind == "chat" else _completion_prompts(body)
+                if body.get("stream") and len(prompts) > 1:
+                    raise ProtocolError("a stream carries one prompt; send a list of prompts without \"stream\"")
                 ident = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
                 created = int(time.time())
-                if body.get("stream"):
-                    def chunk(text, finish):
-                        if kind == "chat":
-                            return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name,
-                                    "choices": [{"index": 0, "delta": {"content": text} if text else {},
-                                                 "finish_reason": finish}]}
-                        return {"id": ident, "object": "text_completion", "created": created, "model": name,
-                                "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+                obj = "chat.completion" if kind == "chat" else "text_completion"
+
+                def chunk(text, finish):
+                    if kind == "chat":
+                        return {"id": ident, "object": "chat.completion.chunk", "created": created, "model": name,
+                                "choices": [{"index": 0, "delta": {"content": text} if text else {},
+                                             "finish_reason": finish}]}
+                    return {"id": ident, "object": obj, "created": created, "model": name,
+                            "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
+
                 if not admitted():
                     return _error(503, f"server busy: {server.limits.max_queue} requests wait already; retry later",
                                   "server_error")
                 if body.get("stream"):
                     try:
-                        return stream(prompt, options, chunk, release)
+                        ids, pieces = await start(prompts[0], options)
+                        wants_usage = (body.get("stream_options") or {}).get("include_usage")
+                        usage_chunk = (lambda made: {"id": ident, "object": chunk("", None)["object"],
+                                                     "created": created, "model": name, "choices": [],
+                                                     "usage": usage(len(ids), made)}) if wants_usage else None
+                        return stream(pieces, chunk, release, usage_chunk)      # it releases when it ends
                     except BaseException:
                         release()
                         raise
+                results = []
                 try:
-                    result = await generate(request, prompt, options)
+                    for prompt in prompts:        # one at a time: each is cancelled when the client leaves
+                        ids, pieces = await start(prompt, options)
+                        results.append((len(ids), await generate(request, pieces)))
                 finally:
                     release()
             except BodyTooLarge:
@@ -179,15 +254,16 @@ def openai_routes(server, endpoint) -> list[Route]:
                 return _error(400, str(exc))
             except EdgeportError as exc:
                 return _error(400 if exc.exit_code in (2, 12, 15) else 500, str(exc))
-            if kind == "chat":
-                choice = {"index": 0, "message": {"role": "assistant", "content": result.text},
-                          "finish_reason": result.finish_reason}
-                obj = "chat.completion"
-            else:
-                choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}
-                obj = "text_completion"
-            return JSONResponse({"id": ident, "object": obj, "created": created, "model": name, "choices": [choice],
-                                 "usage": usage(prompt_tokens(prompt), len(result.tokens))})
+            choices = []
+            for index, (_, result) in enumerate(results):
+                if kind == "chat":
+                    choices.append({"index": index, "message": {"role": "assistant", "content": result.text},
+                                    "finish_reason": result.finish_reason})
+                else:
+                    choices.append({"index": index, "text": result.text, "logprobs": None,
+                                    "finish_reason": result.finish_reason})
+            return JSONResponse({"id": ident, "object": obj, "created": created, "model": name, "choices": choices,
+                                 "usage": usage(sum(n for n, _ in results), sum(len(r.tokens) for _, r in results))})
         return respond
 
     async def models(request: Request) -> Response:

@@ -67,7 +67,7 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     if offset != len(binary):
         raise ProtocolError(f"the body has {len(binary) - offset} bytes of binary data no input claims")
     outputs, binary_outputs = None, set()
-    default_binary = bool((request.get("parameters") or {}).get("binary_data_output", False))
+    default_binary = bool(_parameters(request, "the request").get("binary_data_output", False))
     if "outputs" in request:
         if not isinstance(request["outputs"], list):
             raise ProtocolError("'outputs' must be a list")
@@ -76,12 +76,28 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
             if not isinstance(item, dict) or not isinstance(item.get("name"), str):
                 raise ProtocolError("each requested output needs a 'name'")
             outputs.append(item["name"])
-            if (item.get("parameters") or {}).get("binary_data", default_binary):
+            if _parameters(item, f"output '{item['name']}'").get("binary_data", default_binary):
                 binary_outputs.add(item["name"])
     elif default_binary:
         binary_outputs = {"*"}
     request_id = request.get("id")
     return InferRequest(inputs, outputs, binary_outputs, request_id if isinstance(request_id, str) else None)
+
+
+# The JSON value kinds each datatype takes (numpy kinds): integers for integer tensors,
+# booleans for BOOL, any number for floating point.
+_KINDS = {"i": "iu", "u": "iu", "b": "b", "f": "iuf"}
+_NAMES = {"i": "integer", "u": "integer", "f": "fractional", "U": "string", "b": "boolean",
+          "O": "mixed or out-of-range"}
+
+
+def _parameters(item: dict, where: str) -> dict:
+    parameters = item.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"{where}: 'parameters' must be an object")
+    return parameters
 
 
 def _tensor(item: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarray, int]:
@@ -95,7 +111,7 @@ def _tensor(item: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarr
         raise ProtocolError(f"input '{name}': datatype '{datatype}' is not one of {', '.join(DATATYPES)}")
     dtype = np.dtype(DATATYPES[datatype])
     count = math.prod(shape)          # Python integers: a shape whose product overflows int64 stays exact
-    size = (item.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(item, f"input '{name}'").get("binary_data_size")
     if size is None and "data" in item and count > MAX_JSON_VALUES:
         raise ProtocolError(f"input '{name}': shape {shape} holds {count} values, more than a JSON request carries")
     if size is not None:
@@ -107,6 +123,10 @@ def _tensor(item: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarr
     if data is None:
         raise ProtocolError(f"input '{name}' has no 'data'")
     try:
+        given = np.asarray(data)          # what the JSON holds: 101.7 or "101" is not an INT64
+        if given.size and given.dtype.kind not in _KINDS[dtype.kind]:
+            raise ProtocolError(f"input '{name}': data holds {_NAMES.get(given.dtype.kind, 'other')} values, "
+                                f"not {datatype}")
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"input '{name}': data is not {datatype}: {exc}") from None

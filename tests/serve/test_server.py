@@ -125,7 +125,7 @@ def test_bounded_load_completes_and_batches_form(encoder_server, onnx_artifacts)
     batches, requests = (a - b for a, b in zip(_batches(base), before))
     assert requests == 2000 and batches < 1000, (batches, requests)      # on average, batches of 2 or more
     metrics = request(f"{base}/metrics")[1]
-    assert 'edgeport_requests_total{endpoint="infer",status="200"}' in metrics
+    assert 'edgeport_requests_total{model="enc",endpoint="infer",status="200"}' in metrics
 
 
 def _batches(base) -> tuple[int, int]:
@@ -298,3 +298,22 @@ def test_openai_streams_end_as_responses_do_and_the_queue_is_bounded(lms):
     assert refused.status_code == 503 and "busy" in refused.json()["error"]["message"]
     assert waited == [200, 200]
     model.close()
+
+
+def test_port_zero_names_the_port_it_listens_on(onnx_artifacts):
+    """The "serving" line comes once the server listens: with --port 0 it names the port the
+    system chose (a TLS file that does not load never gets this far)."""
+    import sys
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "edgeport.cli", "serve", str(onnx_artifacts["encoder"].path),
+                                "--name", "enc", "--port", "0"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, line = time.time() + 60, ""
+        while time.time() < deadline and "serving" not in line:
+            line = process.stderr.readline()
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+) ", line).group(1))
+        assert port != 0 and request(f"http://127.0.0.1:{port}/v2/health/ready")[0] == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
