@@ -16,6 +16,7 @@ from ..manifest import now_iso
 from ..parity.generation import measure_generation
 from ..runtime import load
 from ..runtime.formats import format_of
+from ..runtime.generation import Sampling
 from ..speed import Interrupted, machine_info
 from .generation import interleaved_generation, summarize
 from .memory import measure_memory
@@ -41,6 +42,8 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
                 "manifest_sha256": artifact.manifest_sha256,
                 "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
                 "provider": model.provider, "session_create_ms": round((time.perf_counter() - start) * 1000, 1)}
+        for prompt in generation_prompts(PROMPTS):     # before any measuring: the requests must fit
+            model.check_room(model.encode(prompt), Sampling(options.max_new_tokens))
         if options.measure_memory:
             progress(f"memory and cold start of {name} (fresh process)...")
             info.update(measure_memory(str(artifact.path), None))

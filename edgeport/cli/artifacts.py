@@ -78,8 +78,10 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
 
 
 def _listed(thresholds: dict[str, float]) -> str:
-    signs = {"max_abs_err": "<=", "atol": "<=", "rtol": "<="}
-    return ", ".join(f"{name} {signs.get(name, '>=')} {value:g}" for name, value in thresholds.items()) or "none"
+    # Limits from above: errors, tolerances, and every max_* (token disagreement, perplexity increase).
+    def sign(name: str) -> str:
+        return "<=" if name.startswith("max_") or name in ("atol", "rtol") else ">="
+    return ", ".join(f"{name} {sign(name)} {value:g}" for name, value in thresholds.items()) or "none"
 
 
 @main.command("run")
@@ -98,12 +100,21 @@ def _listed(thresholds: dict[str, float]) -> str:
 @click.option("--threads", type=int, help="Intra-op threads (default: ONNX Runtime's choice).")
 @click.option("--batch-size", type=int, default=8, show_default=True, help="Micro-batch size.")
 @click.option("--trusted-key", type=click.Path(), help=TRUSTED_KEY_HELP)
-def run_command(artifact, texts, input_file, prompts, max_new_tokens, temperature, top_k, top_p, seed, adapter, device,
-                threads, batch_size, trusted_key):
+@click.pass_context
+def run_command(ctx, artifact, texts, input_file, prompts, max_new_tokens, temperature, top_k, top_p, seed, adapter,
+                device, threads, batch_size, trusted_key):
     """Run ARTIFACT (or a bundle) on texts, feeds, images or prompts; print JSON (prompts stream text)."""
+    generation = {"--max-new-tokens": max_new_tokens, "--temperature": temperature, "--top-k": top_k,
+                  "--top-p": top_p, "--seed": seed, "--adapter": adapter}
     if prompts:
         if texts or input_file:
             raise InvalidOptionError("give --prompt, or --text / --input, not both")
+        if ctx.get_parameter_source("batch_size") != click.core.ParameterSource.DEFAULT:
+            raise InvalidOptionError("--batch-size sets the micro-batches of --text and --input; prompts are "
+                                     "generated one at a time")
+        if seed is not None and temperature is None and top_k is None and top_p is None:
+            raise InvalidOptionError("--seed seeds sampling (--temperature, --top-k or --top-p); greedy decoding "
+                                     "draws nothing")
         from ..running import stream_generation
 
         for piece in stream_generation(artifact, list(prompts), max_new_tokens, temperature, top_k, top_p, seed,
@@ -113,6 +124,10 @@ def run_command(artifact, texts, input_file, prompts, max_new_tokens, temperatur
         return
     if bool(texts) == bool(input_file):
         raise InvalidOptionError("give either --text (one or more), --input FILE or --prompt")
+    given = [option for option, value in generation.items() if value is not None]
+    if given:
+        raise InvalidOptionError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to causal LMs' "
+                                 "--prompt only")
     if batch_size < 1:
         raise InvalidOptionError(f"--batch-size must be a whole number >= 1 (got {batch_size})")
     from ..running import run_artifact

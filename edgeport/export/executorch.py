@@ -124,10 +124,6 @@ def _export(source: str, out, options: ExecuTorchOptions, progress, extra_inputs
             model = CallableSource(source_text, [parse_input_spec(s) for s in options.inputs], options.output_names)
         else:
             model = HfSource(Path(source_text), options.task, options.allow_pickle, 128, Path(work_dir))
-        if model.task == "text-generation":
-            raise UnsupportedModelError("causal LMs: ExecuTorch runs them with its own LLM runner and KV-cache "
-                                        "export (executorch.examples.models.llama / optimum-executorch); "
-                                        "'edgeport export executorch' takes encoders, classifiers and vision models")
         variants = model.variants(False)
         job = model.job("fixed-size" if "fixed-size" in variants else variants[0])
         bounds = _bounds(job, options)
@@ -181,6 +177,9 @@ def _bounds(job: ExportJob, options: ExecuTorchOptions) -> dict[str, tuple[int, 
     if SEQUENCE in labels:
         longest = options.sequence_length or int(job.processing.get("max_length") or 512)
         bounds[SEQUENCE] = (1, longest)
+    elif options.sequence_length is not None:
+        raise InvalidOptionError(f"--sequence-length bounds a text model's sequence; this model's inputs "
+                                 f"({', '.join(job.input_names)}) have none")
     return bounds
 
 

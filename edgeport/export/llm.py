@@ -32,6 +32,7 @@ from ..golden import save_golden
 from ..manifest import GOLDEN_NAME, Manifest, tool_versions
 from ..outputs import ARTIFACT, check_output, staged_output
 from ..parity.generation import measure_generation
+from ..vocabulary import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL
 from .lm_builder import PRECISIONS, build_with_genai, builder_family
 from .lm_reference import PERPLEXITY_TEXTS, PROMPTS, Reference
 from .source import load_hf_config, read_config, recorded_source, weight_files
@@ -69,9 +70,12 @@ def plan_routes(config: dict, options, runtime_adapters) -> tuple[list[tuple[str
     if wanted in ("auto", "genai") and family is None:
         reason = (f"'{(config.get('architectures') or ['?'])[0]}' is not a family ONNX Runtime GenAI's model builder "
                   "knows")
-        if wanted == "genai" or runtime_adapters:
-            raise UnsupportedModelError(f"{reason}, and --route genai{' (--runtime-adapter)' if runtime_adapters else ''}"
-                                        " needs it; leave out --route (or use --route onnx) for the second route")
+        if runtime_adapters:
+            raise UnsupportedModelError(f"{reason}, and --runtime-adapter needs its LoRA slots; merge the adapter "
+                                        "with --adapter instead (the second route exports the merged model)")
+        if wanted == "genai":
+            raise UnsupportedModelError(f"{reason}, and --route genai needs it; leave out --route (or use --route "
+                                        "onnx) for the second route")
         skipped.append({"route": "genai-builder", "ok": False, "reason": reason})
     routes: list[tuple[str, str | None]] = []
     if wanted == "auto" and family is not None and importlib.util.find_spec("onnxruntime_genai") is None \
@@ -143,6 +147,19 @@ def unapplied_note(settings: list[str]) -> str:
 def _check_options(options) -> None:
     if options.precision not in PRECISIONS:
         raise InvalidOptionError(f"--precision must be one of {', '.join(PRECISIONS)} for causal LMs")
+    # Options of the encoder route that a causal-LM export has no use for: refused, not ignored.
+    unused = [option for option, used in (
+        ("--opset", options.opset != DEFAULT_OPSET), ("--atol", options.atol != DEFAULT_ATOL),
+        ("--rtol", options.rtol != DEFAULT_RTOL), ("--no-validate", not options.validate),
+        ("--external-data/--no-external-data", options.external_data is not None),
+        ("--input", bool(options.inputs)), ("--output-name", bool(options.output_names))) if used]
+    if unused:
+        raise InvalidOptionError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to causal "
+                                 "LMs: each route picks its own opset and file layout, and the export is always "
+                                 "checked token for token against transformers' greedy generate")
+    if options.runtime_adapters and options.precision != "fp32":
+        raise InvalidOptionError(f"--runtime-adapter needs --precision fp32: the adapter's LoRA slots sit beside "
+                                 f"float32 MatMuls, which an {options.precision} build does not keep")
     if options.route not in ROUTES:
         raise InvalidOptionError(f"--route must be one of {', '.join(ROUTES)} (got {options.route!r})")
     if options.static_shapes or options.exporter not in ("auto", *DECODER_EXPORTERS):

@@ -126,8 +126,10 @@ class HfSource:
         with quiet_transformers():
             self.task = task or detect_task(config)
             if self.task == "text-generation":
-                raise UnsupportedModelError("text-generation models export through the causal-LM path "
-                                            "(export_onnx dispatches there); this is a bug if you see it")
+                # export onnx sends causal LMs to their own route first; ExecuTorch meets them here.
+                raise UnsupportedModelError("causal LMs (task text-generation) export with their KV cache through "
+                                            "'edgeport export onnx'; for ExecuTorch, use its own LLM runner and "
+                                            "KV-cache export (executorch.examples.models.llama, optimum-executorch)")
             self.model = self._load(transformers, config)
         self.config = config
         self.modality = modality_of(self.model, self.task)

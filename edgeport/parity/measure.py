@@ -183,7 +183,7 @@ def verify_generation(candidate: Artifact, reference: Artifact, data: str | None
     real text.  Thresholds: those the candidate passed when it was made, unless given."""
     from ..data import generation_prompts, stdlib_sentences
     from ..runtime.formats import make_generator
-    from .generation import CHECK_NEW_TOKENS, CHECK_PROMPTS, CHECK_TEXTS, measure_generation, reference_answers
+    from .generation import CHECK_PROMPTS, CHECK_TEXTS, measure_generation, reference_answers
 
     budget = budget or ParityBudget()
     if budget.max_abs_error is not None or budget.min_top1_agreement is not None:
@@ -199,13 +199,13 @@ def verify_generation(candidate: Artifact, reference: Artifact, data: str | None
     known = ("min_cosine", "min_exact", "max_token_disagreement", "max_perplexity_increase")
     thresholds = {k: v for k, v in {**recorded_thresholds(candidate), **budget.thresholds()}.items() if k in known}
     with make_generator(reference, QUIET_CPU) as model:
-        prompt_ids, tokens, logits, perplexity = reference_answers(model, prompts, texts)
-    measured_on = (f"{len(prompts)} {described} x {CHECK_NEW_TOKENS} greedy tokens; perplexity on "
+        prompt_ids, tokens, logits, perplexity, new_tokens = reference_answers(model, prompts, texts)
+    measured_on = (f"{len(prompts)} {described} x {new_tokens} greedy tokens; perplexity on "
                    f"{len(texts)} texts")
     with make_generator(candidate, QUIET_CPU) as model:
         return measure_generation(model, prompt_ids, tokens, logits, texts, perplexity,
                                   reference=f"reference artifact '{reference.path}'", data=measured_on,
-                                  new_tokens=CHECK_NEW_TOKENS, thresholds=thresholds)
+                                  new_tokens=new_tokens, thresholds=thresholds)
 
 
 def _text_lines(data: str) -> list[str]:

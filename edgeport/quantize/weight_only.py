@@ -35,6 +35,18 @@ class WeightOnly(Recipe):
         if given:
             raise InvalidOptionError(f"{', '.join(given)} do not apply to --mode {self.mode}, which is gated on greedy "
                                      "tokens and perplexity: use --max-token-disagreement / --max-perplexity-increase")
+        # The INT8 encoder recipes' levers: a weight-only build has none of them, so none is ignored silently.
+        levers = [option for option, used in (
+            ("--data", options.data is not None), ("--per-tensor/--per-channel", options.per_channel is not None),
+            ("--smooth-alpha", options.smooth_alpha is not None), ("--no-smooth", not options.smooth),
+            ("--calibration-method", options.calibration_method != "minmax"), ("--optimize", options.optimize),
+            ("--no-worst-case-guard", not options.worst_case_guard), ("--max-kept-nodes", options.max_kept_nodes),
+            ("--no-fp16-fallback", not options.fp16_fallback), ("--target", options.target is not None)) if used]
+        if levers:
+            raise InvalidOptionError(f"{', '.join(levers)} {'does' if len(levers) == 1 else 'do'} not apply to --mode "
+                                     f"{self.mode}: it quantizes MatMul weights block-wise (--block-size, "
+                                     "--accuracy-level) the same way on every CPU, and checks generation on bundled "
+                                     "prompts")
 
     def gate(self, options) -> dict[str, float]:
         budget = dict(self.budget)
@@ -45,8 +57,7 @@ class WeightOnly(Recipe):
         return budget
 
     def run(self, job: QuantizeJob) -> Outcome:
-        from ..parity.generation import (CHECK_NEW_TOKENS, CHECK_PROMPTS, CHECK_TEXTS, measure_generation,
-                                         reference_answers)
+        from ..parity.generation import CHECK_PROMPTS, CHECK_TEXTS, measure_generation, reference_answers
         from ..runtime.formats import make_generator
 
         options, source = job.options, job.source
@@ -54,7 +65,7 @@ class WeightOnly(Recipe):
         prompts, texts = generation_prompts(CHECK_PROMPTS), stdlib_sentences(CHECK_TEXTS)
         job.say(f"reference: {source.path} (FP32) on {len(prompts)} prompts and {len(texts)} sentences...")
         with make_generator(source, SessionSettings(device="cpu")) as reference:
-            prompt_ids, tokens, logits, perplexity = reference_answers(reference, prompts, texts)
+            prompt_ids, tokens, logits, perplexity, new_tokens = reference_answers(reference, prompts, texts)
         job.say(f"quantizing MatMul weights to {self.bits} bits (block {options.block_size}, accuracy level "
                 f"{options.accuracy_level})...")
         model_file = job.work / "quantized" / source.manifest.graph["file"]
@@ -65,9 +76,9 @@ class WeightOnly(Recipe):
         with make_generator(candidate, SessionSettings(device="cpu")) as model:
             parity = measure_generation(model, prompt_ids, tokens, logits, texts, perplexity,
                                         reference=f"input artifact '{source.path}'",
-                                        data=f"{len(prompts)} docstring prompts x {CHECK_NEW_TOKENS} greedy tokens; "
+                                        data=f"{len(prompts)} docstring prompts x {new_tokens} greedy tokens; "
                                              f"perplexity on {len(texts)} sentences",
-                                        new_tokens=CHECK_NEW_TOKENS, thresholds=budget)
+                                        new_tokens=new_tokens, thresholds=budget)
         job.say(parity.summary())
         parity.raise_for_failure(f"the {self.mode} model")
         outcome.parity["quantize"] = parity.to_dict()

@@ -241,7 +241,7 @@ class GenerativeModel:
             return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
         return self._apply_chat_template(messages)
 
-    def _check_room(self, prompt: list[int], sampling: Sampling) -> None:
+    def check_room(self, prompt: list[int], sampling: Sampling) -> None:
         if len(prompt) + sampling.max_new_tokens > self.context_length:
             raise ModelInputError(f"the prompt ({len(prompt)} tokens) plus max_new_tokens ({sampling.max_new_tokens}) "
                                   f"is past the model's context of {self.context_length} tokens")
@@ -261,7 +261,7 @@ class GenerativeModel:
         sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
         encoded = self.prompts(prompts)
         for prompt in encoded:
-            self._check_room(prompt, sampling)
+            self.check_room(prompt, sampling)
         self._check_adapter(adapter)
         if sampling.stop and len(encoded) == 1:     # one prompt stops at its stop string, not at max_new_tokens
             stream = self._stream_of(encoded[0], sampling, adapter)
@@ -291,7 +291,7 @@ class GenerativeModel:
         and options are checked here, before the first token is asked for."""
         sampling = Sampling(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop))
         ids = self.encode(prompt)
-        self._check_room(ids, sampling)
+        self.check_room(ids, sampling)
         self._check_adapter(adapter)
         return self._stream_of(ids, sampling, adapter)
 
@@ -336,10 +336,11 @@ class GenerativeModel:
     # ------------------------------------------------------------------ scoring
 
     def perplexity(self, texts: Sequence[str]) -> float:
-        """Perplexity over real texts: exp of the token-weighted mean negative log-likelihood."""
+        """Perplexity over real texts (each cut to the context): exp of the token-weighted mean
+        negative log-likelihood."""
         total, count = 0.0, 0
         for text in texts:
-            ids = self.encode(text)
+            ids = self.encode(text)[:self.context_length]
             if len(ids) < 2:
                 continue
             value = mean_nll(self.logits(ids), ids)

@@ -144,6 +144,11 @@ def make_app(path, options: ServeOptions = ServeOptions(), batcher=None):
     options.check()
     token = options.token()
     model = load(path, device="cpu", threads=options.threads, trusted_key=options.trusted_key)
+    if model.task == "text-generation" and (options.max_batch, options.max_delay_ms) != \
+            (v.DEFAULT_MAX_BATCH, v.DEFAULT_MAX_DELAY_MS):
+        model.close()
+        raise InvalidOptionError("--max-batch and --max-delay-ms batch the requests of encoders; a causal LM "
+                                 "generates one request at a time (--max-queue bounds those waiting)")
     check_golden(model, path)
     name = options.name or default_model_name(path)
     limits = Limits(options.max_batch, options.max_delay_ms, options.max_queue, options.max_body_bytes)

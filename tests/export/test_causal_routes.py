@@ -366,3 +366,43 @@ def test_int4_and_int8_weight_only_on_the_second_route(bpe, tmp_path, cli):
                  "only --min-cosine")
     assert_fails(cli("quantize", artifact.path, "--mode", "int4", "--max-token-disagreement", "2", "-o",
                      tmp_path / "x"), 2, "a share of tokens, between 0 and 1", absent=tmp_path / "x")
+
+
+def test_a_short_context_model_is_checked_within_its_context(bpe, tmp_path, cli):
+    """A context of 24 tokens: quantize, verify and bench fit their checks into it, as the
+    export does (prompts cut to half the context, new tokens as many as still fit)."""
+    from causal_families import GPT2_SIZES
+
+    source = build(tmp_path / "short", "gpt2", bpe, table={"gpt2": dict(own_sizes=True, **{**GPT2_SIZES,
+                                                                                          "n_positions": 24})})
+    artifact = export_onnx(source, tmp_path / "fp32", ExportOptions(exporter="torchscript"))
+    assert artifact.manifest.processing["generation"]["context_length"] == 24
+    result = cli("quantize", artifact.path, "--mode", "int8-weight-only", "-o", tmp_path / "q8")
+    assert result.exit_code == 0, result.output
+    checked = cli("verify", tmp_path / "q8", "--reference", artifact.path)
+    assert checked.exit_code == 0, checked.output
+    assert "max_token_disagreement <= " in checked.output and "max_perplexity_increase <= " in checked.output
+    # bench refuses requests past the context before it measures anything
+    assert_fails(cli("bench", "run", artifact.path, "--scenario", "generation", "--max-new-tokens", "300"),
+                 ModelInputError.exit_code, "past the model's context of 24 tokens")
+
+
+def test_options_a_causal_lm_has_no_use_for_are_refused(bpe, tmp_path, cli, onnx_artifacts):
+    source = build(tmp_path / "llama", "llama", bpe)
+    gpt2 = build(tmp_path / "gpt2", "gpt2", bpe)
+    out = tmp_path / "out"
+    assert_fails(cli("export", "onnx", source, "-o", out, "--opset", "14", "--no-validate"),
+                 InvalidOptionError.exit_code, "--opset, --no-validate do not apply to causal LMs", absent=out)
+    assert_fails(cli("export", "onnx", source, "-o", out, "--runtime-adapter", f"a={tmp_path}", "--precision", "int4"),
+                 InvalidOptionError.exit_code, "--runtime-adapter needs --precision fp32", absent=out)
+    assert_fails(cli("export", "onnx", gpt2, "-o", out, "--runtime-adapter", f"a={tmp_path}"),
+                 UnsupportedModelError.exit_code, "merge the adapter with --adapter", absent=out)
+    assert_fails(cli("export", "executorch", source, "-o", out), UnsupportedModelError.exit_code,
+                 "export with their KV cache through 'edgeport export onnx'", absent=out)
+    # run: generation options on an encoder, and encoder options with prompts (checked before loading)
+    assert_fails(cli("run", onnx_artifacts["encoder"].path, "--text", "a", "--max-new-tokens", "5", "--seed", "3"),
+                 InvalidOptionError.exit_code, "--max-new-tokens, --seed apply to causal LMs' --prompt only")
+    assert_fails(cli("run", tmp_path, "--prompt", "hi", "--batch-size", "4"), InvalidOptionError.exit_code,
+                 "--batch-size")
+    assert_fails(cli("run", tmp_path, "--prompt", "hi", "--seed", "4"), InvalidOptionError.exit_code,
+                 "--seed seeds sampling")

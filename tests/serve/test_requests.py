@@ -11,7 +11,9 @@ import json
 import numpy as np
 import pytest
 
+from edgeport.errors import InvalidOptionError
 from edgeport.runtime import load
+from helpers import assert_fails
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("starlette", reason="the serve extra (uvicorn, starlette) is not installed")
@@ -186,3 +188,9 @@ def test_dynamic_int8_rows_depend_on_their_input_alone(minilm_int8):
         np.testing.assert_array_equal(got[0], alone[text_index])
         np.testing.assert_array_equal(got[2], alone[0])
     model.close()
+
+
+@pytest.mark.slow
+def test_batching_options_are_refused_for_a_causal_lm(lms, cli):
+    assert_fails(cli("serve", lms("llama")["onnx"].path, "--max-batch", "4", "--port", "0"),
+                 InvalidOptionError.exit_code, "--max-batch and --max-delay-ms batch the requests of encoders")
