@@ -63,6 +63,9 @@ class GenAIModel(GenerativeModel):
         # (ONNX Gather takes -1 as the last row; those positions are masked).
         overlay = session_overlay(settings)
         overlay.setdefault("model", {})["pad_token_id"] = PAD
+        # ONNX Runtime's own error lines would repeat, in red on stderr, what edgeport raises.
+        options = overlay["model"].setdefault("decoder", {}).setdefault("session_options", {})
+        options["log_severity_level"] = 4
         config.overlay(json.dumps(overlay))
         self._og = og
         self.model = og.Model(config)

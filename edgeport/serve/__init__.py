@@ -175,7 +175,8 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
     options.check()
     _check_port_free(options.host, options.port)
     app, name, token = make_app(path, options)
-    for message in startup_warnings(options, token) + serving_notes(app, options):
+    rows_alone = getattr(app.server.model, "rows_alone", False)
+    for message in startup_warnings(options, token) + serving_notes(rows_alone, options):
         warn(message)
     scheme = "https" if options.certfile else "http"
     host = f"[{options.host}]" if ":" in options.host else options.host
@@ -195,17 +196,19 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
     except (OSError, ValueError) as exc:    # a certificate that does not load, an address taken meanwhile
         raise ServerError(f"the server could not start: {exc}") from exc
     except KeyboardInterrupt:               # uvicorn re-raises Ctrl-C once the accepted requests are answered
-        server.signals.append(signal.SIGINT)
+        if signal.SIGINT not in server.signals:
+            server.signals.append(signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if len(server.signals) > 1:             # uvicorn's forced exit: what was in flight was cut off
+        raise StoppedByUser("stopped at once by a second signal; requests in flight were cut off")
     if signal.SIGINT in server.signals:     # exit 130 as for every command stopped with Ctrl-C (SIGTERM: 0)
         raise StoppedByUser("stopped by Ctrl-C, after answering the requests it had accepted")
 
 
-def serving_notes(app, options: ServeOptions) -> list[str]:
+def serving_notes(rows_alone: bool, options: ServeOptions) -> list[str]:
     """What the server does differently from what its options say, and why."""
-    server = app.server
-    if getattr(server.model, "rows_alone", False):
+    if rows_alone:
         return [f"note: this model quantizes its activations per call (dynamic INT8), so every request row runs "
                 f"alone: its result depends on its input only, never on the requests beside it "
                 f"(--max-batch {options.max_batch} does not apply)"]

@@ -184,8 +184,11 @@ def ray_environment(address: str | None) -> None:
     """What Ray reads from the environment when it is imported, so set before that: bounded
     connection attempts (Ray otherwise retries an unreachable address for minutes) and, for
     a cluster of our own, its own auth token (nothing written to ~/.ray)."""
+    # RAY_DISABLE_FAILURE_SIGNAL_HANDLER: Ray's core worker would otherwise take SIGTERM over
+    # while ray.init runs (a stack dump, abort, a cluster folder left behind).
     for key, value in (("RAY_NUM_REDIS_GET_RETRIES", "2"), ("RAY_py_gcs_connect_timeout_s", "10"),
-                       ("RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S", "10"), ("RAY_USAGE_STATS_ENABLED", "0")):
+                       ("RAY_CLIENT_INITIAL_CONNECTION_TIMEOUT_S", "10"), ("RAY_USAGE_STATS_ENABLED", "0"),
+                       ("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")):
         os.environ.setdefault(key, value)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -218,6 +221,17 @@ class Cluster:
             raise ServerError(f"a local Ray cluster could not start: {str(exc).splitlines()[0]}") from exc
         return ray
 
+    def abandon(self) -> None:
+        """Forget a cluster whose processes are gone: remove our folder; no call to Ray, which
+        would wait for its GCS (then at exit too, so its exit hook is unregistered)."""
+        import atexit
+
+        import ray
+
+        atexit.unregister(ray._private.worker.shutdown)
+        if self.temp_dir:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
     def stop(self) -> None:
         import ray
 
@@ -248,8 +262,8 @@ def _deploy(serve, app, timeout_s: float) -> None:
 
 def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, warn=print) -> None:
     """Serve ``path`` on Ray Serve until interrupted; leave nothing running behind."""
-    from . import _check_port_free, startup_warnings
-    from ..runtime.model import open_artifact
+    from . import _check_port_free, serving_notes, startup_warnings
+    from ..runtime.model import open_artifact, rows_depend_on_batch
 
     options.check()
     cluster_options.check()
@@ -259,17 +273,26 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
     ray_environment(cluster_options.address)
     require("ray", "ray")
     path = str(Path(path).resolve())
-    open_artifact(path, trusted_key=options.trusted_key)      # checksums and signature, before any cluster
+    artifact = open_artifact(path, trusted_key=options.trusted_key)   # checksums and signature, before any cluster
     name = check_model_name(options.name or default_model_name(path))
     _check_port_free(options.host, options.port)
     cluster = Cluster(cluster_options.address)
-    deployed = False
-    previous = signal.signal(signal.SIGTERM, _terminate)
+    # While Ray starts, a SIGTERM is noted, not raised: raised inside ray.init it would leave a
+    # half-started node that nothing shuts down.  Once init returns, it stops the server.
+    noted: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: noted.append(signum))
     try:
-        ray = cluster.start()
-        # Ray's core worker installs its own fatal-signal handler for SIGTERM in the driver (a
+        try:
+            ray = cluster.start()
+        except SystemExit as exc:            # ray.init's own SIGTERM handler: sys.exit(15)
+            if exc.code != signal.SIGTERM:
+                raise
+            raise _Terminated() from None
+        # Where Ray's core worker installed its own fatal-signal handler for SIGTERM anyway (a
         # stack dump, then abort, leaving its agents running): ours again, so SIGTERM tears down.
         signal.signal(signal.SIGTERM, _terminate)
+        if noted:
+            raise _Terminated()
         from ray import serve
         from ray.serve.schema import LoggingConfig
 
@@ -290,8 +313,7 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
                                       health_check_timeout_s=max(2.0, cluster_options.health_check_period_s),
                                       **scaling)
         _deploy(serve, deployment.bind(path, replica_options), cluster_options.deploy_timeout_s)
-        deployed = True
-        for message in startup_warnings(options, token):
+        for message in startup_warnings(options, token) + serving_notes(rows_depend_on_batch(artifact), options):
             warn(message)
         where = cluster_options.address or "a local Ray cluster"
         warn(f"serving '{name}' on http://{options.host}:{options.port} with Ray Serve on {where}: "
@@ -306,7 +328,7 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
         return                                               # SIGTERM: a clean stop, exit 0
     finally:
         signal.signal(signal.SIGTERM, previous)
-        _tear_down(cluster, deployed)
+        _tear_down(cluster)
 
 
 class _Terminated(Exception):
@@ -317,11 +339,32 @@ def _terminate(signum, frame) -> None:
     raise _Terminated()
 
 
-def _tear_down(cluster: Cluster, deployed: bool) -> None:
-    try:
-        import ray
+def _gcs_reachable() -> bool:
+    """Whether the cluster's GCS still answers.  A SIGTERM sent to the whole process group
+    (``timeout``, ``kill -- -PGID``) also stops the local cluster's own processes; talking
+    to them then waits 60 s for a GCS that is gone, and aborts."""
+    import ray
 
-        if ray.is_initialized() and (deployed or cluster.address):
+    try:
+        host, _, port = ray._private.worker.global_worker.node.gcs_address.rpartition(":")
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+    except (AttributeError, ValueError):
+        return True                    # no address to probe: try as usual
+    except OSError:
+        return False
+    return True
+
+
+def _tear_down(cluster: Cluster) -> None:
+    import ray
+
+    if ray.is_initialized() and not _gcs_reachable():
+        cluster.abandon()              # its processes are gone already: nothing to delete or shut down
+        return
+    try:
+        # A cluster started here goes as a whole (with the deployment); on the user's cluster
+        # our deployment is deleted and the cluster left running.
+        if ray.is_initialized() and cluster.address:
             from ray import serve
 
             try:
@@ -332,6 +375,4 @@ def _tear_down(cluster: Cluster, deployed: bool) -> None:
         if cluster.address is None:
             cluster.stop()             # a cluster started here goes with the server
         else:
-            import ray
-
             ray.shutdown()             # leave the user's cluster running, without our deployment

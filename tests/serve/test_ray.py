@@ -207,3 +207,37 @@ def test_a_bundle_failing_its_golden_check_is_refused_by_the_replicas(onnx_artif
     assert result.returncode == ServerError.exit_code, result.stderr
     assert "golden check" in result.stderr and "Traceback" not in result.stderr
     assert _ray_processes() == before
+
+
+def test_sigterm_to_the_whole_process_group_stops_cleanly(onnx_artifacts):
+    """timeout, systemd and ``kill -- -PGID`` signal the whole group, the local cluster's own
+    processes too: the server must not wait on them (Ray's calls then hang 60 s and abort),
+    and still exits 0, leaving nothing behind."""
+    temp_dirs = _ray_temp_dirs()
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "edgeport.cli", "serve", str(onnx_artifacts["encoder"].path),
+                                "--engine", "ray", "--port", str(port)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if request(f"http://127.0.0.1:{port}/v2/health/ready", timeout=2)[0] == 200:
+                    break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.5)
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        time.sleep(2)                                     # serving for a while, as a real server is
+        started = time.time()
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=50) == 0, process.stderr.read()[-2000:]
+        assert time.time() - started < 40
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    deadline = time.time() + 20                 # the cluster's agents follow their raylet out
+    while _ray_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert _ray_processes() == []
+    assert _ray_temp_dirs() <= temp_dirs

@@ -317,3 +317,26 @@ def test_port_zero_names_the_port_it_listens_on(onnx_artifacts):
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
+
+
+def test_ctrl_c_says_truly_what_became_of_the_requests(onnx_artifacts):
+    """One Ctrl-C answers what was accepted, then exits 130; a second one stops at once and
+    says that requests in flight were cut off."""
+    import time
+
+    body = _long_texts_body(onnx_artifacts["encoder"].path, rows=16)
+    for presses, phrase in ((1, "after answering the requests it had accepted"), (2, "were cut off")):
+        with running(onnx_artifacts["encoder"].path, "--name", "enc", "--max-batch", "1",
+                     stop_signal=signal.SIGINT) as (base, process):
+            statuses = []
+            threads = _start_requests(f"{base}/v2/models/enc/infer", body, statuses, 6)
+            time.sleep(0.3)                  # the requests are accepted
+            for _ in range(presses):
+                process.send_signal(signal.SIGINT)
+                time.sleep(0.05)
+            assert process.wait(timeout=30) == 130
+            for thread in threads:
+                thread.join()
+            assert phrase in process.stderr.read()
+        if presses == 1:
+            assert statuses == [200] * 6, statuses
