@@ -14,8 +14,9 @@ from .common import TRUSTED_KEY_HELP, say
 @click.option("--host", default=v.DEFAULT_HOST, show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", type=int, default=v.DEFAULT_PORT, show_default=True)
 @click.option("--name", help="Model name in the URLs (default: the artifact's folder or bundle name).")
-@click.option("--max-batch", type=int, default=v.DEFAULT_MAX_BATCH, show_default=True,
-              help="Rows per dynamic batch (1: no batching).")
+@click.option("--max-batch", type=int,
+              help=f"Rows per dynamic batch (1: no batching; default {v.DEFAULT_MAX_BATCH}, or 1 for a dynamically "
+                   "quantized INT8 model, whose rows would depend on the rows beside them).")
 @click.option("--max-delay-ms", type=float, default=v.DEFAULT_MAX_DELAY_MS, show_default=True,
               help="Longest wait to fill a batch.")
 @click.option("--max-queue", type=int, default=v.DEFAULT_MAX_QUEUE, show_default=True,

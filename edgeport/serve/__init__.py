@@ -44,7 +44,7 @@ class ServeOptions:
     host: str = v.DEFAULT_HOST
     port: int = v.DEFAULT_PORT
     name: str | None = None              # default: the artifact folder's name
-    max_batch: int = v.DEFAULT_MAX_BATCH
+    max_batch: int | None = None         # None: DEFAULT_MAX_BATCH, or 1 where rows depend on their batch
     max_delay_ms: float = v.DEFAULT_MAX_DELAY_MS
     max_queue: int = v.DEFAULT_MAX_QUEUE
     max_body_bytes: int = v.DEFAULT_MAX_BODY_BYTES
@@ -59,8 +59,8 @@ class ServeOptions:
     def check(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise InvalidOptionError(f"--port must be between 0 and 65535 (got {self.port!r})")
-        for option, value in (("--max-batch", self.max_batch), ("--max-queue", self.max_queue),
-                              ("--max-body-bytes", self.max_body_bytes)):
+        for option, value in (("--max-batch", v.DEFAULT_MAX_BATCH if self.max_batch is None else self.max_batch),
+                              ("--max-queue", self.max_queue), ("--max-body-bytes", self.max_body_bytes)):
             if not isinstance(value, int) or value < 1:
                 raise InvalidOptionError(f"{option} must be a whole number >= 1 (got {value!r})")
         if not isinstance(self.max_delay_ms, (int, float)) or not 0 <= self.max_delay_ms <= MAX_DELAY_MS:
@@ -144,15 +144,22 @@ def make_app(path, options: ServeOptions = ServeOptions(), batcher=None):
     options.check()
     token = options.token()
     model = load(path, device="cpu", threads=options.threads, trusted_key=options.trusted_key)
-    if model.task == "text-generation" and (options.max_batch, options.max_delay_ms) != \
-            (v.DEFAULT_MAX_BATCH, v.DEFAULT_MAX_DELAY_MS):
+    if model.task == "text-generation" and (options.max_batch is not None or
+                                            options.max_delay_ms != v.DEFAULT_MAX_DELAY_MS):
         model.close()
         raise InvalidOptionError("--max-batch and --max-delay-ms batch the requests of encoders; a causal LM "
                                  "generates one request at a time (--max-queue bounds those waiting)")
     check_golden(model, path)
     name = options.name or default_model_name(path)
-    limits = Limits(options.max_batch, options.max_delay_ms, options.max_queue, options.max_body_bytes)
+    limits = Limits(options.max_batch or v.DEFAULT_MAX_BATCH, options.max_delay_ms, options.max_queue,
+                    options.max_body_bytes, join_dependent_rows=joins_dependent_rows(options, model))
     return build_app(model, name, limits, token, batcher), name, token
+
+
+def joins_dependent_rows(options: ServeOptions, model) -> bool:
+    """Whether the user asked (--max-batch above 1) to batch a model whose rows depend on their
+    batch: faster, and each row's result then depends on the rows run beside it."""
+    return bool(getattr(model, "rows_alone", False) and options.max_batch and options.max_batch > 1)
 
 
 def check_golden(model, path) -> None:
@@ -207,12 +214,15 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
 
 
 def serving_notes(rows_alone: bool, options: ServeOptions) -> list[str]:
-    """What the server does differently from what its options say, and why."""
-    if rows_alone:
-        return [f"note: this model quantizes its activations per call (dynamic INT8), so every request row runs "
-                f"alone: its result depends on its input only, never on the requests beside it "
-                f"(--max-batch {options.max_batch} does not apply)"]
-    return []
+    """How a model whose rows depend on their batch (dynamic INT8) is served, and why."""
+    if not rows_alone:
+        return []
+    if options.max_batch and options.max_batch > 1:
+        return [f"note: --max-batch {options.max_batch} joins the rows of a model that quantizes its activations per "
+                "call (dynamic INT8): faster, but each row's result then depends on the rows run beside it"]
+    return ["note: this model quantizes its activations per call (dynamic INT8), so every request row runs alone: its "
+            "result depends on its input only, never on the requests beside it (--max-batch N joins rows: faster, "
+            "batch-dependent)"]
 
 
 def _signal_noting_server(config, on_started=lambda port: None):

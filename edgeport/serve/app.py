@@ -32,6 +32,7 @@ class Limits:
     max_delay_ms: float = v.DEFAULT_MAX_DELAY_MS
     max_queue: int = v.DEFAULT_MAX_QUEUE
     max_body_bytes: int = v.DEFAULT_MAX_BODY_BYTES
+    join_dependent_rows: bool = False    # batch a model whose rows depend on their batch anyway (asked for)
 
 
 class BodyTooLarge(Exception):
@@ -116,10 +117,12 @@ class ModelServer:
         self.metrics = Metrics(name)
         self.ready = False
         make_batcher = batcher or DynamicBatcher
-        # Rows that depend on their batch (dynamic INT8) run alone: nothing to wait for.
-        alone = getattr(model, "rows_alone", False)
+        # Rows that depend on their batch (dynamic INT8) run alone, nothing to wait for, unless the
+        # user asked to join them (then the runner runs them joined, as one call).
+        alone = getattr(model, "rows_alone", False) and not limits.join_dependent_rows
         self.batcher = None if self.generative else make_batcher(
-            model.run, 1 if alone else limits.max_batch, 0 if alone else limits.max_delay_ms / 1000, limits.max_queue,
+            model.runner.run_in_rows if limits.join_dependent_rows else model.run,
+            1 if alone else limits.max_batch, 0 if alone else limits.max_delay_ms / 1000, limits.max_queue,
             self.metrics.batch)
         # Joined requests may hold more rows than the engine takes in one call (an ExecuTorch
         # program's bounds, a TensorRT profile): Model.run runs them in chunks it takes.

@@ -307,7 +307,7 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
                                            "target_ongoing_requests": cluster_options.target_ongoing_requests}}
                    if cluster_options.min_replicas else {"num_replicas": cluster_options.replicas or 1})
         deployment = serve.deployment(deployment_class(), ray_actor_options={"num_cpus": cpus},
-                                      max_ongoing_requests=max(64, 2 * options.max_batch),
+                                      max_ongoing_requests=max(64, 2 * (options.max_batch or 1)),
                                       max_queued_requests=options.max_queue, max_constructor_retry_count=1,
                                       health_check_period_s=cluster_options.health_check_period_s,
                                       health_check_timeout_s=max(2.0, cluster_options.health_check_period_s),

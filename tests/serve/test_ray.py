@@ -29,7 +29,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def _ray_processes() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines()
             if any(name in line for name in ("raylet", "gcs_server", "DashboardAgent", "RuntimeEnvAgent"))]
 
@@ -213,7 +213,11 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(onnx_artifacts):
     """timeout, systemd and ``kill -- -PGID`` signal the whole group, the local cluster's own
     processes too: the server must not wait on them (Ray's calls then hang 60 s and abort),
     and still exits 0, leaving nothing behind."""
-    temp_dirs = _ray_temp_dirs()
+    temp_dirs, ours = _ray_temp_dirs(), set()
+
+    def left() -> list[str]:                  # its cluster's processes name its folder in their arguments
+        return [line for line in _ray_processes() if any(name in line for name in ours)]
+
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "edgeport.cli", "serve", str(onnx_artifacts["encoder"].path),
                                 "--engine", "ray", "--port", str(port)], stdout=subprocess.PIPE,
@@ -228,6 +232,8 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(onnx_artifacts):
                 pass
             time.sleep(0.5)
         assert process.poll() is None, process.stderr.read()[-2000:]
+        ours = _ray_temp_dirs() - temp_dirs               # its cluster's folder (other tests' clusters may run)
+        assert len(ours) == 1 and left(), _ray_processes()
         time.sleep(2)                                     # serving for a while, as a real server is
         started = time.time()
         os.killpg(process.pid, signal.SIGTERM)
@@ -236,8 +242,8 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(onnx_artifacts):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    deadline = time.time() + 20                 # the cluster's agents follow their raylet out
-    while _ray_processes() and time.time() < deadline:
+    deadline = time.time() + 20               # the cluster's agents follow their raylet out
+    while left() and time.time() < deadline:
         time.sleep(0.5)
-    assert _ray_processes() == []
+    assert left() == []
     assert _ray_temp_dirs() <= temp_dirs

@@ -165,7 +165,8 @@ def test_every_response_is_counted(onnx_artifacts):
 def test_dynamic_int8_rows_depend_on_their_input_alone(minilm_int8):
     """Dynamic quantization takes one activation scale per call from the whole batch: served
     and predicted rows run alone, so a text's embedding never depends on its neighbours."""
-    from edgeport.serve.app import build_app
+    from edgeport.serve import ServeOptions, joins_dependent_rows, serving_notes
+    from edgeport.serve.app import Limits, build_app
 
     model = load(minilm_int8.path)
     assert model.rows_alone
@@ -187,6 +188,13 @@ def test_dynamic_int8_rows_depend_on_their_input_alone(minilm_int8):
         got = np.array(answer.json()["predictions"], dtype=np.float32)
         np.testing.assert_array_equal(got[0], alone[text_index])
         np.testing.assert_array_equal(got[2], alone[0])
+    assert app.server.batcher.max_batch == 1
+    # --max-batch given: the user asked for joined rows (faster, batch-dependent), and is told so
+    options = ServeOptions(max_batch=8)
+    assert joins_dependent_rows(options, model) and not joins_dependent_rows(ServeOptions(), model)
+    assert "depends on the rows run beside it" in serving_notes(True, options)[0]
+    joined = build_app(model, "int8", Limits(max_batch=8, join_dependent_rows=True))
+    assert joined.server.batcher.max_batch == 8 and joined.server.batcher.run == model.runner.run_in_rows
     model.close()
 
 
