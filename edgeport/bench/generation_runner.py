@@ -11,12 +11,11 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..data import generation_prompts, stdlib_sentences
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, ModelInputError
 from ..manifest import now_iso
 from ..parity.generation import measure_generation
 from ..runtime import load
 from ..runtime.formats import format_of
-from ..runtime.generation import Sampling
 from ..speed import Interrupted, machine_info
 from .generation import interleaved_generation, summarize
 from .memory import measure_memory
@@ -24,6 +23,12 @@ from .report import BenchReport
 from .scenarios import spinning_policy
 
 PROMPTS = 4
+
+
+def prompts_within(model, prompts: list[str]) -> list[list[int]]:
+    """The prompts' ids, each cut to half the model's context (as every generation check cuts
+    them), so a short-context model leaves room for new tokens."""
+    return [model.encode(p)[:max(1, model.context_length // 2)] for p in prompts]
 
 
 def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Callable[[str], None], meter
@@ -42,8 +47,10 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
                 "manifest_sha256": artifact.manifest_sha256,
                 "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
                 "provider": model.provider, "session_create_ms": round((time.perf_counter() - start) * 1000, 1)}
-        for prompt in generation_prompts(PROMPTS):     # before any measuring: the requests must fit
-            model.check_room(model.encode(prompt), Sampling(options.max_new_tokens))
+        room = model.context_length - max(map(len, prompts_within(model, generation_prompts(PROMPTS))))
+        if options.max_new_tokens > room:                # before any measuring: the requests must fit
+            raise ModelInputError(f"{name}: its context of {model.context_length} tokens leaves room for {room} new "
+                                  f"tokens after the bench's prompts; give --max-new-tokens {room} or fewer")
         if options.measure_memory:
             progress(f"memory and cold start of {name} (fresh process)...")
             info.update(measure_memory(str(artifact.path), None))
@@ -54,7 +61,7 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
         streamers[variant.name] = variant.runner
         variants.append(variant.info)
     reference = next(iter(models.values()))
-    prompts = [reference.encode(p) for p in generation_prompts(PROMPTS)]
+    prompts = prompts_within(reference, generation_prompts(PROMPTS))
     report = BenchReport(created=now_iso(), machine=machine_info(), variants=variants, results=[], parity={},
                          reference=str(artifacts[0].path),
                          data=f"{len(prompts)} docstring prompts, up to {options.max_new_tokens} new tokens each",

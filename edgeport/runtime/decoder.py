@@ -106,7 +106,9 @@ class DecoderModel(GenerativeModel):
     # ------------------------------------------------------------------ tokens and text
 
     def _encode_text(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=self.add_special_tokens).ids
+        # encode_batch lets go of the GIL while it works (encode does not): a server's other
+        # requests, its health checks included, go on while a long prompt is tokenized.
+        return self.tokenizer.encode_batch([text], add_special_tokens=self.add_special_tokens)[0].ids
 
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode([int(t) for t in tokens], skip_special_tokens=True)

@@ -329,6 +329,11 @@ class GenerativeModel:
                 shown, held = held[:len(held) - keep], held[len(held) - keep:]
                 stream.text += shown
                 yield Piece(token, shown)
+            # The incremental decoder holds back a character whose bytes are not all there yet;
+            # at the end decode() shows it (as U+FFFD, as transformers does): so does the stream.
+            whole = self.decode(stream.tokens)
+            if whole.startswith(stream.text + held):
+                held = whole[len(stream.text):]
             if held:
                 stream.text += held
                 yield Piece(None, held)

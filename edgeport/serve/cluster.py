@@ -318,7 +318,8 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
         where = cluster_options.address or "a local Ray cluster"
         warn(f"serving '{name}' on http://{options.host}:{options.port} with Ray Serve on {where}: "
              + (f"{cluster_options.min_replicas}-{cluster_options.max_replicas} replicas (autoscaling)"
-                if cluster_options.min_replicas else f"{cluster_options.replicas or 1} replicas")
+                if cluster_options.min_replicas else
+                f"{cluster_options.replicas or 1} replica{'s' if (cluster_options.replicas or 1) > 1 else ''}")
              + f" of {cpus:g} CPU")
         while True:
             time.sleep(1.0)

@@ -35,6 +35,8 @@ _NOT_IMPLEMENTED = {"echo": (False,), "suffix": ("",), "best_of": (1,), "presenc
 
 
 def _options(request: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(request.get("stream", False), bool):
+        raise ProtocolError("'stream' must be true or false")
     if request.get("n") not in (None, 1):
         raise ProtocolError("only n=1 is supported")
     for field, defaults in _NOT_IMPLEMENTED.items():

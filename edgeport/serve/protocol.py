@@ -91,6 +91,12 @@ _NAMES = {"i": "integer", "u": "integer", "f": "fractional", "U": "string", "b":
           "O": "mixed or out-of-range"}
 
 
+def _holds_bool(data) -> bool:
+    if isinstance(data, bool):
+        return True
+    return isinstance(data, list) and any(_holds_bool(value) for value in data)
+
+
 def _parameters(item: dict, where: str) -> dict:
     parameters = item.get("parameters")
     if parameters is None:
@@ -124,6 +130,8 @@ def _tensor(item: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarr
         raise ProtocolError(f"input '{name}' has no 'data'")
     try:
         given = np.asarray(data)          # what the JSON holds: 101.7 or "101" is not an INT64
+        if dtype.kind != "b" and _holds_bool(data):     # numpy reads [101, true] as integers
+            given = np.asarray([True])
         if given.size and given.dtype.kind not in _KINDS[dtype.kind]:
             raise ProtocolError(f"input '{name}': data holds {_NAMES.get(given.dtype.kind, 'other')} values, "
                                 f"not {datatype}")

@@ -240,3 +240,14 @@ def test_streamed_text_is_the_unstreamed_text(lms):
     prompt = PROMPTS[2]
     streamed = "".join(piece.text for piece in model.stream(prompt, max_new_tokens=24))
     assert streamed == model.generate(prompt, max_new_tokens=24)[0].text
+
+
+def test_a_stream_cut_inside_a_character_ends_as_decode_does(lms, monkeypatch):
+    """Generation that stops after half a character's bytes: decode() shows U+FFFD there (as
+    transformers does), and the stream must end with the same text."""
+    model = load(lms("llama")["onnx"].path)
+    tokens = model.encode("naïve café → done; 日本語")
+    cut = next(k for k in range(1, len(tokens)) if model.decode(tokens[:k]).endswith("\ufffd"))
+    monkeypatch.setattr(type(model), "_token_stream", lambda self, ids, sampling, adapter: iter(tokens[:cut]))
+    streamed = "".join(piece.text for piece in model.stream("x", max_new_tokens=len(tokens)))
+    assert streamed == model.decode(tokens[:cut]) and streamed.endswith("\ufffd")

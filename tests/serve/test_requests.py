@@ -93,7 +93,7 @@ def test_openai_refuses_what_it_would_otherwise_ignore_and_streams_never_hang(lm
                ({"prompt": "x", "seed": -3, "stream": True}, "seed"), ({"prompt": "x", "seed": -1}, "seed"),
                ({"prompt": ["a", "b"], "stream": True}, "one prompt"),
                ({"prompt": "x", "stream_options": {"include_usage": True}}, "stream_options"),
-               ({"prompt": [1.5]}, "'prompt'")]
+               ({"prompt": [1.5]}, "'prompt'"), ({"prompt": "x", "stream": "yes"}, "'stream'")]
 
     async def calls(client):
         answers = [await client.post("/v1/completions", json=body) for body, _ in refused]
@@ -127,6 +127,7 @@ def test_tensor_data_and_parameters_are_checked_strictly(onnx_artifacts):
                            {"name": "attention_mask", "shape": [1, 2], "datatype": "INT64", "data": [1, 1]}], **extra}
 
     cases = [(body([101.7, 102]), "fractional values, not INT64"), (body(["101", "102"]), "string values"),
+             (body([101, True]), "boolean values"),
              (body([True, False]), "boolean values"), (body([5, 6], parameters="x"), "'parameters' must be an object"),
              (body([5, 6], outputs=[{"name": "last_hidden_state", "parameters": "yes"}]), "output 'last_hidden_state'")]
 
