@@ -136,6 +136,15 @@ class RecipeError(InvalidOptionError):
 INTERRUPTED_EXIT_CODE = StoppedByUser.exit_code
 
 
+def refuse_unused(options, why: str) -> None:
+    """Refuse, in one line, the options a command would otherwise ignore: ``options`` pairs
+    each option's name with its value (or whether it was given); ``why`` ends the sentence
+    "--a, --b do not apply ..."."""
+    given = [name for name, value in options if value]
+    if given:
+        raise InvalidOptionError(f"{', '.join(given)} {'does' if len(given) == 1 else 'do'} not apply {why}")
+
+
 def require(module: str, extra: str):
     """Import an optional dependency or explain which extra installs it."""
     import importlib

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from .. import vocabulary as v
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, refuse_unused
 from . import main
 from .common import TRUSTED_KEY_HELP, emit_json, say, show_artifact
 
@@ -46,12 +46,9 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
     budget = ParityBudget(min_cosine, max_abs_error, min_top1_agreement)
     # Each mode takes its own options; one given to the other would be silently ignored.
     if platform:
-        ignored = [name for name, value in (("--reference", reference), ("--data", data), ("--limit", limit)) if value]
-        if ignored:
-            verb = "does" if len(ignored) == 1 else "do"
-            raise InvalidOptionError(f"{', '.join(ignored)} {verb} not apply with --platform, which runs the "
-                                     "bundle's own golden inputs; drop them, or verify against a reference without "
-                                     "--platform")
+        refuse_unused((("--reference", reference), ("--data", data), ("--limit", limit)),
+                      "with --platform, which runs the bundle's own golden inputs; drop them, or verify against a "
+                      "reference without --platform")
     elif cpu:
         raise InvalidOptionError("--cpu picks the emulated CPU of --platform; give --platform linux/arm64 too")
     if platform:

@@ -27,7 +27,7 @@ from pathlib import Path
 from ..artifact import Artifact, finalize_manifest
 from ..data import generation_prompts, stdlib_sentences
 from ..errors import (EdgeportError, ExportError, InvalidOptionError, ModelInputError, ParityError, SourceError,
-                      UnsupportedModelError, require)
+                      UnsupportedModelError, refuse_unused, require)
 from ..golden import save_golden
 from ..manifest import GOLDEN_NAME, Manifest, tool_versions
 from ..outputs import ARTIFACT, check_output, staged_output
@@ -148,15 +148,13 @@ def _check_options(options) -> None:
     if options.precision not in PRECISIONS:
         raise InvalidOptionError(f"--precision must be one of {', '.join(PRECISIONS)} for causal LMs")
     # Options of the encoder route that a causal-LM export has no use for: refused, not ignored.
-    unused = [option for option, used in (
+    refuse_unused((
         ("--opset", options.opset != DEFAULT_OPSET), ("--atol", options.atol != DEFAULT_ATOL),
         ("--rtol", options.rtol != DEFAULT_RTOL), ("--no-validate", not options.validate),
         ("--external-data/--no-external-data", options.external_data is not None),
-        ("--input", bool(options.inputs)), ("--output-name", bool(options.output_names))) if used]
-    if unused:
-        raise InvalidOptionError(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} not apply to causal "
-                                 "LMs: each route picks its own opset and file layout, and the export is always "
-                                 "checked token for token against transformers' greedy generate")
+        ("--input", options.inputs), ("--output-name", options.output_names)),
+        "to causal LMs: each route picks its own opset and file layout, and the export is always checked token "
+        "for token against transformers' greedy generate")
     if options.runtime_adapters and options.precision != "fp32":
         raise InvalidOptionError(f"--runtime-adapter needs --precision fp32: the adapter's LoRA slots sit beside "
                                  f"float32 MatMuls, which an {options.precision} build does not keep")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..data import generation_prompts, stdlib_sentences
-from ..errors import InvalidOptionError, QuantizationError
+from ..errors import InvalidOptionError, QuantizationError, refuse_unused
 from ..runtime.onnxrt import SessionSettings
 from .recipes import Outcome, QuantizeJob, Recipe, register
 from .writing import candidate_folder
@@ -36,17 +36,14 @@ class WeightOnly(Recipe):
             raise InvalidOptionError(f"{', '.join(given)} do not apply to --mode {self.mode}, which is gated on greedy "
                                      "tokens and perplexity: use --max-token-disagreement / --max-perplexity-increase")
         # The INT8 encoder recipes' levers: a weight-only build has none of them, so none is ignored silently.
-        levers = [option for option, used in (
+        refuse_unused((
             ("--data", options.data is not None), ("--per-tensor/--per-channel", options.per_channel is not None),
             ("--smooth-alpha", options.smooth_alpha is not None), ("--no-smooth", not options.smooth),
             ("--calibration-method", options.calibration_method != "minmax"), ("--optimize", options.optimize),
             ("--no-worst-case-guard", not options.worst_case_guard), ("--max-kept-nodes", options.max_kept_nodes),
-            ("--no-fp16-fallback", not options.fp16_fallback), ("--target", options.target is not None)) if used]
-        if levers:
-            raise InvalidOptionError(f"{', '.join(levers)} {'does' if len(levers) == 1 else 'do'} not apply to --mode "
-                                     f"{self.mode}: it quantizes MatMul weights block-wise (--block-size, "
-                                     "--accuracy-level) the same way on every CPU, and checks generation on bundled "
-                                     "prompts")
+            ("--no-fp16-fallback", not options.fp16_fallback), ("--target", options.target is not None)),
+            f"to --mode {self.mode}: it quantizes MatMul weights block-wise (--block-size, --accuracy-level) the same "
+            "way on every CPU, and checks generation on bundled prompts")
 
     def gate(self, options) -> dict[str, float]:
         budget = dict(self.budget)
