@@ -13,7 +13,7 @@ from ..artifact import Artifact
 from ..data import generation_prompts, stdlib_sentences
 from ..errors import InvalidOptionError, ModelInputError
 from ..manifest import now_iso
-from ..parity.generation import measure_generation
+from ..parity.generation import fit_to_context, measure_generation
 from ..runtime import load
 from ..runtime.formats import format_of
 from ..speed import Interrupted, machine_info
@@ -26,9 +26,8 @@ PROMPTS = 4
 
 
 def prompts_within(model, prompts: list[str]) -> list[list[int]]:
-    """The prompts' ids, each cut to half the model's context (as every generation check cuts
-    them), so a short-context model leaves room for new tokens."""
-    return [model.encode(p)[:max(1, model.context_length // 2)] for p in prompts]
+    """The prompts' ids, cut to the model's context as every generation check cuts them."""
+    return fit_to_context([model.encode(p) for p in prompts], model.context_length, 1)[0]
 
 
 def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Callable[[str], None], meter

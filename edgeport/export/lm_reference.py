@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SourceError, UnsupportedModelError
+from ..parity.generation import fit_to_context
 from .quiet import quiet_transformers
 
 NEW_TOKENS = 16
@@ -100,11 +101,9 @@ class Reference:
         self.context_length = context_length(self.model.config)
         self.add_special_tokens = adds_special_tokens(self.tokenizer)
         self.vocab_size = int(self.model.config.get_text_config().vocab_size)
-        # A short context lowers the check's length rather than refusing the model: prompts are
-        # cut to half the context, and as many new tokens as still fit (at most NEW_TOKENS).
-        keep = max(1, self.context_length // 2)
-        self.prompt_ids = [self.encode(p)[:keep] for p in prompts]
-        self.new_tokens = max(1, min(NEW_TOKENS, self.context_length - max(map(len, self.prompt_ids))))
+        # A short context lowers the check's length rather than refusing the model.
+        self.prompt_ids, self.new_tokens = fit_to_context([self.encode(p) for p in prompts], self.context_length,
+                                                          NEW_TOKENS)
         self.tokens, logits = [], []
         with torch.no_grad(), quiet_transformers():
             for ids in self.prompt_ids:

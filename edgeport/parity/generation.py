@@ -137,15 +137,21 @@ CHECK_TEXTS = 24
 CHECK_NEW_TOKENS = 16
 
 
+def fit_to_context(prompt_ids: Sequence[Sequence[int]], context_length: int, new_tokens: int
+                   ) -> tuple[list[list[int]], int]:
+    """A short context lowers a generation check's length rather than refusing the model:
+    prompts cut to half the context, and as many new tokens as still fit (at most
+    ``new_tokens``).  The export's check, verify, quantize and bench all cut them so."""
+    keep = max(1, context_length // 2)
+    cut = [list(ids)[:keep] for ids in prompt_ids]
+    return cut, max(1, min(new_tokens, context_length - max(map(len, cut))))
+
+
 def reference_answers(model, prompts: Sequence[str], texts: Sequence[str], new_tokens: int = CHECK_NEW_TOKENS):
     """A loaded generative model's answers, to measure another against: the prompts' token ids,
     its greedy continuations, its next-token logits after each prompt, its perplexity, and the
-    number of new tokens asked for.  A short context lowers the check's length rather than
-    refusing the model, as the export's check does: prompts are cut to half the context, and
-    as many new tokens as still fit are asked for (at most ``new_tokens``)."""
-    keep = max(1, model.context_length // 2)
-    prompt_ids = [model.encode(p)[:keep] for p in prompts]
-    new_tokens = max(1, min(new_tokens, model.context_length - max(map(len, prompt_ids))))
+    number of new tokens asked for (both fitted to the model's context: ``fit_to_context``)."""
+    prompt_ids, new_tokens = fit_to_context([model.encode(p) for p in prompts], model.context_length, new_tokens)
     tokens = [g.tokens for g in model.generate(prompt_ids, max_new_tokens=new_tokens)]
     logits = np.stack([model.logits(ids)[-1] for ids in prompt_ids])
     return prompt_ids, tokens, logits, model.perplexity(list(texts)), new_tokens
