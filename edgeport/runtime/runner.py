@@ -33,9 +33,12 @@ class Runner:
 
     def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """Run the model on ``feeds`` (input name → array), checked first."""
+        self._check_open()
+        return self._infer(self.check(feeds))
+
+    def _check_open(self) -> None:
         if self._closed:
             raise ModelInputError(f"this {type(self).__name__} was closed; load the model again to run it")
-        return self._infer(self.check(feeds))
 
     def _infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -55,11 +58,11 @@ class Runner:
     def run_row_by_row(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """``run`` one row per call, outputs joined: for graphs whose rows depend on the rows
         run beside them (dynamically quantized activations)."""
-        feeds = self.check_in_rows(feeds)
-        rows = _rows(feeds)
-        if rows is None or rows <= 1:
-            return self.run(feeds)
-        return _joined([self.run({name: value[row:row + 1] for name, value in feeds.items()}) for row in range(rows)])
+        self._check_open()
+        feeds = self.check_in_rows(feeds)              # once: each row is a slice of checked arrays
+        rows = _rows(feeds) or 1
+        return _joined([self._infer({name: value[row:row + 1] for name, value in feeds.items()})
+                        for row in range(rows)])
 
     def check_in_rows(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         """``check``, chunk by chunk as ``run_in_rows`` will run them: every value is checked
