@@ -130,11 +130,10 @@ def _tensor(item: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarr
         raise ProtocolError(f"input '{name}' has no 'data'")
     try:
         given = np.asarray(data)          # what the JSON holds: 101.7 or "101" is not an INT64
-        if dtype.kind != "b" and _holds_bool(data):     # numpy reads [101, true] as integers
-            given = np.asarray([True])
-        if given.size and given.dtype.kind not in _KINDS[dtype.kind]:
-            raise ProtocolError(f"input '{name}': data holds {_NAMES.get(given.dtype.kind, 'other')} values, "
-                                f"not {datatype}")
+        # numpy reads [101, true] as integers: a boolean among numbers is looked for itself
+        kind = "b" if dtype.kind != "b" and _holds_bool(data) else given.dtype.kind
+        if given.size and kind not in _KINDS[dtype.kind]:
+            raise ProtocolError(f"input '{name}': data holds {_NAMES.get(kind, 'other')} values, not {datatype}")
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"input '{name}': data is not {datatype}: {exc}") from None
