@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
+
+from ..processes import python_code
 
 PROBE = r"""
 import json, sys, time
@@ -57,7 +58,7 @@ def measure_memory(artifact_path: str, data: str | None, timeout: float = 300) -
     """``peak_rss_mb``, ``rss_before_load_mb`` and ``cold_start_ms`` of the artifact, or
     None figures with the reason when the probe fails."""
     try:
-        proc = subprocess.run([sys.executable, "-c", PROBE, str(artifact_path), data or "-"],
+        proc = subprocess.run(python_code(PROBE, artifact_path, data or "-"),
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"peak_rss_mb": None, "rss_before_load_mb": None, "cold_start_ms": None,

@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -27,13 +26,15 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact, finalize_manifest, sha256_file
-from ..errors import MissingDependencyError, SourceError, require
+from ..errors import InvalidOptionError, MissingDependencyError, SourceError, refuse_unused, require
 from ..golden import save_golden
 from ..manifest import GOLDEN_NAME, Manifest, tool_versions
 from ..outputs import ARTIFACT, check_output, staged_output
 from ..parity import compare_outputs
 from ..runtime.onnxrt import OnnxRuntimeRunner
+from ..processes import python_module
 from ..vocabulary import BATCH
+from .source import recorded_source
 
 
 def check_keras_file(source: Path) -> None:
@@ -57,8 +58,8 @@ def keras_side(source: Path, work: Path, target: str = "onnx", settings: dict | 
     would pick its default backend): it writes ``target`` (an ONNX graph, or an ExecuTorch
     program with ``settings``) into ``work``; returns its info.json and samples.npz."""
     env = {**os.environ, "KERAS_BACKEND": "torch"}
-    proc = subprocess.run([sys.executable, "-m", "edgeport.export.keras_worker", str(source), str(work), target,
-                           json.dumps(settings or {})], capture_output=True, text=True, env=env)
+    proc = subprocess.run(python_module("edgeport.export.keras_worker", source, work, target,
+                                        json.dumps(settings or {})), capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
         raise SourceError(lines[-1] if lines else f"the Keras side of exporting '{source}' failed")
@@ -123,12 +124,28 @@ def _rename(model_file: Path, input_name: str, output_name: str) -> None:
     onnx.save_model(model, str(model_file))
 
 
+def refuse_export_options(options) -> None:
+    """The export options a Keras file does not take, each refused rather than ignored."""
+    from .onnx import ExportOptions
+
+    default = ExportOptions()
+    refuse_unused((("--opset", options.opset != default.opset), ("--static-shapes", options.static_shapes),
+                   ("--sequence-length", options.sequence_length != default.sequence_length),
+                   ("--exporter", options.exporter != default.exporter), ("--input", options.inputs),
+                   ("--output-name", options.output_names), ("--no-validate", not options.validate),
+                   ("--external-data", options.external_data), ("--allow-pickle", options.allow_pickle),
+                   ("--runtime-adapter", options.runtime_adapters)),
+                  "to a Keras file: Keras itself exports it, batch-dynamic, naming its input and output after the "
+                  "model's own, and the export is always checked against Keras' predictions")
+
+
 def export_keras(source, out, options, progress=None) -> Artifact:
     from .onnx import graph_io
 
     say = progress or (lambda message: None)
     source = Path(source)
     options.check()
+    refuse_export_options(options)
     check_output(out, options.force, (source,), ARTIFACT)
     check_keras_file(source)
     # Importing keras here would pick its default (TensorFlow) backend; only ask whether it is there.
@@ -142,6 +159,9 @@ def export_keras(source, out, options, progress=None) -> Artifact:
         info, samples = keras_side(source, work)
         model_io = keras_io(info)
         input_name, output_name, task = model_io.input_name, model_io.output_name, model_io.task
+        if options.task not in (None, task):
+            raise InvalidOptionError(f"--task {options.task}: this Keras model is a '{task}' model (what its output "
+                                     "says); drop --task")
         _rename(work / "model.onnx", input_name, output_name)
         reference = {k.split(":", 1)[1]: v for k, v in samples.items() if k.startswith("output:")}
         inputs = {k.split(":", 1)[1]: v for k, v in samples.items() if k.startswith("input:")}
@@ -165,9 +185,9 @@ def export_keras(source, out, options, progress=None) -> Artifact:
                                        "outputs": graph_outputs, "static_shapes": False, "external_data": False},
                                 precision={"mode": "fp32", "kept_fp32_nodes": [], "calibration": None},
                                 parity={"export": parity.to_dict()})
-            manifest.add_lineage("export", parameters={"source": str(source), "task": task, "route": "keras-export",
-                                                       "keras_backend": info["backend"], "model_type": "keras",
-                                                       "layers": info["layers"]},
+            manifest.add_lineage("export", parameters={"source": recorded_source(source), "task": task,
+                                                       "route": "keras-export", "keras_backend": info["backend"],
+                                                       "model_type": "keras", "layers": info["layers"]},
                                  tools={**tool_versions("torch", "onnx", "onnxruntime"), "keras": info["keras"]},
                                  sources={source.name: sha256_file(source)})
             finalize_manifest(staging, manifest)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from ..errors import ExportError
+from ..processes import python_module
 
 # architectures[0] -> the family, as ONNX Runtime GenAI 0.18's builder dispatches them (text-only decoders).
 BUILDER_FAMILIES = {
@@ -34,8 +34,8 @@ def builder_family(config: dict) -> str | None:
 def run_builder(source: Path, out: Path, precision: str, cache: Path, extra: dict[str, str] | None = None) -> None:
     """ONNX Runtime GenAI's model builder, in its own process (it prints progress bars and
     loads the model its own way); its last lines become the error when it fails."""
-    command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-m", source.name, "-i", str(source),
-               "-o", str(out), "-p", precision, "-e", "cpu", "-c", str(cache)]
+    command = python_module("onnxruntime_genai.models.builder", "-m", source.name, "-i", source, "-o", out,
+                            "-p", precision, "-e", "cpu", "-c", cache)
     if extra:
         command += ["--extra_options", *(f"{k}={v}" for k, v in extra.items())]
     proc = subprocess.run(command, capture_output=True, text=True)

@@ -18,7 +18,6 @@ import gzip
 import io
 import json
 import subprocess
-import sys
 import tarfile
 import tempfile
 from importlib import metadata
@@ -30,6 +29,7 @@ from ..outputs import BUNDLE, staged_output
 from ..runtime.formats import format_of
 from ..runtime.bundle import (ARTIFACT_DIR, BUNDLE_FORMAT, BUNDLE_META, BUNDLE_VERSION, CHECKSUMS, REQUIREMENTS,
                               SIGNATURE, format_checksums, sha256_of)
+from ..processes import python_module
 
 BUNDLE_TARGETS = ("portable", "ort-mobile")
 
@@ -56,8 +56,8 @@ def _mobile_files(artifact: Artifact, work: Path) -> dict[str, Path]:
     data = artifact.file(artifact.manifest.graph["file"] + ".data")
     if data is not None:
         (work / data.name).write_bytes(data.read_bytes())
-    proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(source),
-                           "--output_dir", str(work / "ort")], capture_output=True, text=True)
+    proc = subprocess.run(python_module("onnxruntime.tools.convert_onnx_models_to_ort", source,
+                                        "--output_dir", work / "ort"), capture_output=True, text=True)
     model, operators = work / "ort" / "model.ort", work / "ort" / "model.required_operators.config"
     if proc.returncode != 0 or not model.is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]

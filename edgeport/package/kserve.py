@@ -28,6 +28,7 @@ from ..outputs import KSERVE_FOLDER, staged_output
 from ..runtime.formats import format_of
 from .bundle import bundle_bytes
 from .triton import TritonOptions, write_model
+from ..processes import python_module
 
 MARKER = ".edgeport-kserve.json"
 PORT = 8080
@@ -78,14 +79,13 @@ def _sdk_call(request: dict) -> dict:
     duplicates), so the SDK never enters the caller's process."""
     import importlib.util
     import subprocess
-    import sys
 
     from ..errors import MissingDependencyError
 
     if importlib.util.find_spec("kserve") is None:
         raise MissingDependencyError("package --format kserve needs KServe's SDK, which is not installed; install "
                                      "it with: pip install 'edgeport[kserve]'")
-    proc = subprocess.run([sys.executable, "-m", "edgeport.package.kserve_sdk"], input=json.dumps(request),
+    proc = subprocess.run(python_module("edgeport.package.kserve_sdk"), input=json.dumps(request),
                           capture_output=True, text=True, timeout=300)
     try:
         answer = json.loads(proc.stdout.strip().splitlines()[-1])

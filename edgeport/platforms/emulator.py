@@ -17,12 +17,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidOptionError, MissingDependencyError
+from ..processes import python_module
 
 DEBIAN_SUITE = "bookworm"
 GUEST_PYTHON = "3.11"
@@ -145,7 +145,7 @@ def guest_site(platform: Platform, requirements: list[str], say) -> Path:
 
     def build(work: Path) -> None:
         say(f"installing {platform.machine} wheels: {', '.join(requirements)} (once; cached)...")
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+        command = [*python_module("pip"), "install", "--quiet", "--disable-pip-version-check", "--no-deps",
                    "--target", str(work), "--python-version", GUEST_PYTHON, "--implementation", "cp",
                    "--abi", f"cp{GUEST_PYTHON.replace('.', '')}", "--abi", "abi3", "--abi", "none",
                    "--only-binary=:all:"]
