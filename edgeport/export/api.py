@@ -20,6 +20,9 @@ def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, opti
         if weights:
             raise InvalidOptionError("--weight weighs the --adapter folders merged first; give --adapter too")
         return exporter(source, out, options, progress=progress)
+    if str(source).endswith((".keras", ".h5")):
+        raise InvalidOptionError("--adapter merges peft adapters into a Hugging Face model folder; a Keras file "
+                                 "takes none")
     from .lora import MergeOptions, merge
 
     inputs = () if is_callable_source(str(source)) else (source, *adapters)

@@ -21,6 +21,9 @@ def _no_folder(source: str | None) -> str:
     if source and ":" in source and not Path(source).exists():
         return (f"{needs}; this one was exported from the Python callable '{source}', which the baseline does not "
                 "rebuild: bench the artifacts without --baseline, or time the module yourself")
+    if source and Path(source).is_file():
+        return (f"{needs}; this one was exported from the file '{source}' (a Keras model?), which the baseline "
+                "does not rebuild: bench the artifacts without --baseline")
     return f"{needs}; its lineage names '{source}', which is not there"
 
 

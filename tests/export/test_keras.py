@@ -143,3 +143,32 @@ def test_the_keras_cnn_as_an_executorch_program(keras_cnn, cli, tmp_path):
     with load(out) as program:
         labels = [int(p["label"]) for p in program.predict(images)]
     assert labels == keras_top1.tolist()
+
+
+def test_options_a_keras_file_does_not_take_are_refused(keras_cnn, cli, tmp_path):
+    source, out = keras_cnn / "cnn.keras", tmp_path / "out"
+    for option in (("--opset", "13"), ("--static-shapes",), ("--exporter", "dynamo"), ("--no-validate",),
+                   ("--input", "images:1x8x8x1:float32"), ("--output-name", "y"), ("--external-data",)):
+        assert_fails(cli("export", "onnx", source, "-o", out, *option), 2, option[0], "does not apply to a Keras file",
+                     absent=out)
+    assert_fails(cli("export", "onnx", source, "-o", out, "--task", "text-classification"), 2,
+                 "this Keras model is a 'image-classification' model", absent=out)
+    assert_fails(cli("export", "onnx", source, "-o", out, "--adapter", tmp_path), 2, "a Keras file takes none",
+                 absent=out)
+
+
+def test_modules_in_the_working_folder_are_not_imported_by_the_keras_child(keras_cnn, cli, tmp_path, monkeypatch):
+    """The export's child process (and the bench's memory probe) import keras, numpy and
+    onnxruntime: a keras.py or numpy.py in the user's folder, or the triton/ folder
+    `package --format triton -o triton` writes, must not stand in for them."""
+    for name in ("keras.py", "numpy.py"):
+        (tmp_path / name).write_text("raise SystemExit('imported from the working folder')\n")
+    (tmp_path / "triton").mkdir()
+    (tmp_path / "triton" / "__init__.py").write_text("raise SystemExit('imported from the working folder')\n")
+    monkeypatch.chdir(tmp_path)
+    result = cli("export", "onnx", keras_cnn / "cnn.keras", "-o", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    result = cli("bench", tmp_path / "out", "--rounds", "1", "--min-duration", "0", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    variant = json.loads((tmp_path / "r.json").read_text())["variants"][0]
+    assert variant["peak_rss_mb"] > 0 and "memory_probe_error" not in variant
