@@ -335,7 +335,7 @@ def main() -> None:
             for streamer in streamers.values():
                 streamer.close()
         for name, values in timings.items():
-            row = summarize(name, values, args.new_tokens)
+            row = summarize(name, values, args.new_tokens, len(prompts))
             size = streamers[name].info["size_bytes"]
             print(f"{name}: decode {row['decode_tokens_per_s']:.1f} tokens/s, "
                   f"TTFT p50 {row['ttft_ms']['p50_ms']:.2f} ms, {size / 1e6:.1f} MB")

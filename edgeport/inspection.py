@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ArtifactError
+import re
+
+from .errors import ArtifactError, InvalidOptionError
 
 
 def inspect_artifact(path, check_files: bool = True, expected_manifest_sha256: str | None = None,
@@ -15,8 +17,11 @@ def inspect_artifact(path, check_files: bool = True, expected_manifest_sha256: s
     from .runtime.formats import format_of
     from .runtime.model import open_artifact
 
+    if expected_manifest_sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", expected_manifest_sha256.strip()):
+        raise InvalidOptionError(f"--expect-manifest-sha256 takes a sha256 digest, 64 hexadecimal digits (got "
+                                 f"'{expected_manifest_sha256}')")
     artifact = open_artifact(path, check_files, trusted_key)
-    if expected_manifest_sha256 is not None and artifact.manifest_sha256 != expected_manifest_sha256.lower():
+    if expected_manifest_sha256 is not None and artifact.manifest_sha256 != expected_manifest_sha256.strip().lower():
         raise ArtifactError(f"the manifest of '{path}' has sha256 {artifact.manifest_sha256}, the record says "
                             f"{expected_manifest_sha256}: it was edited, or is another artifact")
     manifest = artifact.manifest

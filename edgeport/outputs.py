@@ -116,6 +116,11 @@ def seal(text: str) -> str:
     return text[:start] + digest + text[end:]
 
 
+def edited_since_written(path: Path) -> bool:
+    """Whether a sealed report no longer matches its seal (a report older than the seal: no)."""
+    return bool(_broken_seal(Path(path)))
+
+
 def _broken_seal(path: Path) -> list[str]:
     """[] when ``path`` is as edgeport wrote it (or predates the seal), else why not."""
     import hashlib

@@ -48,6 +48,8 @@ class Comparison:
     max_parity_drop: float
     notes: list[str] = field(default_factory=list)     # the two reports' footings differ: read the deltas with that
     failed_parity: list[str] = field(default_factory=list)   # variants whose new parity missed the bench's thresholds
+    edited: list[str] = field(default_factory=list)          # reports changed since bench wrote them
+    not_measured: list[str] = field(default_factory=list)    # old rows whose figure is no measurement (0)
 
     def raise_for_failure(self) -> None:
         problems = []
@@ -65,13 +67,21 @@ class Comparison:
             problems.append("the new report was interrupted: its figures are partial")
         if self.failed_parity:
             problems.append(f"the new report's parity missed its thresholds for {', '.join(self.failed_parity)}")
+        if self.edited:
+            them = "it" if len(self.edited) == 1 else "them"
+            problems.append(f"{' and '.join(self.edited)} changed since bench wrote {them} (the seal no longer "
+                            "matches): the figures are not what was measured")
+        if self.not_measured:
+            problems.append(f"the old report's figure is 0, which no measurement gives, for "
+                            f"{'; '.join(self.not_measured[:3])}")
         if problems:
             raise RegressionError("; ".join(problems))
 
 
 def parse_percent(text: str) -> float:
     try:
-        value = float(str(text).strip().rstrip("%"))
+        text = str(text).strip()
+        value = float(text[:-1] if text.endswith("%") else text)
     except ValueError:
         raise InvalidOptionError(f"'{text}' is not a percentage (e.g. 5%)") from None
     if not math.isfinite(value) or value < 0:
@@ -83,12 +93,14 @@ def _key(row: dict) -> tuple:
     return (row["variant"], row["scenario"], json.dumps(row["params"], sort_keys=True))
 
 
-def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float) -> Comparison:
-    """Deltas for every matched row and parity entry; plus the rows found in only one report."""
+def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float, edited: list[str] = ()
+            ) -> Comparison:
+    """Deltas for every matched row and parity entry; plus the rows found in only one report.
+    ``edited``: the reports (by path) no longer as bench wrote them."""
     if not math.isfinite(max_parity_drop) or max_parity_drop < 0:
         raise InvalidOptionError(f"--max-parity-drop must be a finite number >= 0 (got {max_parity_drop!r})")
     old_rows, new_rows = {_key(r): r for r in old["results"]}, {_key(r): r for r in new["results"]}
-    deltas, only_old, only_new = [], [], []
+    deltas, only_old, only_new, not_measured = [], [], [], []
     for key in sorted(set(old_rows) | set(new_rows)):
         if key not in new_rows:
             only_old.append(f"{key[0]} {key[1]} {key[2]}")
@@ -99,12 +111,14 @@ def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float)
         before, after = old_rows[key], new_rows[key]
         if key[1] == "offline":
             metric, a, b = "throughput_per_s", before["throughput_per_s"], after["throughput_per_s"]
-            change = (a - b) / a if a else 0.0
         else:
             metric, a, b = "p50_ms", before["latency"]["p50_ms"], after["latency"]["p50_ms"]
-            change = (b - a) / a if a else 0.0
+        if a <= 0:
+            not_measured.append(f"{key[0]} {key[1]} {key[2]} {metric}")
+            continue
+        change = (a - b) / a if metric == "throughput_per_s" else (b - a) / a
         interval = slowdown_interval(before, after)
-        if interval is not None and metric != "p50_ms" and a:
+        if interval is not None and metric != "p50_ms":
             # The latency's uncertainty carried over as a ratio: throughput is its inverse, so the
             # loss interval is 1 - (b/a) * r_median / r for r across the latency ratio's interval
             # (a 10x slower batch loses 90%, never more than 100%).
@@ -123,7 +137,7 @@ def compare(old: dict, new: dict, max_regression: float, max_parity_drop: float)
     failed = sorted(variant for variant, figures in new_parity.items()
                     if isinstance(figures, dict) and figures.get("passed") is False)
     return Comparison(deltas, only_old, only_new, bool(new.get("interrupted")), max_regression, max_parity_drop,
-                      footing_notes(old, new), failed)
+                      footing_notes(old, new), failed, list(edited), not_measured)
 
 
 def _parity_figures(old: dict, new: dict) -> list[tuple[str, str, float, float]]:
@@ -190,6 +204,7 @@ def format_deltas(comparison: Comparison) -> str:
     lines.extend(f"unmatched: {u} only in the new report" for u in comparison.only_new)
     if comparison.new_interrupted:
         lines.append("the new report was INTERRUPTED")
+    lines.extend(f"EDITED since bench wrote it: {path}" for path in comparison.edited)
     lines.extend(f"parity FAILED its thresholds in the new report: {v}" for v in comparison.failed_parity)
     lines.extend(f"note: {note}" for note in comparison.notes)
     return "\n".join(lines)

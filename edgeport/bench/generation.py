@@ -69,14 +69,14 @@ def interleaved_generation(streamers: dict[str, Streamer], prompts: list[list[in
     return timings
 
 
-def summarize(name: str, timings: list[Timing], max_new_tokens: int) -> dict:
+def summarize(name: str, timings: list[Timing], max_new_tokens: int, prompts: int) -> dict:
     """One report row: request latency, TTFT, inter-token latency and token rates."""
     ttft = latency_stats([t.ttft for t in timings])
     gaps = [g for t in timings for g in t.gaps]
     prefill_tokens = sum(t.prompt_tokens for t in timings)
     decode_tokens = sum(len(t.gaps) for t in timings)
     row = {"variant": name, "scenario": "generation",
-           "params": {"prompts": len({t.prompt_tokens for t in timings}), "max_new_tokens": max_new_tokens},
+           "params": {"prompts": prompts, "max_new_tokens": max_new_tokens},
            "latency": latency_stats([t.total for t in timings]).to_dict(),
            "throughput_per_s": sum(t.new_tokens for t in timings) / sum(t.total for t in timings),
            "ttft_ms": ttft.to_dict(),

@@ -32,6 +32,8 @@ def prompts_within(model, prompts: list[str]) -> list[list[int]]:
 
 def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Callable[[str], None], meter
                          ) -> BenchReport:
+    from .runner import unique_name
+
     unsupported = [s for s in options.scenarios if s not in ("generation", "single-stream")]
     if unsupported:
         raise InvalidOptionError(f"scenario {', '.join(unsupported)} does not apply to causal LMs; they are measured "
@@ -41,7 +43,7 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
     for artifact in artifacts:
         start = time.perf_counter()
         model = load(artifact.path, device="cpu", threads=threads, spinning=options.spinning, check_files=False)
-        name = artifact.path.name if artifact.path.name not in models else f"{artifact.path.name} ({len(models) + 1})"
+        name = unique_name(artifact.path.name, models)
         info = {"name": name, "path": str(artifact.path), "kind": format_of(artifact).kind,
                 "manifest_sha256": artifact.manifest_sha256,
                 "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
@@ -57,6 +59,7 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
         variants.append(info)
     streamers = dict(models)
     for variant in extra:
+        variant.name = variant.info["name"] = unique_name(variant.name, streamers)
         streamers[variant.name] = variant.runner
         variants.append(variant.info)
     reference = next(iter(models.values()))
@@ -72,7 +75,8 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
         timings = interleaved_generation(streamers, prompts, options.max_new_tokens, options.settings.rounds,
                                          tick=lambda name: meter.step(name, "generation"),
                                          machine=report.machine_rounds)
-        report.results.extend(summarize(name, values, options.max_new_tokens) for name, values in timings.items())
+        report.results.extend(summarize(name, values, options.max_new_tokens, len(prompts))
+                              for name, values in timings.items())
         progress("measuring parity (greedy tokens, perplexity)...")
         _parity(report, models, prompts, options.max_new_tokens)
     except Interrupted:

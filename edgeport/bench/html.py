@@ -242,16 +242,20 @@ def machine_paragraph(report: BenchReport) -> str:
 
 def render(report: BenchReport) -> str:
     names = [v["name"] for v in report.variants]
-    plots = [
-        ("Latency (single-stream, batch 1)", latency_plot(report, names)),
-        ("Speed-up against the reference", speedup_plot(report, names)),
-        ("Throughput against batch size (offline)",
-         line_plot(report, names, "offline", "batch", "samples / s", "throughput against batch size", True)),
-        ("Latency against sequence length (batch 1)",
-         line_plot(report, names, "sweep", "sequence", "p50 latency (ms)", "latency against sequence length", False)),
-        ("Generation (causal LMs)", generation_plot(report, names)),
-        ("Parity against the reference", parity_plot(report, names)),
-    ]
+    matplotlib = require("matplotlib", "report")
+    with matplotlib.rc_context({"text.parse_math": False}):     # a '$' in a variant's name is not TeX
+        plots = [
+            ("Latency (single-stream, batch 1)", latency_plot(report, names)),
+            (f"Speed-up against {names[0] if names else 'the first variant'} (the first variant)",
+             speedup_plot(report, names)),
+            ("Throughput against batch size (offline)",
+             line_plot(report, names, "offline", "batch", "samples / s", "throughput against batch size", True)),
+            ("Latency against sequence length (batch 1)",
+             line_plot(report, names, "sweep", "sequence", "p50 latency (ms)", "latency against sequence length",
+                       False)),
+            ("Generation (causal LMs)", generation_plot(report, names)),
+            ("Parity against the reference", parity_plot(report, names)),
+        ]
     sections = "\n".join(f'<section class="plot"><h2>{html.escape(title)}</h2>{svg}</section>'
                          for title, svg in plots if svg)
     machine = report.machine
@@ -268,7 +272,7 @@ td:first-child,th:first-child{{text-align:left}}.warning{{color:#b00;font-weight
 </style></head>
 <body><h1>edgeport bench report</h1>
 <p>{html.escape(report.created)} · {html.escape(describe(machine))} ·
-reference {html.escape(report.reference)} · data: {html.escape(report.data)}</p>
+parity reference {html.escape(report.reference)} · data: {html.escape(report.data)}</p>
 {status}
 {sections}
 <h2>Variants</h2>

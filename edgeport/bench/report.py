@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import NoisyMeasurementError, ParityError, StoppedByUser
+from ..errors import NoisyMeasurementError, ParityError, RegressionError, StoppedByUser
 from ..manifest import json_safe
 from ..outputs import HTML_REPORT, JSON_REPORT, SEAL_KEY, seal, seal_placeholder, staged_output
 from ..runtime.formats import bench_kinds
 from ..speed import describe, summarize
+from ..speed.rounds import own_speedup
 from ..speed.load import DISTURBED_SHARE, DISTURBED_STEAL
 from ..speed.wakeup import slow_wake_warning, wake_phrase
 from ..vocabulary import SCENARIOS
@@ -38,7 +39,7 @@ _NUMBER = {"type": "number"}
 _STATS = {"type": "object",
           "required": ["count", "mean_ms", "std_ms", "p50_ms", "p90_ms", "p99_ms", "median_ci95_ms"],
           "properties": {"count": {"type": "integer", "minimum": 1}, "mean_ms": _NUMBER, "std_ms": _NUMBER,
-                         "min_ms": _NUMBER, "max_ms": _NUMBER, "p50_ms": {"type": "number", "minimum": 0},
+                         "min_ms": _NUMBER, "max_ms": _NUMBER, "p50_ms": {"type": "number", "exclusiveMinimum": 0},
                          "p90_ms": _NUMBER, "p99_ms": _NUMBER,
                          "median_ci95_ms": {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}}}
 _FIGURE = {"type": ["number", "null"]}
@@ -111,6 +112,8 @@ class BenchReport:
     warmup: dict = field(default_factory=dict)
     machine_state: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)        # the report files written
+    unwritten: str = ""                                    # why an interrupted run wrote none (or not all)
 
     def to_dict(self) -> dict:
         return {"schema_version": REPORT_SCHEMA_VERSION, "created": self.created, "machine": self.machine,
@@ -130,13 +133,15 @@ class BenchReport:
         state["noise"] = round(float(sorted(spreads)[len(spreads) // 2]), 4) if spreads else None
         widths = [r["speedup"]["ci95"][1] / r["speedup"]["ci95"][0] - 1 for r in self.with_speedups()
                   if r.get("speedup") and r["variant"] != r["speedup"].get("vs") and r["speedup"]["ci95"][0] > 0]
-        uncertainty = max(widths) / 2 if widths else (state["noise"] or 0) / 2
+        uncertainty = max(widths) / 2 if widths else (state["noise"] or 0) / 2 if len(self.variants) > 1 else None
         self.machine_state = state
         self.warnings = _disturbance_warnings(state, quiet, uncertainty, self.results) if state.get("measured") else []
         slow_wake = slow_wake_warning(self.machine.get("thread_wakeup"), self.settings.get("threads") or 1,
                                       str(self.settings.get("spinning", "")).startswith("on"))
         if slow_wake:
             self.warnings.append(slow_wake)
+        self.warnings.extend(f"the memory and cold-start probe of {v['name']} failed: {v['memory_probe_error']}"
+                             for v in self.variants if v.get("memory_probe_error"))
         return state
 
     def with_speedups(self) -> list[dict]:
@@ -149,8 +154,10 @@ class BenchReport:
         rows = []
         for row in self.results:
             base = baseline.get((row["scenario"], json.dumps(row["params"], sort_keys=True)))
-            row = dict(row)
-            if base is not None and row["scenario"] != "server" and "speedup" not in row:
+            if base is row:
+                row = dict(row, speedup=own_speedup(reference))
+            elif base is not None and row["scenario"] != "server" and "speedup" not in row:
+                row = dict(row)
                 ref, own = base["latency"], row["latency"]
                 if own["p50_ms"] > 0 and own["median_ci95_ms"][0] > 0:
                     row["speedup"] = {"value": ref["p50_ms"] / own["p50_ms"],
@@ -168,7 +175,23 @@ class BenchReport:
             reason = self.warnings[0] if self.warnings else "see the machine state"
             raise NoisyMeasurementError(f"the machine was too busy for these figures to mean anything ({reason}); no "
                                         "report was written: run again on a quieter machine, or without --strict")
-        self.write(files)
+        self.write(self._partial_files(files) if self.interrupted else files)
+
+    def _partial_files(self, files):
+        """Where an interrupted run writes what it measured: nowhere when no row was
+        complete, and never over an existing report (a complete one is not replaced by less)."""
+        from dataclasses import replace
+
+        if not self.results:
+            self.unwritten = "no row was complete, so no report was written"
+            return replace(files, json=None, html=None)
+        existing = [path for path in (files.json, files.html) if path and Path(path).exists()]
+        if existing:
+            kept = "it was" if len(existing) == 1 else "they were"
+            self.unwritten = (f"{', '.join(repr(p) for p in existing)} kept as {kept} (a partial report never "
+                              "replaces one)")
+        return replace(files, json=None if files.json in existing else files.json,
+                       html=None if files.html in existing else files.html)
 
     def write(self, files) -> None:
         """Write the JSON and HTML reports the user asked for (checked before the run)."""
@@ -176,19 +199,29 @@ class BenchReport:
             report = {**json_safe(self.to_dict()), SEAL_KEY: seal_placeholder()}
             with staged_output(files.json, files.force, kind=JSON_REPORT, option="--json") as staging:
                 staging.write_text(seal(json.dumps(report, indent=2, allow_nan=False) + "\n"), encoding="utf-8")
+            self.written.append(files.json)
         if files.html:
             from .html import render
 
             page = render(self)
             with staged_output(files.html, files.force, kind=HTML_REPORT, option="--html") as staging:
                 staging.write_text(seal(page), encoding="utf-8")
+            self.written.append(files.html)
 
     def raise_for_failure(self) -> "BenchReport":
         if self.interrupted:
-            raise StoppedByUser("interrupted: the report holds what was measured before Ctrl-C")
+            written = f"{' and '.join(self.written)} hold{'s' if len(self.written) == 1 else ''} the rows measured " \
+                      "before Ctrl-C" if self.written else ""
+            said = "; ".join(part for part in (written, self.unwritten) if part)
+            raise StoppedByUser(f"interrupted: {said or 'no report file was asked for'}")
         failed = [name for name, p in self.parity.items() if not p.get("passed", True)]
         if failed:
             raise ParityError(f"parity below the thresholds {self.thresholds} for: {', '.join(failed)}")
+        # A missed --p99-bound-ms fails the run; under --find-max-qps the bound steers the search instead.
+        missed = [r for r in self.results if r.get("bound_held") is False and "max_qps" not in r]
+        if missed:
+            raise RegressionError(f"the p99 latency bound of {missed[0]['p99_bound_ms']:g} ms was missed by "
+                                  + ", ".join(f"{r['variant']} (p99 {r['latency']['p99_ms']:.2f} ms)" for r in missed))
         return self
 
     # ---------------------------------------------------------------- terminal
@@ -220,6 +253,9 @@ class BenchReport:
             lines.append(f"{row['variant'][:28]:<28} {row['scenario']:<14} {params[:24]:<24} {lat['p50_ms']:>9.2f} "
                          f"{lat['p90_ms']:>9.2f} {lat['p99_ms']:>9.2f} {row['throughput_per_s']:>9.1f} {speed:>22}"
                          f"{extra}")
+        if self.variants:
+            lines.append(f"speed-ups against {self.variants[0]['name']} (the first variant); parity against "
+                         f"{self.reference}")
         lines.append("")
         lines.append(f"{'variant':<28} {'precision':<13} {'size MB':>8} {'peak RSS MB':>12} {'session ms':>11} "
                      f"{'cold ms':>8}  parity vs reference")
@@ -257,15 +293,17 @@ class BenchReport:
         return "\n".join(lines)
 
 
-def _disturbance_warnings(state: dict, quiet: list[dict], uncertainty: float, results: list[dict]) -> list[str]:
-    """What other processes, the hypervisor and an unsteady machine did to the figures."""
+def _disturbance_warnings(state: dict, quiet: list[dict], uncertainty: float | None, results: list[dict]
+                          ) -> list[str]:
+    """What other processes, the hypervisor and an unsteady machine did to the figures
+    (``uncertainty``: the widest speed-up interval's half width; None with one variant)."""
     warnings = []
+    ratios = f"ratios may be off by about ±{uncertainty:.0%} (the widest 95% interval) and " if uncertainty else ""
     others = max([state["other_cpu_share"]] + [q["other_cpu_share"] for q in quiet])
     if state["disturbed_rounds"] or others > DISTURBED_SHARE:
         warnings.append(
             f"other processes used {others:.0%} of the CPUs during these rounds ({state['disturbed_rounds']} of "
-            f"{state['rounds']} rounds disturbed); ratios may be off by about ±{uncertainty:.0%} (the widest 95% "
-            "interval) and absolute times by more" + (
+            f"{state['rounds']} rounds disturbed); {ratios}absolute times {'by more' if ratios else 'may be off'}" + (
                 "; speed-ups are from on-CPU time (what each call cost when it ran: preemption stretches long "
                 "calls more than short ones), latencies from the wall clock"
                 if any("on-CPU" in (r.get("speedup") or {}).get("method", "") for r in results) else ""))
@@ -274,7 +312,8 @@ def _disturbance_warnings(state: dict, quiet: list[dict], uncertainty: float, re
                         " absolute times are inflated")
     if not warnings and state["noise"] is not None and state["noise"] > NOISY_SPREAD:
         warnings.append(f"a variant's per-round medians differ by {state['noise']:.0%} (typical): the "
-                        f"machine was not steady; ratios may be off by about ±{uncertainty:.0%}")
+                        "machine was not steady" + (f"; ratios may be off by about ±{uncertainty:.0%}"
+                                                    if uncertainty else ""))
     return warnings
 
 

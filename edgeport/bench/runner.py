@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..artifact import Artifact
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, refuse_unused
 from ..manifest import now_iso
 from ..outputs import HTML_REPORT, JSON_REPORT, check_output
 from ..parity import ParityBudget, check_same_model
@@ -68,6 +68,7 @@ class BenchOptions:
     strict: bool = False                  # refuse to report figures taken on a machine too busy to trust
     speed_of_light: bool = False          # each ONNX variant's fraction of this machine's GEMM floor
     spinning: bool = False                # ONNX Runtime's threads spin between ops (its default outside the bench)
+    given: frozenset = frozenset()        # the options the user wrote (CLI): refused where they would be ignored
 
     def thread_count(self) -> tuple[int, str]:
         """Every variant's intra-op threads, and where the number came from."""
@@ -79,6 +80,7 @@ class BenchOptions:
         if not paths:
             raise InvalidOptionError("give at least one artifact to benchmark")
         unknown = [s for s in self.scenarios if s not in SCENARIOS]
+        scenarios = set(self.scenarios)
         if unknown or not self.scenarios:
             raise InvalidOptionError(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
         if not self.batch_sizes or any(not 1 <= b <= MAX_BATCH for b in self.batch_sizes):
@@ -109,8 +111,19 @@ class BenchOptions:
         if server_only and "server" not in self.scenarios:
             raise InvalidOptionError(f"{', '.join(server_only)} set the server scenario; add --scenario server "
                                      "(they are ignored otherwise)")
+        refuse_unused((("--batch-sizes", "--batch-sizes" in self.given and not {"offline", "sweep"} & scenarios),
+                       ("--sequence-lengths", "--sequence-lengths" in self.given and "sweep" not in scenarios),
+                       ("--queries", "--queries" in self.given and "server" not in scenarios)),
+                      "to the scenarios asked for (--batch-sizes: offline and sweep; --sequence-lengths: sweep; "
+                      "--queries: server); add the --scenario they set")
+        if self.settings.min_count > self.settings.max_count:
+            raise InvalidOptionError(f"--min-count must be at most {self.settings.max_count} (a timed block stops at "
+                                     f"{self.settings.max_count} calls); got {self.settings.min_count}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise InvalidOptionError(f"--threads must be a whole number >= 1 (got {self.threads!r})")
+        for option, path in (("--json", self.reports.json), ("--html", self.reports.html)):
+            if path is not None and not str(path).strip():
+                raise InvalidOptionError(f"{option} needs a file name")
         inputs = [p for p in paths] + ([self.reference] if self.reference else [])
         if self.reports.json and self.reports.html and \
                 Path(self.reports.json).resolve() == Path(self.reports.html).resolve():      # ./r.json, a link
@@ -158,7 +171,7 @@ def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str
     start = time.perf_counter()
     model = load(artifact.path, device=device, threads=threads, check_files=False, spinning=spinning)
     created = (time.perf_counter() - start) * 1000
-    name = _unique(artifact.path.name, taken)
+    name = unique_name(artifact.path.name, taken)
     info = {"name": name, "path": str(artifact.path), "kind": format_of(artifact).kind,
             "manifest_sha256": artifact.manifest_sha256,
             "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
@@ -194,7 +207,7 @@ def footing(options: BenchOptions) -> dict:
     threads, source = options.thread_count()
     return {"threads": threads, "threads_from": source, "spinning": spinning_policy(options.spinning),
             "rounds": options.settings.rounds, "min_duration_s": options.settings.min_duration,
-            "min_count": options.settings.min_count,
+            "min_count": options.settings.min_count, "max_count": options.settings.max_count,
             "warmup": {"until": f"the coefficient of variation of {options.settings.window} calls <= "
                                 f"{options.settings.settle_cv:g}, or two windows' medians within "
                                 f"{options.settings.settle_drift:.0%}",
@@ -208,26 +221,52 @@ def quiet_state(monitor: Monitor) -> dict | None:
     return monitor.between(start, monitor.sample())
 
 
-def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = (),
-              progress: Callable[[str], None] = lambda m: None, meter: Meter | None = None) -> BenchReport:
+# What the generation bench (causal LMs) does not use: it times real docstring prompts in
+# interleaved rounds of whole requests and measures parity against the first artifact.
+NOT_FOR_CAUSAL_LMS = ("--reference", "--data", "--labels", "--domains", "--speed-of-light", "--min-cosine",
+                      "--min-p01-cosine", "--max-abs-error", "--min-top1-agreement", "--min-duration", "--min-count",
+                      "--batch-sizes", "--sequence-lengths")
+
+
+def check_bench(paths: list[str], options: BenchOptions) -> tuple[list[Artifact], Artifact]:
+    """Every refusal a bench run can make before it loads a model: the options, the artifacts
+    (one kind of model, comparable with the reference), and options their kind ignores.
+    The artifacts and the reference."""
     options.check(paths)
-    meter = meter or _NoMeter()
     artifacts = [Artifact.load(p) for p in paths]
     generative = [a.task == "text-generation" for a in artifacts]
     if any(generative):
         if not all(generative):
             raise InvalidOptionError("bench measures causal LMs (task text-generation) and other models separately")
-        from .generation_runner import run_generation_bench
-
-        return run_generation_bench(artifacts, options, extra, progress, meter)
+        refuse_unused([(name, name in options.given) for name in NOT_FOR_CAUSAL_LMS]
+                      + [(f"--device {options.device}", options.device != "cpu")],
+                      "to causal LMs: the generation bench runs them on the CPU on real docstring prompts, whole "
+                      "requests in interleaved rounds, with parity (greedy tokens, perplexity) against the first")
+        return artifacts, artifacts[0]
+    refuse_unused([("--max-new-tokens", "--max-new-tokens" in options.given)],
+                  "to models other than causal LMs (task text-generation)")
     if "generation" in options.scenarios:
         raise InvalidOptionError("the generation scenario is for causal LMs (task text-generation)")
     reference = Artifact.load(options.reference) if options.reference else artifacts[0]
     options.budget.check_task(reference.task)
     for artifact in artifacts:          # refused before the first measurement, not after the timing
         check_same_model(artifact, reference, f"'{artifact.path}'")
-    if options.domains and not reference.manifest.processing.get("tokenizer"):
-        raise InvalidOptionError("--domains measures text models on held-out text; this model takes no text")
+    if not reference.manifest.processing.get("tokenizer"):
+        refuse_unused((("--domains", options.domains), ("--scenario sweep", "sweep" in options.scenarios),
+                       ("--speed-of-light", options.speed_of_light)),
+                      "to a model that takes no text (--domains: held-out text; sweep: sequence lengths; "
+                      "--speed-of-light: weight GEMMs per token)")
+    return artifacts, reference
+
+
+def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = (),
+              progress: Callable[[str], None] = lambda m: None, meter: Meter | None = None) -> BenchReport:
+    artifacts, reference = check_bench(paths, options)
+    meter = meter or _NoMeter()
+    if reference.task == "text-generation":
+        from .generation_runner import run_generation_bench
+
+        return run_generation_bench(artifacts, options, extra, progress, meter)
     inputs = BenchInputs(reference, options.data)
     cut = [n for n in options.sequence_lengths if n > inputs.max_length] if inputs.text is not None else []
     if "sweep" in options.scenarios and cut:
@@ -249,7 +288,7 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
             variant.info.update(measure_memory(str(artifact.path), options.data))
         variants.append(variant)
     for variant in extra:
-        variant.name = variant.info["name"] = _unique(variant.name, {v.name for v in variants})
+        variant.name = variant.info["name"] = unique_name(variant.name, {v.name for v in variants})
         variants.append(variant)
 
     report = BenchReport(created=now_iso(), machine=machine_info(), variants=[v.info for v in variants], results=[],
@@ -268,7 +307,7 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
         measure_parity(report, variants, reference, options, labels)
     except Interrupted:
         report.interrupted = True
-        progress("interrupted: reporting what was measured")
+        progress("interrupted: stopping")
     finally:
         meter.finish()
         for variant in variants:
@@ -294,7 +333,9 @@ def speed_of_light(report: BenchReport, variants: list[Variant], artifacts: list
             row["speed_of_light"] = floor_record(ops, row["tokens"], precision, row["latency"]["p50_ms"], peaks)
 
 
-def _unique(name: str, taken) -> str:
+def unique_name(name: str, taken) -> str:
+    """``name``, or ``name (2)``, ``name (3)``... the first not in ``taken``: a report's rows
+    are keyed by variant name."""
     candidate, index = name, 2
     while candidate in taken:
         candidate, index = f"{name} ({index})", index + 1

@@ -6,6 +6,7 @@ Single-stream, offline and sweep are interleaved rounds (``edgeport.speed``), wh
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Callable
 
@@ -63,4 +64,6 @@ def spinning_policy(spinning: bool) -> str:
     ort = ("on (--spinning): ONNX Runtime's intra- and inter-op threads spin between ops, as outside the bench; "
            "speed-ups stay on the wall clock even when the machine is disturbed (spinning is not work)"
            if spinning else "off: ONNX Runtime intra- and inter-op spinning disabled")
-    return ort + "; PyTorch's OpenMP pool passive (OMP_WAIT_POLICY=PASSIVE) when the bench starts it"
+    # The baseline sets PASSIVE unless the environment already chose (pipeline/baseline.py).
+    omp = os.environ.get("OMP_WAIT_POLICY", "PASSIVE").upper()
+    return ort + f"; PyTorch's OpenMP pool {omp.lower()} (OMP_WAIT_POLICY={omp}) when the bench starts it"

@@ -111,8 +111,11 @@ def _server(report: BenchReport, name: str, run, inputs: BenchInputs, options, s
         stats = latency_stats(latencies)
     except KeyboardInterrupt:
         raise Interrupted({}) from None
-    # params: the offered rate; throughput: what the one worker served (lower when it fell behind)
-    result = {"variant": name, "scenario": "server", "params": {"rate_per_s": round(rate, 3)},
+    # params: the rate asked for (--rate), or the default's rule, so that two runs' rows match in
+    # bench compare (half the capacity is measured anew each run); offered: the rate it came to.
+    # throughput: what the one worker served (lower when it fell behind).
+    asked = {"rate_per_s": round(rate, 3)} if options.server_rate else {"rate": "half capacity"}
+    result = {"variant": name, "scenario": "server", "params": asked, "offered_rate_per_s": round(rate, 3),
               "latency": stats.to_dict(), "throughput_per_s": round(min(served, rate), 3)}
     if options.p99_bound_ms is not None:
         result["p99_bound_ms"] = options.p99_bound_ms

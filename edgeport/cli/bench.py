@@ -7,7 +7,7 @@ import click
 from .. import vocabulary as v
 from ..errors import InvalidOptionError
 from . import main
-from .common import TerminalMeter, say
+from .common import TerminalMeter, options_given, say
 
 
 class BenchGroup(click.Group):
@@ -25,8 +25,9 @@ def bench() -> None:
 
 
 def _numbers(text: str, name: str) -> list[int]:
+    """Comma-separated integers, each once (a repeated size would give rows with one key)."""
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return list(dict.fromkeys(int(x) for x in text.split(",") if x.strip()))
     except ValueError:
         raise InvalidOptionError(f"{name} must be integers separated by commas, e.g. 1,8,32") from None
 
@@ -66,7 +67,7 @@ def _domains(text: str | None) -> list[str]:
 @click.option("--rounds", type=int, default=v.DEFAULT_ROUNDS, show_default=True,
               help="Interleaved rounds per measurement.")
 @click.option("--min-duration", type=float, default=v.DEFAULT_MIN_DURATION_S, show_default=True,
-              help="Seconds per variant per round.")
+              help="Seconds per variant per round (a block also ends at 10000 calls).")
 @click.option("--min-count", type=int, default=v.DEFAULT_MIN_COUNT, show_default=True,
               help="Calls per variant per round.")
 @click.option("--threads", type=int, help="Intra-op threads of every variant, the PyTorch baseline included "
@@ -89,14 +90,18 @@ def _domains(text: str | None) -> list[str]:
 @click.option("--json", "json_path", type=click.Path(), help="Write the report as JSON.")
 @click.option("--html", "html_path", type=click.Path(), help="Write a self-contained HTML report.")
 @click.option("--force", is_flag=True, help="Replace existing report files.")
-def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, reference, data, labels, batch_sizes,
-                      sequence_lengths, rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration, min_count,
-                      threads, speed_of_light, spinning, strict, min_cosine, min_p01_cosine, max_abs_error,
+@click.pass_context
+def bench_run_command(ctx, artifacts, scenarios, device, baseline, baseline_device, reference, data, labels,
+                      batch_sizes, sequence_lengths, rate, queries, p99_bound_ms, find_max_qps, rounds, min_duration,
+                      min_count, threads, speed_of_light, spinning, strict, min_cosine, min_p01_cosine, max_abs_error,
                       min_top1_agreement, max_new_tokens, domains, no_memory, json_path, html_path, force):
     """Measure ARTIFACTS side by side: latency, throughput, size, memory, start-up and parity."""
-    from ..bench.runner import BenchOptions, ReportFiles, run_bench
+    from ..bench.runner import BenchOptions, ReportFiles, check_bench, run_bench
     from ..bench.scenarios import Settings
     from ..parity import ParityBudget
+
+    if baseline_device != "cpu" and baseline is None:
+        raise InvalidOptionError("--baseline-device says where the PyTorch baseline runs; add --baseline torch")
 
     options = BenchOptions(
         scenarios=list(scenarios) or ["single-stream"], data=data, labels=labels, device=device, reference=reference,
@@ -107,8 +112,8 @@ def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, r
         settings=Settings(rounds=rounds, min_duration=min_duration, min_count=min_count),
         measure_memory=not no_memory, threads=threads, reports=ReportFiles(json_path, html_path, force),
         max_new_tokens=max_new_tokens, domains=_domains(domains), strict=strict,
-        speed_of_light=speed_of_light, spinning=spinning)
-    options.check(list(artifacts))
+        speed_of_light=speed_of_light, spinning=spinning, given=options_given(ctx))
+    check_bench(list(artifacts), options)        # before the baseline loads: every refusal comes first
     extra = []
     if baseline == "torch":
         from ..pipeline.baseline import torch_baseline
@@ -116,9 +121,8 @@ def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, r
         extra.append(torch_baseline(reference or artifacts[0], baseline_device, options.thread_count()[0]))
     report = run_bench(list(artifacts), options, extra, progress=say, meter=TerminalMeter.create("measuring"))
     click.echo(report.table())
-    for path in (json_path, html_path):
-        if path:
-            click.echo(f"wrote {path}")
+    for path in report.written:
+        click.echo(f"wrote {path}")
     report.raise_for_failure()
 
 
@@ -132,8 +136,11 @@ def bench_run_command(artifacts, scenarios, device, baseline, baseline_device, r
 def bench_compare_command(old, new, max_regression, max_parity_drop):
     """Compare two bench JSON reports; exit non-zero on regressions or rows that vanished."""
     from ..bench.compare import compare, format_deltas, load_report, parse_percent
+    from ..outputs import edited_since_written
 
     threshold = parse_percent(max_regression)
-    comparison = compare(load_report(old), load_report(new), threshold, max_parity_drop)
+    reports = load_report(old), load_report(new)
+    comparison = compare(*reports, threshold, max_parity_drop,
+                         edited=[path for path in (old, new) if edited_since_written(path)])
     click.echo(format_deltas(comparison))
     comparison.raise_for_failure()

@@ -16,6 +16,14 @@ def given(**values):
     return {k: value for k, value in values.items() if value is not None}
 
 
+def options_given(ctx: click.Context) -> frozenset[str]:
+    """The options the user wrote on the command line (or in the environment), by their long
+    name: what a command checks before it ignores one."""
+    unset = (click.core.ParameterSource.DEFAULT, None)
+    return frozenset(max(p.opts, key=len) for p in ctx.command.params
+                     if isinstance(p, click.Option) and ctx.get_parameter_source(p.name) not in unset)
+
+
 def emit_json(data) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 

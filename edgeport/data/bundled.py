@@ -18,6 +18,11 @@ def _all_docstring_sentences() -> tuple[str, ...]:
     return tuple(line for line in SENTENCES_FILE.read_text(encoding="utf-8").splitlines() if line)
 
 
+def sentences_per_split() -> int:
+    """How many docstring sentences each split holds."""
+    return len(_all_docstring_sentences()) // 2
+
+
 def stdlib_sentences(count: int = 200, split: str = "eval") -> list[str]:
     """``count`` real English sentences from standard-library docstrings, deterministic.
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import CalibrationDataError
 from ..runtime.processing import ImageProcessor, TextProcessor
-from .bundled import digits_images, stdlib_sentences
+from .bundled import digits_images, sentences_per_split, stdlib_sentences
 from .readers import read_examples
 
 DEFAULT_COUNTS = {"eval": 128, "calib": 64}
@@ -198,7 +198,7 @@ def examples_for(artifact, path: str | Path | None = None, role: str = "eval", l
 def _default_examples(artifact, role: str, limit: int):
     processing = artifact.manifest.processing
     if processing.get("tokenizer"):
-        data = stdlib_sentences(limit, split=role)
+        data = stdlib_sentences(min(limit, sentences_per_split()), split=role)     # --limit: at most
         return "text", data, f"{len(data)} standard-library docstring sentences ({role} split)", hash_values(data)
     if processing.get("image"):
         images, _ = digits_images()

@@ -100,6 +100,8 @@ class Measurement:
         95% interval: by the wall clock on a quiet machine, by on-CPU time when any round was
         disturbed (the module's docstring says why; callers pass ``cpu_time=False`` where more
         than one thread works or threads spin), the wall-clock ratio kept beside it."""
+        if name == reference:
+            return own_speedup(reference)
         value, low, high = paired_ratio(self.rounds[reference], self.rounds[name])
         wall = {"value": value, "ci95": [low, high], "vs": reference, "method": "paired rounds"}
         cpu = [self.cpu_rounds.get(reference), self.cpu_rounds.get(name)]
@@ -110,6 +112,11 @@ class Measurement:
         return {"value": value, "ci95": [low, high], "vs": reference,
                 "method": "paired rounds, on-CPU time (other processes disturbed the wall clock)",
                 "wall": {"value": wall["value"], "ci95": wall["ci95"]}}
+
+
+def own_speedup(name: str) -> dict:
+    """The reference's row against itself: exactly 1, not the ratio of two resamplings."""
+    return {"value": 1.0, "ci95": [1.0, 1.0], "vs": name, "method": "the reference itself"}
 
 
 def _timed(run: Callable, feeds) -> tuple[float, float]:

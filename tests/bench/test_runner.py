@@ -100,36 +100,56 @@ def test_the_server_row_reports_what_one_worker_served_not_the_offered_rate(two_
     assert 0 < row["throughput_per_s"] < 1e5           # one worker, tens of microseconds a call at the least
 
 
-class _StopsAfter(Runner):
-    """A runner whose user presses Ctrl-C after a few calls."""
+class _StopsAt(Runner):
+    """A runner whose user presses Ctrl-C once it is handed a batch of ``rows`` rows."""
 
-    def __init__(self, inner: Runner, calls: int):
+    def __init__(self, inner: Runner, rows: int):
         super().__init__(list(inner.inputs.values()), inner.output_names, "test")
-        self.inner, self.left = inner, calls
+        self.inner, self.rows = inner, rows
 
     def _infer(self, feeds):
-        self.left -= 1
-        if self.left < 0:
+        if len(next(iter(feeds.values()))) >= self.rows:
             raise KeyboardInterrupt
         return self.inner.run(feeds)
 
 
-def test_ctrl_c_keeps_what_was_measured_and_exits_130(two_artifacts, tmp_path):
+def _stopping_bench(fp32, json_path, stop_rows: int, force: bool = False):
     from edgeport.runtime import load
 
-    fp32, _ = two_artifacts
-    stopper = _StopsAfter(load(fp32.path).runner, calls=8)
+    stopper = _StopsAt(load(fp32.path).runner, stop_rows)
     extra = Variant("stops", stopper, {"name": "stops", "kind": "onnx", "precision": "fp32", "provider": "test",
                                        "session_create_ms": 0.0})
-    options = BenchOptions(settings=Settings(rounds=4, warmup=1, min_duration=0, min_count=3, pause=0),
-                           measure_memory=False, reports=ReportFiles(json=str(tmp_path / "partial.json")))
-    report = run_bench([str(fp32.path)], options, [extra])
+    options = BenchOptions(scenarios=["single-stream", "offline"], batch_sizes=[2], measure_memory=False,
+                           settings=Settings(rounds=2, warmup=1, min_duration=0, min_count=3, pause=0),
+                           reports=ReportFiles(json=str(json_path), force=force))
+    return run_bench([str(fp32.path)], options, [extra])
+
+
+def test_ctrl_c_keeps_what_was_measured_and_exits_130(two_artifacts, tmp_path):
+    fp32, _ = two_artifacts
+    report = _stopping_bench(fp32, tmp_path / "partial.json", stop_rows=2)      # single-stream done, offline cut
     assert report.interrupted
     written = json.loads((tmp_path / "partial.json").read_text())
     assert written["interrupted"] is True
+    assert {row["scenario"] for row in written["results"]} == {"single-stream"}
     with pytest.raises(StoppedByUser) as info:
         report.raise_for_failure()
-    assert info.value.exit_code == 130
+    assert info.value.exit_code == 130 and "partial.json holds the rows measured" in str(info.value)
+
+
+def test_ctrl_c_never_replaces_a_report_nor_writes_an_empty_one(two_artifacts, tmp_path):
+    fp32, _ = two_artifacts
+    report = _stopping_bench(fp32, tmp_path / "none.json", stop_rows=1)         # nothing complete
+    assert not (tmp_path / "none.json").exists()
+    with pytest.raises(StoppedByUser, match="no row was complete"):
+        report.raise_for_failure()
+    kept = tmp_path / "kept.json"
+    run_bench([str(fp32.path)], BenchOptions(settings=FAST, measure_memory=False, reports=ReportFiles(json=str(kept))))
+    complete = kept.read_text()
+    report = _stopping_bench(fp32, kept, stop_rows=2, force=True)
+    assert kept.read_text() == complete
+    with pytest.raises(StoppedByUser, match="kept as it was"):
+        report.raise_for_failure()
 
 
 def test_torch_baseline_row(tmp_path, tiny_models):
@@ -228,12 +248,13 @@ def test_held_out_domains_of_a_model_without_text_are_refused_before_measuring(o
     assert "memory and cold start" not in result.output and not (tmp_path / "r.json").exists()
 
 
-def test_sweep_is_skipped_for_models_without_text(onnx_artifacts):
-    report = run_bench([str(onnx_artifacts["classifier"].path)],
-                       BenchOptions(scenarios=["sweep", "offline"], batch_sizes=[3], settings=FAST,
-                                    measure_memory=False))
-    assert {r["scenario"] for r in report.results} == {"offline"}
-    assert np.isfinite(report.results[0]["throughput_per_s"])
+def test_text_options_are_refused_for_models_without_text(onnx_artifacts):
+    """Sweep (sequence lengths), held-out domains and the speed of light (GEMMs per token)
+    would time or report nothing for a model that takes no text: refused before any work."""
+    for options in (BenchOptions(scenarios=["sweep", "offline"], batch_sizes=[3]), BenchOptions(domains=["legal"]),
+                    BenchOptions(speed_of_light=True)):
+        with pytest.raises(InvalidOptionError, match="does not apply to a model that takes no text"):
+            run_bench([str(onnx_artifacts["classifier"].path)], options)
 
 
 def test_speed_of_light_gives_each_variant_its_floor(two_artifacts, cli, tmp_path):

@@ -1,0 +1,124 @@
+"""The sixth hostile pass: bench (its reports, compare, the generation bench), verify, inspect
+and Keras export as a benchmarking engineer misuses them.  (Ctrl-C during a bench is tested
+beside the runner, tests/bench/test_runner.py; Keras options in tests/export/test_keras.py.)"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from edgeport.errors import InvalidOptionError, RegressionError
+from helpers import assert_fails
+
+QUICK = ("--rounds", "2", "--min-duration", "0", "--min-count", "3", "--no-memory")
+
+
+def test_speed_ups_say_what_they_are_against_and_the_first_row_is_exactly_one(cli, onnx_artifacts, tmp_path):
+    """Speed-ups are against the first variant, parity against --reference: the table and the
+    page say so, and the first variant's own row is 1, not a ratio of two resamplings."""
+    first = onnx_artifacts["encoder"].path
+    second = tmp_path / "p$x^2$q"                 # matplotlib would read $...$ as TeX
+    shutil.copytree(first, second)
+    result = cli("bench", first, second, "--reference", second, *QUICK, "--json", tmp_path / "r.json",
+                 "--html", tmp_path / "r.html")
+    assert result.exit_code == 0, result.output
+    assert f"speed-ups against {first.name} (the first variant); parity against {second}" in result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    own = next(row for row in report["results"] if row["variant"] == first.name)
+    assert own["speedup"]["value"] == 1.0 and own["speedup"]["ci95"] == [1.0, 1.0]
+    page = (tmp_path / "r.html").read_text()
+    assert f"Speed-up against {first.name} (the first variant)" in page and "p$x^2$q" in page
+
+
+def test_options_the_chosen_scenarios_ignore_are_refused(cli, onnx_artifacts, tmp_path):
+    encoder, report = onnx_artifacts["encoder"].path, tmp_path / "r.json"
+    for options, phrase in ((("--batch-sizes", "3"), "--batch-sizes does not apply"),
+                            (("--sequence-lengths", "7", "--scenario", "offline"), "--sequence-lengths does not apply"),
+                            (("--queries", "3"), "--queries does not apply"),
+                            (("--max-new-tokens", "3"), "--max-new-tokens does not apply to models other than"),
+                            (("--baseline-device", "cuda"), "add --baseline torch"),
+                            (("--min-count", "20000"), "--min-count must be at most 10000"),
+                            (("--json", ""), "--json needs a file name")):
+        assert_fails(cli("bench", encoder, *QUICK, *options, "--json", report) if options[0] != "--json"
+                     else cli("bench", encoder, *QUICK, *options), InvalidOptionError.exit_code, phrase, absent=report)
+
+
+def test_a_missed_p99_bound_fails_the_run_and_keeps_the_report(cli, onnx_artifacts, tmp_path):
+    result = cli("bench", onnx_artifacts["encoder"].path, *QUICK, "--scenario", "server", "--queries", "5",
+                 "--p99-bound-ms", "0.000001", "--json", tmp_path / "r.json")
+    assert_fails(result, RegressionError.exit_code, "p99 latency bound of 1e-06 ms was missed")
+    assert json.loads((tmp_path / "r.json").read_text())["results"][0]["bound_held"] is False
+
+
+def test_compare_matches_server_rows_at_the_default_rate_and_refuses_edited_reports(cli, onnx_artifacts, tmp_path):
+    encoder = onnx_artifacts["encoder"].path
+    for name in ("a.json", "b.json"):
+        result = cli("bench", encoder, *QUICK, "--scenario", "server", "--queries", "10", "--json", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    # The default rate (half the capacity measured in that run) differs every run; the rows still match.
+    result = cli("bench", "compare", tmp_path / "a.json", tmp_path / "b.json", "--max-regression", "10000%")
+    assert result.exit_code == 0, result.output
+    edited = json.loads((tmp_path / "b.json").read_text())
+    edited["results"][0]["latency"]["p50_ms"] *= 3
+    (tmp_path / "edited.json").write_text(json.dumps(edited, indent=2))
+    assert_fails(cli("bench", "compare", tmp_path / "a.json", tmp_path / "edited.json", "--max-regression", "10000%"),
+                 RegressionError.exit_code, "changed since bench wrote it")
+    edited["results"][0]["latency"]["p50_ms"] = 0
+    (tmp_path / "zero.json").write_text(json.dumps(edited))
+    assert_fails(cli("bench", "compare", tmp_path / "zero.json", tmp_path / "a.json"), InvalidOptionError.exit_code,
+                 "p50_ms' must be > 0 (got 0)")
+    assert_fails(cli("bench", "compare", tmp_path / "a.json", tmp_path / "b.json", "--max-regression", "5%%"),
+                 InvalidOptionError.exit_code, "is not a percentage")
+
+
+def test_verify_limit_means_at_most_and_inspect_refuses_a_malformed_digest(cli, onnx_artifacts):
+    encoder = onnx_artifacts["encoder"].path
+    result = cli("verify", encoder, "--reference", encoder, "--limit", "100000000")
+    assert result.exit_code == 0, result.output
+    assert "1681 standard-library docstring sentences" in result.output
+    for digest in ("zz", ""):
+        assert_fails(cli("inspect", encoder, "--expect-manifest-sha256", digest), InvalidOptionError.exit_code,
+                     "64 hexadecimal digits")
+
+
+def test_the_report_names_the_openmp_policy_in_force(monkeypatch):
+    from edgeport.bench.scenarios import spinning_policy
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")     # the user's choice, which the baseline keeps
+    assert "OpenMP pool active (OMP_WAIT_POLICY=ACTIVE)" in spinning_policy(False)
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert "OpenMP pool passive (OMP_WAIT_POLICY=PASSIVE)" in spinning_policy(False)
+
+
+@pytest.mark.slow
+def test_the_generation_bench_names_each_variant_once_and_refuses_what_it_ignores(cli, lms, onnx_artifacts,
+                                                                                   tmp_path):
+    lm = lms("llama")["onnx"].path
+    folders = [tmp_path / "g1" / "a", tmp_path / "g2" / "a (2)", tmp_path / "g3" / "a",
+               tmp_path / "g4" / "torch (eager FP32, cpu)"]
+    for folder in folders:
+        shutil.copytree(lm, folder)
+    result = cli("bench", *folders, "--baseline", "torch", "--rounds", "1", "--no-memory", "--max-new-tokens", "2",
+                 "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    names = [v["name"] for v in report["variants"]]
+    assert len(set(names)) == 5 and {r["variant"] for r in report["results"]} == set(names)
+    assert "torch (eager FP32, cpu) (2)" in names
+    assert all(r["params"]["prompts"] == 4 for r in report["results"])
+    for options in (("--reference", onnx_artifacts["encoder"].path, "--baseline", "torch"),
+                    ("--data", tmp_path / "r.json"), ("--device", "cuda"), ("--min-cosine", "0.9"),
+                    ("--speed-of-light",), ("--min-duration", "5")):
+        assert_fails(cli("bench", lm, "--rounds", "1", "--no-memory", *options), InvalidOptionError.exit_code,
+                     "does not apply to causal LMs")
+
+
+def test_a_failed_memory_probe_is_a_warning_not_a_silent_dash():
+    from edgeport.bench.report import BenchReport
+
+    report = BenchReport(created="now", machine={}, results=[], parity={}, reference="a",
+                         variants=[{"name": "a", "peak_rss_mb": None, "memory_probe_error": "no module named x"}])
+    report.judge_machine()
+    assert "the memory and cold-start probe of a failed: no module named x" in report.warnings
