@@ -132,6 +132,8 @@ def save_onnx(model, path: Path, external: bool | None = None) -> None:
     large = model.ByteSize() > ONNX_EXTERNAL_DATA_BYTES if external is None else external
     onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=data_file.name, size_threshold=1024)
+    if data_file.exists():           # onnx creates it owner-only (0600); it is as public as the graph beside it
+        data_file.chmod(path.stat().st_mode & 0o777)
 
 
 def finalize_manifest(folder: Path, manifest: Manifest) -> None:

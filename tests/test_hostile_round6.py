@@ -122,3 +122,91 @@ def test_a_failed_memory_probe_is_a_warning_not_a_silent_dash():
                          variants=[{"name": "a", "peak_rss_mb": None, "memory_probe_error": "no module named x"}])
     report.judge_machine()
     assert "the memory and cold-start probe of a failed: no module named x" in report.warnings
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_quantize_times_its_result_exits_130_with_nothing_written(minilm_onnx, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "int8"
+    process = subprocess.Popen([sys.executable, "-m", "edgeport", "quantize", str(minilm_onnx.path), "-o", str(out),
+                                "--mode", "int8-dynamic"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in process.stderr:                  # progress goes to stderr, one line a step
+        seen.append(line)
+        if line.startswith("timing INT8 against FP32"):
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.communicate(timeout=120)[1]
+    stderr = "".join(seen) + rest
+    assert process.returncode == 130, stderr
+    assert "error: interrupted" in stderr and "Traceback" not in stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_static_shape_exports_quantize(tiny_models, tmp_path):
+    """The golden inputs (24 rows) run through a batch-1 graph in rows of one."""
+    from edgeport.export.onnx import ExportOptions, export_onnx
+    from edgeport.quantize import QuantizeOptions, quantize
+
+    fp32 = export_onnx(tiny_models("bert", "feature-extraction"), tmp_path / "fp32",
+                       ExportOptions(static_shapes=True, sequence_length=16))
+    for mode in ("fp16", "int8-dynamic"):
+        result = quantize(fp32.path, tmp_path / mode, QuantizeOptions(mode=mode))
+        assert result.manifest.parity["quantize"]["passed"]
+
+
+def test_data_files_that_carry_nothing_are_refused(cli, onnx_artifacts, tmp_path):
+    import numpy as np
+
+    encoder, out = onnx_artifacts["encoder"].path, tmp_path / "out"
+    ids = np.random.default_rng(0).integers(5, 20, (4, 8))
+    np.savez(tmp_path / "masked.npz", input_ids=ids, attention_mask=0 * ids)
+    (tmp_path / "empty_text.jsonl").write_text('{"text": "a real line"}\n{"text": "  "}\n')
+    (tmp_path / "random.npz").write_bytes(np.random.default_rng(1).bytes(4096))
+    (tmp_path / "UPPER.NPZ").write_bytes((tmp_path / "masked.npz").read_bytes())
+    for data, phrase in (("masked.npz", "masks every token of row 0"), ("empty_text.jsonl", "'text' is empty"),
+                         ("random.npz", "is not an .npz archive"), ("UPPER.NPZ", "masks every token of row 0")):
+        for command in (("quantize", encoder, "-o", out, "--mode", "int8-dynamic", "--data", tmp_path / data),
+                        ("verify", encoder, "--reference", encoder, "--data", tmp_path / data)):
+            assert_fails(cli(*command), 10, phrase, absent=out)
+
+
+def test_quantize_refuses_options_its_mode_ignores(cli, onnx_artifacts, tmp_path):
+    encoder, out = onnx_artifacts["encoder"].path, tmp_path / "out"
+    for options, phrase in ((("--mode", "fp16", "--optimize"), "--optimize does not apply to --mode fp16"),
+                            (("--mode", "fp16", "--per-tensor"), "--per-channel does not apply to --mode fp16"),
+                            (("--mode", "int8-dynamic", "--calibration-method", "entropy"),
+                             "--calibration-method does not apply to --mode int8-dynamic"),
+                            (("--mode", "int8-static", "--calib", tmp_path, "--no-worst-case-guard"),
+                             "--no-worst-case-guard does not apply to --mode int8-static"),
+                            (("--mode", "int4", "--calibration-method", "minmax"),
+                             "--calibration-method does not apply to --mode int4"),
+                            (("--mode", "int8-dynamic", "--no-smooth", "--smooth-alpha", "0.3"), "give one of them"),
+                            (("--mode", "int8-dynamic", "--no-worst-case-guard", "--max-kept-nodes", "2"),
+                             "with neither it would change nothing"),
+                            (("--mode", "int4", "--block-size", "4096"), "--block-size must be 16, 32, 64, 128 or 256")):
+        assert_fails(cli("quantize", encoder, "-o", out, *options), InvalidOptionError.exit_code, phrase, absent=out)
+
+
+def test_export_refuses_what_it_would_drop_and_a_head_the_checkpoint_lacks(cli, tiny_models, minilm_onnx, tmp_path):
+    base, out = tiny_models("bert", "feature-extraction"), tmp_path / "out"    # saved without a classifier
+    assert_fails(cli("export", "onnx", base, "-o", out, "--task", "text-classification"), 3,
+                 "hold no text-classification head", "initialised at random", absent=out)
+    assert_fails(cli("export", "onnx", base, "-o", out, "--output-name", "y"), InvalidOptionError.exit_code,
+                 "--output-name is only for module:callable sources", absent=out)
+    assert_fails(cli("export", "onnx", base, "-o", out, "--no-validate", "--atol", "1e-9"),
+                 InvalidOptionError.exit_code, "the parity check --no-validate skips", absent=out)
+    assert_fails(cli("export", "tensorrt", minilm_onnx.path, "--dry-run", "-o", out), InvalidOptionError.exit_code,
+                 "-o/--output does not apply to --dry-run", absent=out)
+
+
+def test_another_architectures_target_is_not_timed_here():
+    from edgeport.quantize.targets import TARGETS, detect_host, runs_here
+
+    host = detect_host()
+    others = [name for name in TARGETS if name.startswith("x86") != host.startswith("x86") and name != "gpu"]
+    assert others and not any(runs_here(TARGETS[name]) for name in others)
+    assert runs_here(TARGETS[host])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import vocabulary as v
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, refuse_unused
 from . import main
 from .common import given, say, show_artifact
 
@@ -52,6 +52,8 @@ def export_onnx_command(source, out, task, opset, static_shapes, sequence_length
     from ..export.api import export_with_adapters
     from ..export.onnx import ExportOptions
 
+    if no_validate and (atol is not None or rtol is not None):
+        raise InvalidOptionError("--atol and --rtol set the parity check --no-validate skips; give one or the other")
     if sequence_length is not None and not static_shapes:
         raise InvalidOptionError("--sequence-length fixes the length of a --static-shapes export; without it the "
                                  "graph takes any length up to the tokenizer's max_length (add --static-shapes)")
@@ -182,6 +184,9 @@ def export_tensorrt_command(source, out, shapes, fp16, int8, calib, data, via, w
 
     if not dry_run and not out:
         raise InvalidOptionError("give -o/--output (or --dry-run to see the plan)")
+    if dry_run:     # the plan reads the graph and the GPU; it writes and measures nothing
+        refuse_unused((("-o/--output", out), ("--data", data), ("--force", force)),
+                      "to --dry-run, which prints the build plan and writes nothing")
     options = TensorRTOptions(shapes=list(shapes), fp16=fp16, int8=int8, calib=calib, data=data, via=via,
                               workspace_mb=workspace_mb, timing_cache=timing_cache, dry_run=dry_run, force=force)
     result = export_tensorrt(source, out, options, progress=None if as_json else say)

@@ -6,7 +6,7 @@ import click
 
 from .. import vocabulary as v
 from . import main
-from .common import TerminalMeter, given, say, show_artifact
+from .common import TerminalMeter, given, options_given, say, show_artifact
 
 
 @main.command("quantize")
@@ -43,7 +43,8 @@ from .common import TerminalMeter, given, say, show_artifact
 @click.option("--max-perplexity-increase", type=float, help="Causal LMs: budget on the relative perplexity increase.")
 @click.option("--force", is_flag=True, help="Replace an existing output artifact.")
 @click.option("--json", "as_json", is_flag=True)
-def quantize_command(artifact, out, mode, target, per_channel, calib, calibration_method, data, min_cosine,
+@click.pass_context
+def quantize_command(ctx, artifact, out, mode, target, per_channel, calib, calibration_method, data, min_cosine,
                      min_p01_cosine, max_abs_error, min_top1_agreement, smooth_alpha, no_smooth, attention,
                      optimize, no_worst_case_guard, max_kept_nodes, no_fp16_fallback, block_size, accuracy_level,
                      max_token_disagreement, max_perplexity_increase,
@@ -58,7 +59,7 @@ def quantize_command(artifact, out, mode, target, per_channel, calib, calibratio
                               attention=attention, optimize=optimize, fp16_fallback=not no_fp16_fallback, force=force,
                               worst_case_guard=not no_worst_case_guard, max_kept_nodes=max_kept_nodes,
                               max_token_disagreement=max_token_disagreement,
-                              max_perplexity_increase=max_perplexity_increase,
+                              max_perplexity_increase=max_perplexity_increase, given=options_given(ctx),
                               **given(calibration_method=calibration_method, block_size=block_size,
                                       accuracy_level=accuracy_level))
     meter = None if as_json else TerminalMeter.create("calibrating")

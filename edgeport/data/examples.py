@@ -234,4 +234,12 @@ def _check_feeds(data: dict[str, np.ndarray], specs: dict, path) -> dict[str, np
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise CalibrationDataError(f"'{path}': '{name}' holds NaN or infinite values")
         feeds[name] = value
+    mask = feeds.get("attention_mask")
+    if mask is not None and mask.ndim == 2:
+        # A row that masks every token carries nothing: a parity measured on it is a perfect 0,
+        # and a calibration range from it is empty.
+        empty = np.flatnonzero(~mask.astype(bool).any(axis=1))
+        if empty.size:
+            raise CalibrationDataError(f"'{path}': attention_mask masks every token of row {int(empty[0])} "
+                                       f"({empty.size} such row(s)); every example needs at least one real token")
     return feeds

@@ -41,9 +41,9 @@ def read_examples(path: str | Path, limit: int | None = None, error: type[Edgepo
     try:
         if path.is_dir():
             kind, data = "images", _read_image_folder(path, error)
-        elif path.suffix == ".npz":
+        elif path.suffix.lower() == ".npz":            # DATA.NPZ is one too
             kind, data = "feeds", _read_npz(path, error)
-        elif path.suffix == ".jsonl":
+        elif path.suffix.lower() == ".jsonl":
             kind, data = _read_jsonl(path, error)
         else:
             kind, data = "text", _read_text(path, error)
@@ -85,6 +85,9 @@ def _read_jsonl(path: Path, error):
         if "text" in record:
             if not isinstance(record["text"], str):
                 raise error(f"{path}:{number}: 'text' must be a string")
+            if not record["text"].strip():
+                raise error(f"{path}:{number}: 'text' is empty (a blank line of a .txt file is skipped; here it "
+                            "would be an example of nothing)")
             texts.append(record["text"])
         else:
             for key, value in record.items():
@@ -106,6 +109,8 @@ def _read_jsonl(path: Path, error):
 
 
 def _read_npz(path: Path, error) -> dict[str, np.ndarray]:
+    if not zipfile.is_zipfile(path):       # numpy would read other bytes as a pickle and suggest allow_pickle
+        raise error(f"'{path}' is not an .npz archive (numpy.savez writes one: a zip of arrays)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             feeds = {k: archive[k] for k in archive.files}
@@ -169,7 +174,7 @@ def read_labels(path: str | Path, names: list[str] | None, error: type[EdgeportE
     if not path.is_file():
         raise error(f"labels '{path}' do not exist" if not path.exists() else f"labels '{path}' is not a file")
     try:
-        if path.suffix == ".npy":
+        if path.suffix.lower() == ".npy":
             values = np.load(path, allow_pickle=False)
         else:
             values = np.array([line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()])

@@ -66,6 +66,9 @@ class AdapterInfo:
 
 def read_adapter(path: str | os.PathLike, allow_pickle: bool) -> AdapterInfo:
     folder = Path(path)
+    if folder.is_file():
+        raise AdapterError(f"'{folder}' is a file; --adapter takes the adapter's folder (the one holding "
+                           "adapter_config.json)")
     if not folder.is_dir():
         raise AdapterError(f"adapter folder '{folder}' does not exist")
     config_file = folder / "adapter_config.json"
@@ -123,6 +126,9 @@ def _check_options(options: MergeOptions) -> None:
                                  "give one weight per adapter, or none")
     if len(options.adapters) == 1 and options.weights and options.weights[0] != 1.0:
         raise InvalidOptionError("--weight only applies when combining several adapters")
+    if len(options.adapters) == 1 and options.combination != "cat":
+        raise InvalidOptionError(f"--combination {options.combination} combines several adapters; with one there is "
+                                 "nothing to combine")
     if options.combination not in COMBINATIONS:
         raise InvalidOptionError(f"combination '{options.combination}' is not supported; use one of "
                                  f"{', '.join(COMBINATIONS)} (ties, dare and magnitude pruning drop parts of the "
@@ -327,6 +333,30 @@ def _save(merged, folder: Path, out) -> None:
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(out)) from exc
 
 
+def _check_complete(peft_model, adapter: AdapterInfo, name: str) -> None:
+    """Refuse an adapter whose file lacks tensors its config asks for: peft fills them with
+    fresh values (random A, zero B) and only warns, and the merge check, run against that same
+    PeftModel, would pass a model the adapter never described.  An empty file, a missing
+    layer, or a config of another method (IA3, AdaLoRA) over LoRA weights all end here."""
+    from peft.utils import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(peft_model, adapter_name=name))
+    if adapter.weights_file.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(adapter.weights_file), "np") as handle:
+            present = set(handle.keys())
+    else:
+        import torch
+
+        present = set(torch.load(adapter.weights_file, map_location="cpu", weights_only=True))
+    missing = sorted(expected - present)
+    if missing:
+        raise AdapterError(f"adapter '{adapter.path}' lacks {len(missing)} of the {len(expected)} tensors its "
+                           f"adapter_config.json ({adapter.peft_type}) asks for, e.g. {', '.join(missing[:2])}: peft "
+                           "would fill them with fresh values; re-save the adapter with peft (save_pretrained)")
+
+
 def _apply_adapters(model, adapters: list[AdapterInfo], options: MergeOptions, base: Path):
     """The base wrapped in a PeftModel with every adapter loaded (and combined when several)."""
     from peft import PeftModel
@@ -336,13 +366,19 @@ def _apply_adapters(model, adapters: list[AdapterInfo], options: MergeOptions, b
             peft_model = PeftModel.from_pretrained(model, str(adapters[0].path), adapter_name="adapter0")
             for index, adapter in enumerate(adapters[1:], 1):
                 peft_model.load_adapter(str(adapter.path), adapter_name=f"adapter{index}")
+            for index, adapter in enumerate(adapters):
+                _check_complete(peft_model, adapter, f"adapter{index}")
             if len(adapters) > 1:
                 names = [f"adapter{i}" for i in range(len(adapters))]
                 weights = options.weights or [1.0] * len(adapters)
                 peft_model.add_weighted_adapter(names, weights, "combined", combination_type=options.combination)
                 peft_model.set_adapter("combined")
     except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise AdapterError(f"peft cannot apply the adapter(s) to '{base}': {str(exc).splitlines()[0]}") from exc
+        # torch's state-dict errors put the details on the lines after a bare header; a KeyError is just the key.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        said = f"no tensor {lines[0]} where the adapter expects one" if isinstance(exc, KeyError) else \
+            " ".join(lines[:2])[:400]
+        raise AdapterError(f"peft cannot apply the adapter(s) to '{base}': {said}") from exc
     return peft_model
 
 

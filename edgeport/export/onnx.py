@@ -106,8 +106,9 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: Expo
     require("torch", "export")
     require("onnx", "export")
     say = progress or (lambda message: None)
-    if options.inputs and not callable_source:
-        raise InvalidOptionError("--input is only for module:callable sources; a model folder declares its inputs")
+    if (options.inputs or options.output_names) and not callable_source:
+        raise InvalidOptionError(f"{'--input' if options.inputs else '--output-name'} is only for module:callable "
+                                 "sources; a model folder declares its inputs and outputs")
     if not callable_source and _is_causal_lm(Path(source_text), options.task):
         from .llm import export_causal_lm
 

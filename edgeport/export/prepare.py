@@ -164,9 +164,16 @@ class HfSource:
             raise SourceError(f"the weights in '{self.folder}' lack {len(missing)} tensors the "
                               f"{type(self.model).__name__} needs (first: {sorted(missing)[0]}); the checkpoint is "
                               "incomplete or for another architecture")
-        if self.loading_info.get("missing_keys"):
-            self.notes.append("task head initialised randomly (not in checkpoint): "
-                              f"{sorted(self.loading_info['missing_keys'])[:4]}")
+        heads = sorted(self.loading_info.get("missing_keys", []))
+        task_heads = [k for k in heads if "pooler" not in k]
+        if task_heads and self.task != "feature-extraction":
+            # Its outputs would be a random projection that parity then "verifies" against the
+            # same random head in PyTorch: a model the checkpoint never held.
+            raise SourceError(f"the weights in '{self.folder}' hold no {self.task} head ({', '.join(task_heads[:3])} "
+                              f"missing): it would be initialised at random; export the task the checkpoint was "
+                              f"trained for (a base model: --task feature-extraction), or fine-tune it first")
+        if heads:
+            self.notes.append(f"pooler initialised randomly (not in checkpoint): {heads[:4]}")
         # Tensors the checkpoint holds that this model does not use, beyond the heads a base
         # model leaves out (pre-training heads, pooler): a config with fewer layers than the
         # weights, say.  Said, not refused: checkpoints often carry extra heads.

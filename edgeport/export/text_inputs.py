@@ -158,6 +158,9 @@ def text_setup(folder: Path, model, config, task: str, needs: FamilyNeeds, stati
     model_max = getattr(tokenizer, "model_max_length", usable or 512) or 512
     max_length = min(processing.get("max_length", model_max), model_max, usable or model_max)
     if static:
+        if sequence_length > max_length:
+            setup.notes.append(f"static shapes at {max_length} tokens, not {sequence_length}: the model takes no "
+                               "more (its positions or tokenizer)")
         max_length = min(max_length, sequence_length)
     if task != "feature-extraction":
         processing.pop("pooling", None)

@@ -69,11 +69,11 @@ class ParityReport:
             if max_abs is not None and not out.max_abs_err <= max_abs:
                 problems.append(f"{out.name}: max abs error {out.max_abs_err:.3g} > {max_abs:g}")
             if min_cos is not None and not out.min_cosine >= min_cos and self._cosine_applies(out):
-                problems.append(f"{out.name}: min cosine {out.min_cosine:.5f} < {min_cos:g}")
+                problems.append(f"{out.name}: min cosine {out.min_cosine:.10g} < {min_cos}")
             if min_p01 is not None and not out.p01_cosine >= min_p01 and self._cosine_applies(out):
-                problems.append(f"{out.name}: 1st-percentile cosine {out.p01_cosine:.5f} < {min_p01:g}")
+                problems.append(f"{out.name}: 1st-percentile cosine {out.p01_cosine:.10g} < {min_p01}")
             if min_top1 is not None and out.top1_agreement is not None and not out.top1_agreement >= min_top1:
-                problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.4f} < {min_top1:g}")
+                problems.append(f"{out.name}: top-1 agreement {out.top1_agreement:.6g} < {min_top1}")
         return problems
 
     def _cosine_applies(self, out: OutputParity) -> bool:

@@ -6,9 +6,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..errors import InvalidOptionError
+from ..errors import InvalidOptionError, refuse_unused
 from ..parity import ParityBudget
 from ..vocabulary import ATTENTION_GRAPHS, CALIBRATION_METHODS, QUANTIZE_MODES, TARGETS
+
+
+# What each mode takes besides -o, --mode, --force and --json: any other option the user gives
+# (its default value included) is refused, not ignored.
+_BUDGETS = ("--min-cosine", "--min-p01-cosine", "--max-abs-error", "--min-top1-agreement")
+_LM_BUDGETS = ("--max-token-disagreement", "--max-perplexity-increase")
+_INT8 = ("--target", "--per-channel", "--calib", "--data", "--smooth-alpha", "--no-smooth", "--max-kept-nodes",
+         *_BUDGETS)
+MODE_OPTIONS = {
+    "int8-dynamic": (*_INT8, "--attention", "--optimize", "--no-worst-case-guard"),
+    "int8-static": (*_INT8, "--calibration-method"),
+    "fp16": ("--calib", "--data", "--no-fp16-fallback", "--max-kept-nodes", *_BUDGETS),
+    "int4": ("--block-size", "--accuracy-level", *_LM_BUDGETS),
+    "int8-weight-only": ("--block-size", "--accuracy-level", *_LM_BUDGETS),
+}
+_ALWAYS = ("--output", "--mode", "--force", "--json")
 
 
 @dataclass
@@ -36,6 +52,7 @@ class QuantizeOptions:
     max_token_disagreement: float | None = None   # causal LMs: budget on greedy tokens that differ
     max_perplexity_increase: float | None = None  # causal LMs: budget on relative perplexity increase
     force: bool = False
+    given: frozenset = frozenset()         # the options the user wrote (CLI): those the mode ignores are refused
 
     def budget(self) -> ParityBudget:
         """The parity budget the user gave (thresholds checked: finite, in range)."""
@@ -50,6 +67,14 @@ class QuantizeOptions:
         if self.attention not in ATTENTION_GRAPHS:
             raise InvalidOptionError(f"--attention must be one of {', '.join(ATTENTION_GRAPHS)} "
                                      f"(got '{self.attention}')")
+        refuse_unused([(name, True) for name in sorted(self.given - set(MODE_OPTIONS[self.mode]) - set(_ALWAYS))],
+                      f"to --mode {self.mode}, which takes {', '.join(MODE_OPTIONS[self.mode])}")
+        if "--no-smooth" in self.given and "--smooth-alpha" in self.given:
+            raise InvalidOptionError("--smooth-alpha sets the smoothing --no-smooth turns off; give one of them")
+        guarded = self.mode == "int8-dynamic" and self.worst_case_guard
+        if "--max-kept-nodes" in self.given and not self.budget().given and not guarded:
+            raise InvalidOptionError("--max-kept-nodes limits the nodes a budget (--min-cosine...) or int8-dynamic's "
+                                     "worst-case guard keeps in FP32; with neither it would change nothing")
         if self.attention != "auto" and self.mode != "int8-dynamic":
             raise InvalidOptionError(f"--attention {self.attention} chooses the graph of --mode int8-dynamic; "
                                      f"--mode {self.mode} does not take it")
@@ -62,8 +87,8 @@ class QuantizeOptions:
         if self.smooth_alpha is not None and not (isinstance(self.smooth_alpha, (int, float)) and
                                                   math.isfinite(self.smooth_alpha) and 0 < self.smooth_alpha < 1):
             raise InvalidOptionError("--smooth-alpha must be between 0 and 1")
-        if not isinstance(self.block_size, int) or self.block_size < 16 or self.block_size & (self.block_size - 1):
-            raise InvalidOptionError("--block-size must be a power of two >= 16 (e.g. 32, 64, 128)")
+        if self.block_size not in (16, 32, 64, 128, 256):      # what ONNX Runtime's MatMulNBits kernels take
+            raise InvalidOptionError(f"--block-size must be 16, 32, 64, 128 or 256 (got {self.block_size!r})")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise InvalidOptionError("--accuracy-level must be 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8)")
         if self.max_kept_nodes is not None and (not isinstance(self.max_kept_nodes, int) or self.max_kept_nodes < 0):

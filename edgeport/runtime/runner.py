@@ -164,5 +164,5 @@ def _check_limits(name: str, value: np.ndarray, spec: TensorSpec) -> None:
         smallest, largest = value.min(), value.max()
         if smallest < low or largest > high:
             bad = smallest if smallest < low else largest
-            raise ModelInputError(f"input '{name}' holds {bad}, outside the model's range [{low:g}, {high:g}] "
-                                  f"(for token ids: the vocabulary has {int(high) + 1} entries)")
+            ids = f" (the vocabulary has {int(high) + 1} entries)" if "ids" in name else ""
+            raise ModelInputError(f"input '{name}' holds {bad}, outside the model's range [{low:g}, {high:g}]{ids}")

@@ -62,8 +62,10 @@ class Settings:
                 raise InvalidOptionError(f"--{name.replace('_', '-')} must be a finite number >= 0 (got {value!r})")
 
 
-class Interrupted(Exception):
-    """Ctrl-C during a measurement; carries the samples measured so far."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a measurement; carries the samples measured so far.  A KeyboardInterrupt
+    still, so that a caller that does not report partial figures (quantize's timing) stops as
+    Ctrl-C stops anything else."""
 
     def __init__(self, samples: dict[str, list[float]]):
         super().__init__("interrupted")

@@ -186,6 +186,38 @@ def test_missing_and_corrupted_adapter_files(cli, tmp_path, minilm_dir, minilm_l
              "has no weights", out=out)
 
 
+def test_an_adapter_missing_tensors_its_config_asks_for_is_refused(cli, tmp_path, minilm_dir, minilm_lora):
+    """peft fills missing tensors with fresh values (random A) and merges a model the adapter
+    never described; the check against that same PeftModel would pass it."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(minilm_lora / "adapter_model.safetensors")
+    out = tmp_path / "out"
+    for name, kept in (("empty", {}), ("one_missing", dict(list(tensors.items())[1:]))):
+        adapter = tmp_path / name
+        shutil.copytree(minilm_lora, adapter)
+        save_file(kept, adapter / "adapter_model.safetensors")
+        _refused(cli, ["merge", minilm_dir, "--adapter", adapter, "-o", out], AdapterError.exit_code,
+                 f"lacks {len(tensors) - len(kept)} of the {len(tensors)} tensors", out=out)
+    other_method = tmp_path / "ia3_config"
+    shutil.copytree(minilm_lora, other_method)
+    config = json.loads((other_method / "adapter_config.json").read_text())
+    config.update(peft_type="IA3", feedforward_modules=[])
+    (other_method / "adapter_config.json").write_text(json.dumps(config))
+    _refused(cli, ["merge", minilm_dir, "--adapter", other_method, "-o", out], AdapterError.exit_code,
+             "(IA3) asks for", out=out)
+
+
+def test_one_adapter_with_a_combination_or_given_as_its_file_is_refused(cli, tmp_path, minilm_dir, minilm_lora):
+    out = tmp_path / "out"
+    _refused(cli, ["merge", minilm_dir, "--adapter", minilm_lora, "--combination", "svd", "-o", out],
+             InvalidOptionError.exit_code, "with one there is nothing to combine", out=out)
+    _refused(cli, ["merge", minilm_dir, "--adapter", minilm_lora / "adapter_model.safetensors", "-o", out],
+             AdapterError.exit_code, "is a file; --adapter takes the adapter's folder", out=out)
+
+
 def test_pickle_adapter_needs_allow_pickle(cli, tmp_path, minilm_dir, minilm_lora):
     from safetensors.torch import load_file
 

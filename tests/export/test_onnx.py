@@ -120,6 +120,8 @@ def test_external_data_when_asked(tmp_path, tiny_models):
     assert "model.onnx.data" in artifact.manifest.files
     assert artifact.manifest.graph["external_data"] is True
     assert artifact.manifest.files["model.onnx"]["size"] < artifact.manifest.files["model.onnx.data"]["size"]
+    graph, data = artifact.path / "model.onnx", artifact.path / "model.onnx.data"
+    assert data.stat().st_mode & 0o777 == graph.stat().st_mode & 0o777      # onnx makes it 0600
     ort.InferenceSession(str(artifact.model_path), providers=["CPUExecutionProvider"])
 
 

@@ -213,7 +213,7 @@ def test_the_graph_can_be_asked_for(cli, tmp_path, tiny_bert, asked, fused):
 
 
 @pytest.mark.parametrize("args,phrase", [
-    (["--mode", "int8-static", "--attention", "fused"], "--mode int8-static does not take it"),
+    (["--mode", "int8-static", "--attention", "fused"], "--attention does not apply to --mode int8-static"),
     (["--mode", "int8-dynamic", "--attention", "plain", "--optimize"], "does not go with --attention plain"),
 ], ids=["another-mode", "with-optimize"])
 def test_attention_options_that_do_not_go_together(cli, tmp_path, tiny_bert, args, phrase):
