@@ -187,7 +187,8 @@ def test_quantize_refuses_options_its_mode_ignores(cli, onnx_artifacts, tmp_path
                             (("--mode", "int8-dynamic", "--no-smooth", "--smooth-alpha", "0.3"), "give one of them"),
                             (("--mode", "int8-dynamic", "--no-worst-case-guard", "--max-kept-nodes", "2"),
                              "with neither it would change nothing"),
-                            (("--mode", "int4", "--block-size", "4096"), "--block-size must be 16, 32, 64, 128 or 256")):
+                            (("--mode", "int4", "--block-size", "4096"),
+                             "--block-size must be 16, 32, 64, 128 or 256")):
         assert_fails(cli("quantize", encoder, "-o", out, *options), InvalidOptionError.exit_code, phrase, absent=out)
 
 

@@ -7,7 +7,6 @@ import json
 import os
 
 import jsonschema
-import numpy as np
 import pytest
 
 from edgeport.bench.report import REPORT_SCHEMA
