@@ -211,3 +211,12 @@ def test_another_architectures_target_is_not_timed_here():
     others = [name for name in TARGETS if name.startswith("x86") != host.startswith("x86") and name != "gpu"]
     assert others and not any(runs_here(TARGETS[name]) for name in others)
     assert runs_here(TARGETS[host])
+
+
+def test_tensorrt_via_onnxruntime_names_what_that_route_needs(cli, minilm_onnx, tmp_path):
+    import onnxruntime as ort
+
+    if "TensorrtExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has the TensorRT execution provider")
+    assert_fails(cli("export", "tensorrt", minilm_onnx.path, "-o", tmp_path / "engine", "--via", "onnxruntime"), 17,
+                 "install onnxruntime-gpu", absent=tmp_path / "engine")

@@ -121,12 +121,12 @@ def plan_build(source, options: TensorRTOptions, built: Artifact | None = None) 
     options.check()
     artifact = Artifact.load(source)
     manifest = artifact.manifest
+    if artifact.task == "text-generation":      # first: an LM's ONNX artifact is a decoder or GenAI folder
+        raise UnsupportedModelError(f"'{source}' is a causal language model; edgeport runs those with ONNX Runtime "
+                                    "GenAI (its KV cache and sampling), and TensorRT-LLM builds their engines")
     if manifest.graph["format"] != "onnx":
         raise InvalidOptionError(f"'{source}' already holds a {manifest.graph['format']} graph; build from its ONNX "
                                  "artifact")
-    if artifact.task == "text-generation":
-        raise UnsupportedModelError(f"'{source}' is a causal language model; edgeport runs those with ONNX Runtime "
-                                    "GenAI (its KV cache and sampling), and TensorRT-LLM builds their engines")
     mode = manifest.precision.get("mode", "fp32")
     first = options.quantize_first()
     if first and mode != "fp32":
@@ -192,9 +192,9 @@ def export_tensorrt(source, out, options: TensorRTOptions, progress: Callable[[s
 
         if options.via == "tensorrt":
             check_timing_cache(Path(plan.timing_cache), options.force, source)
-        environment = engine_environment()           # no GPU or no TensorRT: stop before any work
-        if options.via == "onnxruntime":
+        else:             # first: what this route needs (onnxruntime-gpu) before what both need
             _require_ort_tensorrt()
+        environment = engine_environment()           # no GPU or no TensorRT: stop before any work
     with tempfile.TemporaryDirectory(prefix="edgeport-trt-") as work_dir:
         origin = built_from = Artifact.load(source)
         if plan.quantize_first:
