@@ -220,3 +220,21 @@ def test_tensorrt_via_onnxruntime_names_what_that_route_needs(cli, minilm_onnx, 
         pytest.skip("this onnxruntime has the TensorRT execution provider")
     assert_fails(cli("export", "tensorrt", minilm_onnx.path, "-o", tmp_path / "engine", "--via", "onnxruntime"), 17,
                  "install onnxruntime-gpu", absent=tmp_path / "engine")
+
+
+def test_fused_attention_asked_of_a_model_it_does_not_fuse_is_a_bad_option(cli, onnx_artifacts, tmp_path):
+    assert_fails(cli("quantize", onnx_artifacts["encoder"].path, "-o", tmp_path / "out", "--mode", "int8-dynamic",
+                     "--attention", "fused"), InvalidOptionError.exit_code, "--attention fused:",
+                 "use --attention auto or plain", absent=tmp_path / "out")
+
+
+def test_images_in_the_wrong_layout_are_bad_data_not_a_bad_request(cli, tiny_models, tmp_path):
+    import numpy as np
+
+    from edgeport.export.onnx import export_onnx
+
+    vit = export_onnx(tiny_models("vit", "image-classification"), tmp_path / "vit")      # takes NCHW
+    size = vit.manifest.processing["image"]["size"]
+    np.savez(tmp_path / "nhwc.npz", pixel_values=np.zeros((4, *size, 3), np.uint8))
+    assert_fails(cli("quantize", vit.path, "-o", tmp_path / "out", "--mode", "int8-static", "--calib",
+                     tmp_path / "nhwc.npz"), 10, "nhwc.npz", "NCHW layout", absent=tmp_path / "out")

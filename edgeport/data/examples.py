@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import CalibrationDataError
+from ..errors import CalibrationDataError, ModelInputError
 from ..runtime.processing import ImageProcessor, TextProcessor
 from .bundled import digits_images, sentences_per_split, stdlib_sentences
 from .readers import read_examples
@@ -185,7 +185,10 @@ def examples_for(artifact, path: str | Path | None = None, role: str = "eval", l
         if not processing.get("image"):
             raise CalibrationDataError(f"'{path}' holds images but this model takes {', '.join(specs)}; "
                                        "give an .npz with one array per input")
-        pixels = ImageProcessor.from_manifest(processing)(data, layout=layout)
+        try:
+            pixels = ImageProcessor.from_manifest(processing)(data, layout=layout)
+        except ModelInputError as exc:       # the user's data file, not a request: bad data (10)
+            raise CalibrationDataError(f"'{path or description}': {exc}") from exc
         name = next(iter(specs))
         batches = [{name: pixels[i:i + batch_size]} for i in range(0, len(pixels), batch_size)]
     else:

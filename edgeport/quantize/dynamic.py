@@ -24,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidOptionError, ParityError, QuantizationError
+from ..errors import InvalidOptionError, ParityError
 from ..parity import ParityBudget
 from . import graph
 from .encoder import EncoderJob, EncoderRecipe
@@ -69,7 +69,7 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
                 candidates.append(Structure(FUSED_ATTENTION, lambda scratch: self._prepare_graph(
                     scratch, fused, "prepared-attention.onnx", peaks)))
             elif wanted == "fused":
-                raise QuantizationError(f"--attention fused: {reason}; use --attention auto or plain")
+                raise InvalidOptionError(f"--attention fused: {reason}; use --attention auto or plain")
         whole = self._builder(job, None, prefix="structure")
         return choose_structure(job, candidates, lambda prepared: whole([], prepared),
                                 asked=None if wanted == "auto" else wanted)
