@@ -121,6 +121,14 @@ def edited_since_written(path: Path) -> bool:
     return bool(_broken_seal(Path(path)))
 
 
+def has_seal(path: Path) -> bool:
+    """Whether a report carries a seal at all (older reports do not; nor one whose seal was cut out)."""
+    try:
+        return bool(_SEAL.search(Path(path).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _broken_seal(path: Path) -> list[str]:
     """[] when ``path`` is as edgeport wrote it (or predates the seal), else why not."""
     import hashlib

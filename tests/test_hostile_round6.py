@@ -27,9 +27,11 @@ def test_speed_ups_say_what_they_are_against_and_the_first_row_is_exactly_one(cl
     assert f"speed-ups against {first.name} (the first variant); parity against {second}" in result.output
     report = json.loads((tmp_path / "r.json").read_text())
     own = next(row for row in report["results"] if row["variant"] == first.name)
-    assert own["speedup"]["value"] == 1.0 and own["speedup"]["ci95"] == [1.0, 1.0]
+    assert own["speedup"]["value"] == 1.0 and own["speedup"]["method"].startswith("itself")
+    assert f"{first.name[:28]:<28}" in result.output and "1.00x (itself)" in result.output
     page = (tmp_path / "r.html").read_text()
     assert f"Speed-up against {first.name} (the first variant)" in page and "p$x^2$q" in page
+    assert "<td>itself</td>" in page
 
 
 def test_options_the_chosen_scenarios_ignore_are_refused(cli, onnx_artifacts, tmp_path):
@@ -65,6 +67,10 @@ def test_compare_matches_server_rows_at_the_default_rate_and_refuses_edited_repo
     (tmp_path / "edited.json").write_text(json.dumps(edited, indent=2))
     assert_fails(cli("bench", "compare", tmp_path / "a.json", tmp_path / "edited.json", "--max-regression", "10000%"),
                  RegressionError.exit_code, "changed since bench wrote it")
+    del edited["edgeport-content-sha256"]          # a seal cut out cannot be told from an older report: said
+    (tmp_path / "unsealed.json").write_text(json.dumps(edited))
+    result = cli("bench", "compare", tmp_path / "a.json", tmp_path / "unsealed.json", "--max-regression", "10000%")
+    assert result.exit_code == 0 and "unsealed.json carries no seal" in result.output, result.output
     edited["results"][0]["latency"]["p50_ms"] = 0
     (tmp_path / "zero.json").write_text(json.dumps(edited))
     assert_fails(cli("bench", "compare", tmp_path / "zero.json", tmp_path / "a.json"), InvalidOptionError.exit_code,
@@ -196,6 +202,9 @@ def test_export_refuses_what_it_would_drop_and_a_head_the_checkpoint_lacks(cli, 
     base, out = tiny_models("bert", "feature-extraction"), tmp_path / "out"    # saved without a classifier
     assert_fails(cli("export", "onnx", base, "-o", out, "--task", "text-classification"), 3,
                  "hold no text-classification head", "initialised at random", absent=out)
+    # A token classifier has no pooler, which a BERT sequence classifier reads: random too.
+    assert_fails(cli("export", "onnx", tiny_models("bert", "token-classification"), "-o", out, "--task",
+                     "text-classification"), 3, "bert.pooler.dense", absent=out)
     assert_fails(cli("export", "onnx", base, "-o", out, "--output-name", "y"), InvalidOptionError.exit_code,
                  "--output-name is only for module:callable sources", absent=out)
     assert_fails(cli("export", "onnx", base, "-o", out, "--no-validate", "--atol", "1e-9"),

@@ -15,6 +15,7 @@ import json
 from ..errors import require
 from ..outputs import SEAL_KEY, seal_placeholder
 from ..speed import describe
+from ..speed.rounds import OWN_ROW
 from ..speed.wakeup import wake_phrase
 from .report import BenchReport, headline_figures
 
@@ -171,7 +172,8 @@ def results_table(report: BenchReport) -> str:
     body = []
     for row in report.with_speedups():
         lat, speedup = row["latency"], row.get("speedup")
-        ci = f"{speedup['ci95'][0]:.2f} - {speedup['ci95'][1]:.2f}" if speedup else "-"
+        own = speedup is not None and speedup.get("method") == OWN_ROW
+        ci = "itself" if own else f"{speedup['ci95'][0]:.2f} - {speedup['ci95'][1]:.2f}" if speedup else "-"
         body.append("<tr>" + f"<td>{html.escape(row['variant'])}</td><td>{html.escape(row['scenario'])}</td>"
                     f"<td>{html.escape(json.dumps(row['params']))}</td>" + _cell(lat["p50_ms"], 3) +
                     _cell(lat["p90_ms"], 3) + _cell(lat["p99_ms"], 3) + _cell(row["throughput_per_s"], 1) +

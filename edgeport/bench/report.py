@@ -22,7 +22,7 @@ from ..manifest import json_safe
 from ..outputs import HTML_REPORT, JSON_REPORT, SEAL_KEY, seal, seal_placeholder, staged_output
 from ..runtime.formats import bench_kinds
 from ..speed import describe, summarize
-from ..speed.rounds import own_speedup
+from ..speed.rounds import OWN_ROW, own_speedup
 from ..speed.load import DISTURBED_SHARE, DISTURBED_STEAL
 from ..speed.wakeup import slow_wake_warning, wake_phrase
 from ..vocabulary import SCENARIOS
@@ -249,7 +249,8 @@ class BenchReport:
                           + (f", decode {decode:.0f} tok/s" if decode else "")
                           + (f", ITL p99 {row['itl_ms']['p99_ms']:.2f} ms" if "itl_ms" in row else ""))
             speedup = row.get("speedup")
-            speed = f"{speedup['value']:.2f}x ({speedup['ci95'][0]:.2f}-{speedup['ci95'][1]:.2f})" if speedup else "-"
+            speed = ("1.00x (itself)" if speedup.get("method") == OWN_ROW else
+                     f"{speedup['value']:.2f}x ({speedup['ci95'][0]:.2f}-{speedup['ci95'][1]:.2f})") if speedup else "-"
             lines.append(f"{row['variant'][:28]:<28} {row['scenario']:<14} {params[:24]:<24} {lat['p50_ms']:>9.2f} "
                          f"{lat['p90_ms']:>9.2f} {lat['p99_ms']:>9.2f} {row['throughput_per_s']:>9.1f} {speed:>22}"
                          f"{extra}")

@@ -136,11 +136,13 @@ def bench_run_command(ctx, artifacts, scenarios, device, baseline, baseline_devi
 def bench_compare_command(old, new, max_regression, max_parity_drop):
     """Compare two bench JSON reports; exit non-zero on regressions or rows that vanished."""
     from ..bench.compare import compare, format_deltas, load_report, parse_percent
-    from ..outputs import edited_since_written
+    from ..outputs import edited_since_written, has_seal
 
     threshold = parse_percent(max_regression)
     reports = load_report(old), load_report(new)
     comparison = compare(*reports, threshold, max_parity_drop,
                          edited=[path for path in (old, new) if edited_since_written(path)])
+    comparison.notes.extend(f"{path} carries no seal (written before edgeport sealed reports, or its seal was cut "
+                            "out): an edit to its figures cannot be told" for path in (old, new) if not has_seal(path))
     click.echo(format_deltas(comparison))
     comparison.raise_for_failure()

@@ -34,11 +34,13 @@ from .common import TerminalMeter, given, options_given, say, show_artifact
               help="int8-dynamic: every ONNX Runtime transformer fusion first, SkipLayerNormalization included "
                    "(off by default: measured slower than the residual sums).")
 @click.option("--no-worst-case-guard", is_flag=True,
-              help="INT8: keep no node in FP32 to hold the worst case on the calibration data (smaller, faster).")
+              help="int8-dynamic: keep no node in FP32 to hold the worst case on the calibration data (smaller, "
+                   "faster).")
 @click.option("--max-kept-nodes", type=int, help="With a budget or the guard: keep at most this many nodes in FP32.")
 @click.option("--no-fp16-fallback", is_flag=True, help="fp16: do not keep overflowing nodes in FP32.")
 @click.option("--block-size", type=int, help="int4 / int8-weight-only: weights per scale (default 32).")
-@click.option("--accuracy-level", type=int, help="int4: MatMulNBits compute precision, 4 = int8 (default 4).")
+@click.option("--accuracy-level", type=int, help="int4 / int8-weight-only: MatMulNBits compute precision, 4 = int8 "
+                                                 "(default 4).")
 @click.option("--max-token-disagreement", type=float, help="Causal LMs: budget on greedy tokens that differ (0-1).")
 @click.option("--max-perplexity-increase", type=float, help="Causal LMs: budget on the relative perplexity increase.")
 @click.option("--force", is_flag=True, help="Replace an existing output artifact.")

@@ -165,11 +165,11 @@ class HfSource:
                               f"{type(self.model).__name__} needs (first: {sorted(missing)[0]}); the checkpoint is "
                               "incomplete or for another architecture")
         heads = sorted(self.loading_info.get("missing_keys", []))
-        task_heads = [k for k in heads if "pooler" not in k]
-        if task_heads and self.task != "feature-extraction":
-            # Its outputs would be a random projection that parity then "verifies" against the
-            # same random head in PyTorch: a model the checkpoint never held.
-            raise SourceError(f"the weights in '{self.folder}' hold no {self.task} head ({', '.join(task_heads[:3])} "
+        if heads and self.task != "feature-extraction":
+            # Its outputs would come through layers initialised at random (a classifier, or the
+            # pooler a BERT sequence classifier reads), which parity then "verifies" against the
+            # same random layers in PyTorch: a model the checkpoint never held.
+            raise SourceError(f"the weights in '{self.folder}' hold no {self.task} head ({', '.join(heads[:3])} "
                               f"missing): it would be initialised at random; export the task the checkpoint was "
                               f"trained for (a base model: --task feature-extraction), or fine-tune it first")
         if heads:

@@ -116,9 +116,12 @@ class Measurement:
                 "wall": {"value": wall["value"], "ci95": wall["ci95"]}}
 
 
+OWN_ROW = "itself: the variant the others' speed-ups are against"
+
+
 def own_speedup(name: str) -> dict:
     """The reference's row against itself: exactly 1, not the ratio of two resamplings."""
-    return {"value": 1.0, "ci95": [1.0, 1.0], "vs": name, "method": "the reference itself"}
+    return {"value": 1.0, "ci95": [1.0, 1.0], "vs": name, "method": OWN_ROW}
 
 
 def _timed(run: Callable, feeds) -> tuple[float, float]:

@@ -33,8 +33,11 @@ def _report(p50: float, throughput: float, min_cos: float, version: int = REPORT
 
 
 def _write(tmp_path, old, new):
-    (tmp_path / "old.json").write_text(json.dumps(old))
-    (tmp_path / "new.json").write_text(json.dumps(new))
+    """Both reports sealed, as bench writes them (an unsealed one gets a note)."""
+    from edgeport.outputs import SEAL_KEY, seal, seal_placeholder
+
+    for name, report in (("old.json", old), ("new.json", new)):
+        (tmp_path / name).write_text(seal(json.dumps({**report, SEAL_KEY: seal_placeholder()}, indent=2) + "\n"))
     return tmp_path / "old.json", tmp_path / "new.json"
 
 
