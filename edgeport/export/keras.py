@@ -31,8 +31,8 @@ from ..golden import save_golden
 from ..manifest import GOLDEN_NAME, Manifest, tool_versions
 from ..outputs import ARTIFACT, check_output, staged_output
 from ..parity import compare_outputs
-from ..runtime.onnxrt import OnnxRuntimeRunner
 from ..processes import python_module
+from ..runtime.onnxrt import OnnxRuntimeRunner
 from ..vocabulary import BATCH
 from .source import recorded_source
 
