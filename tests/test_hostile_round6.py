@@ -231,12 +231,6 @@ def test_tensorrt_via_onnxruntime_names_what_that_route_needs(cli, minilm_onnx, 
                  "install onnxruntime-gpu", absent=tmp_path / "engine")
 
 
-def test_fused_attention_asked_of_a_model_it_does_not_fuse_is_a_bad_option(cli, onnx_artifacts, tmp_path):
-    assert_fails(cli("quantize", onnx_artifacts["encoder"].path, "-o", tmp_path / "out", "--mode", "int8-dynamic",
-                     "--attention", "fused"), InvalidOptionError.exit_code, "--attention fused:",
-                 "use --attention auto or plain", absent=tmp_path / "out")
-
-
 def test_images_in_the_wrong_layout_are_bad_data_not_a_bad_request(cli, tiny_models, tmp_path):
     import numpy as np
 

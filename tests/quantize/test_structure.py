@@ -227,6 +227,6 @@ def test_fused_attention_asked_of_a_model_without_it(cli, tmp_path, onnx_artifac
     """A graph built with onnx.helper has no transformer family to fuse: a clear refusal."""
     out = tmp_path / "out"
     result = cli("quantize", onnx_artifacts["encoder"].path, "-o", out, "--mode", "int8-dynamic", "--attention", "fused")
-    assert result.exit_code == QuantizationError.exit_code, result.output
+    assert result.exit_code == InvalidOptionError.exit_code, result.output         # a bad option, not a failure
     assert "is not one ONNX Runtime fuses" in result.output and "--attention auto or plain" in result.output
     assert result.output.count("error: ") == 1 and not out.exists()
