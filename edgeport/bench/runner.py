@@ -260,8 +260,11 @@ def check_bench(paths: list[str], options: BenchOptions) -> tuple[list[Artifact]
 
 
 def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = (),
-              progress: Callable[[str], None] = lambda m: None, meter: Meter | None = None) -> BenchReport:
-    artifacts, reference = check_bench(paths, options)
+              progress: Callable[[str], None] = lambda m: None, meter: Meter | None = None,
+              checked: tuple[list[Artifact], Artifact] | None = None) -> BenchReport:
+    """``checked``: what ``check_bench(paths, options)`` returned, when the caller ran it first
+    (the CLI does, before the baseline loads): every artifact's files are hashed once."""
+    artifacts, reference = checked or check_bench(paths, options)
     meter = meter or _NoMeter()
     if reference.task == "text-generation":
         from .generation_runner import run_generation_bench

@@ -113,13 +113,14 @@ def bench_run_command(ctx, artifacts, scenarios, device, baseline, baseline_devi
         measure_memory=not no_memory, threads=threads, reports=ReportFiles(json_path, html_path, force),
         max_new_tokens=max_new_tokens, domains=_domains(domains), strict=strict,
         speed_of_light=speed_of_light, spinning=spinning, given=options_given(ctx))
-    check_bench(list(artifacts), options)        # before the baseline loads: every refusal comes first
+    checked = check_bench(list(artifacts), options)      # before the baseline loads: every refusal comes first
     extra = []
     if baseline == "torch":
         from ..pipeline.baseline import torch_baseline
 
         extra.append(torch_baseline(reference or artifacts[0], baseline_device, options.thread_count()[0]))
-    report = run_bench(list(artifacts), options, extra, progress=say, meter=TerminalMeter.create("measuring"))
+    report = run_bench(list(artifacts), options, extra, progress=say, meter=TerminalMeter.create("measuring"),
+                       checked=checked)
     click.echo(report.table())
     for path in report.written:
         click.echo(f"wrote {path}")
