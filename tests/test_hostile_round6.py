@@ -183,7 +183,7 @@ def test_data_files_that_carry_nothing_are_refused(cli, onnx_artifacts, tmp_path
 def test_quantize_refuses_options_its_mode_ignores(cli, onnx_artifacts, tmp_path):
     encoder, out = onnx_artifacts["encoder"].path, tmp_path / "out"
     for options, phrase in ((("--mode", "fp16", "--optimize"), "--optimize does not apply to --mode fp16"),
-                            (("--mode", "fp16", "--per-tensor"), "--per-channel does not apply to --mode fp16"),
+                            (("--mode", "fp16", "--per-tensor"), "--per-tensor does not apply to --mode fp16"),
                             (("--mode", "int8-dynamic", "--calibration-method", "entropy"),
                              "--calibration-method does not apply to --mode int8-dynamic"),
                             (("--mode", "int8-static", "--calib", tmp_path, "--no-worst-case-guard"),

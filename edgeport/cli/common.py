@@ -18,10 +18,17 @@ def given(**values):
 
 def options_given(ctx: click.Context) -> frozenset[str]:
     """The options the user wrote on the command line (or in the environment), by their long
-    name: what a command checks before it ignores one."""
+    name as written (``--per-tensor`` for the off side of ``--per-channel/--per-tensor``): what
+    a command checks before it ignores one, and names when it refuses one."""
     unset = (click.core.ParameterSource.DEFAULT, None)
-    return frozenset(max(p.opts, key=len) for p in ctx.command.params
+    return frozenset(_written_name(ctx, p) for p in ctx.command.params
                      if isinstance(p, click.Option) and ctx.get_parameter_source(p.name) not in unset)
+
+
+def _written_name(ctx: click.Context, option: click.Option) -> str:
+    if option.secondary_opts and ctx.params.get(option.name) is False:
+        return max(option.secondary_opts, key=len)
+    return max(option.opts, key=len)
 
 
 def emit_json(data) -> None:

@@ -6,6 +6,7 @@ import click
 
 from .. import vocabulary as v
 from . import main
+from .common import options_given
 
 
 @main.command("package")
@@ -53,21 +54,18 @@ def package_command(artifact, format_, out, target, name, max_batch, max_delay_u
 
 # The options each format reads; one given to another format would be silently ignored.
 FORMAT_OPTIONS = {
-    "bundle": ("target", "sign"),
-    "triton": ("name", "max_batch", "max_delay_us", "instances", "instance_kind", "with_tokenizer"),
-    "kserve": ("name", "namespace", "storage_uri", "image", "cpu", "memory", "min_replicas", "max_replicas",
-               "auth_secret"),
+    "bundle": ("--target", "--sign"),
+    "triton": ("--name", "--max-batch", "--max-delay-us", "--instances", "--instance-kind", "--with-tokenizer"),
+    "kserve": ("--name", "--namespace", "--storage-uri", "--image", "--cpu", "--memory", "--min-replicas",
+               "--max-replicas", "--auth-secret"),
 }
 
 
 def _refuse_options_of_other_formats(ctx: click.Context, format_: str) -> None:
     from ..errors import InvalidOptionError
 
-    given = [p for p in ctx.command.params if isinstance(p, click.Option) and p.name not in ("format_", "out", "force")
-             and ctx.get_parameter_source(p.name) not in (click.core.ParameterSource.DEFAULT, None)]
-    ignored = [p for p in given if p.name not in FORMAT_OPTIONS[format_]]
+    ignored = sorted(options_given(ctx) - {"--format", "--output", "--force", *FORMAT_OPTIONS[format_]})
     if ignored:
-        names = ", ".join(p.opts[-1] for p in ignored)
-        owners = sorted({f for f, names_ in FORMAT_OPTIONS.items() for p in ignored if p.name in names_})
-        raise InvalidOptionError(f"{names} {'is' if len(ignored) == 1 else 'are'} for --format "
+        owners = sorted({f for f, names in FORMAT_OPTIONS.items() for name in ignored if name in names})
+        raise InvalidOptionError(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for --format "
                                  f"{' or '.join(owners)}, not {format_}; drop {'it' if len(ignored) == 1 else 'them'}")

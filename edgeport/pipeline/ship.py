@@ -215,22 +215,37 @@ class Shipment:
             result.passed = True
         return result
 
+    def bench_options(self):
+        from ..bench.runner import BenchOptions, ReportFiles
+        from ..bench.scenarios import Settings
+
+        config = self.recipe.bench
+        return BenchOptions(scenarios=config.get("scenarios", ["single-stream"]),
+                            batch_sizes=config.get("batch_sizes", list(DEFAULT_BATCH_SIZES)),
+                            settings=Settings(rounds=config.get("rounds", DEFAULT_ROUNDS),
+                                              min_duration=config.get("min_duration", DEFAULT_MIN_DURATION_S)),
+                            reports=ReportFiles(str(self.root / "bench.json"), str(self.root / "bench.html"),
+                                                force=True))
+
+    def check_bench(self, fp32: Path, dry_run: bool) -> None:
+        """The bench step's refusals (a sweep of sequence lengths for a model that takes no
+        text...) on the exported model, before any variant is made rather than after all."""
+        if not dry_run:
+            from ..bench.runner import check_bench
+
+            check_bench([str(fp32)], self.bench_options())
+
     def bench(self, passed: list[VariantResult], dry_run: bool) -> tuple[Path, Path] | None:
         if not passed:
             return None
-        from ..bench.runner import BenchOptions, ReportFiles, run_bench
-        from ..bench.scenarios import Settings
+        from ..bench.runner import run_bench
 
         config = self.recipe.bench
         json_path, html_path = self.root / "bench.json", self.root / "bench.html"
         key = self.cache.key("bench", variants={v.name: _digest(Path(v.artifact)) for v in passed}, config=config)
 
         def run():
-            options = BenchOptions(scenarios=config.get("scenarios", ["single-stream"]),
-                                   batch_sizes=config.get("batch_sizes", list(DEFAULT_BATCH_SIZES)),
-                                   settings=Settings(rounds=config.get("rounds", DEFAULT_ROUNDS),
-                                                     min_duration=config.get("min_duration", DEFAULT_MIN_DURATION_S)),
-                                   reports=ReportFiles(str(json_path), str(html_path), force=True))
+            options = self.bench_options()
             extra = []
             if config.get("baseline") == "torch":
                 from .baseline import torch_baseline
@@ -337,6 +352,7 @@ def _run(recipe: Recipe, shipment: Shipment, dry_run: bool) -> ShipResult:
     start = time.perf_counter()
     source = shipment.source(dry_run)
     fp32 = shipment.export(source, dry_run)
+    shipment.check_bench(fp32, dry_run)
     results = [shipment.variant(v, fp32, dry_run) for v in recipe.variants]
     result = ShipResult(recipe.where, str(recipe.output), results)
     passed = [r for r in results if r.passed]

@@ -55,7 +55,12 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
 
     def prepare(self, job: EncoderJob) -> Path:
         if job.options.optimize:            # every fusion ONNX Runtime knows, as asked
-            fused, _ = transformer_fusions(job)
+            fused, outcome = transformer_fusions(job)
+            if fused is None:
+                job.notes.append(f"--optimize fused nothing: {outcome}")
+            # The lineage says what the optimizer did, not what was asked of it.
+            job.details["optimized graph"] = (f"ONNX Runtime transformer fusions (--optimize), {outcome}" if fused
+                                              else f"{PLAIN} (--optimize fused nothing: {outcome})")
             return self._prepare_graph(job, fused or graph.load(job.source.model_path))
         wanted = job.options.attention
         candidates = []
@@ -168,5 +173,5 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
     @staticmethod
     def _graph_used(job: EncoderJob) -> str:
         if job.options.optimize:
-            return "every ONNX Runtime transformer fusion (--optimize)"
+            return job.details["optimized graph"]
         return job.details.get("structure", {}).get("chosen", PLAIN)

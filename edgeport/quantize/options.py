@@ -15,10 +15,10 @@ from ..vocabulary import ATTENTION_GRAPHS, CALIBRATION_METHODS, QUANTIZE_MODES, 
 # (its default value included) is refused, not ignored.
 _BUDGETS = ("--min-cosine", "--min-p01-cosine", "--max-abs-error", "--min-top1-agreement")
 _LM_BUDGETS = ("--max-token-disagreement", "--max-perplexity-increase")
-_INT8 = ("--target", "--per-channel", "--calib", "--data", "--smooth-alpha", "--no-smooth", "--max-kept-nodes",
-         *_BUDGETS)
+_INT8 = ("--target", "--per-channel", "--per-tensor", "--calib", "--data", "--smooth-alpha", "--no-smooth",
+         "--max-kept-nodes", *_BUDGETS)
 MODE_OPTIONS = {
-    "int8-dynamic": (*_INT8, "--attention", "--optimize", "--no-worst-case-guard"),
+    "int8-dynamic": (*_INT8, "--attention", "--optimize", "--no-optimize", "--no-worst-case-guard"),
     "int8-static": (*_INT8, "--calibration-method"),
     "fp16": ("--calib", "--data", "--no-fp16-fallback", "--max-kept-nodes", *_BUDGETS),
     "int4": ("--block-size", "--accuracy-level", *_LM_BUDGETS),

@@ -169,3 +169,16 @@ def test_the_cache_makes_a_damaged_output_again(cli, tmp_path, tiny_models):
     assert again.exit_code == 0 and "[run] bundle fp32" in again.output, again.output
     assert "[cached] export" in again.output
     assert bundle.read_bytes() != whole[: len(whole) // 2]
+
+
+def test_a_bench_the_model_cannot_take_fails_before_any_variant_is_made(cli, tmp_path, tiny_models):
+    """A sweep of sequence lengths asked for an image model is refused once the export says
+    what the model takes, not after every variant was quantized and gated."""
+    from edgeport.errors import InvalidOptionError
+
+    recipe = _recipe(tmp_path, tiny_models("vit", "image-classification"),
+                     bench={"scenarios": ["single-stream", "sweep"], "rounds": 1, "min_duration": 0.01})
+    result = cli("ship", recipe)
+    assert_fails(result, InvalidOptionError.exit_code, "--scenario sweep does not apply to a model that takes no text")
+    assert "[run] export" in result.output and "int8" not in result.output
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"export", ".ship-cache"}    # kept for the next run

@@ -230,3 +230,21 @@ def test_fused_attention_asked_of_a_model_without_it(cli, tmp_path, onnx_artifac
     assert result.exit_code == InvalidOptionError.exit_code, result.output         # a bad option, not a failure
     assert "is not one ONNX Runtime fuses" in result.output and "--attention auto or plain" in result.output
     assert result.output.count("error: ") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("model", ["tiny_bert", "no_family"])
+def test_optimize_records_what_the_optimizer_did(cli, tmp_path, tiny_bert, onnx_artifacts, model):
+    """--optimize on a graph ONNX Runtime cannot fuse is a plain export, and the lineage says so
+    (it claimed every fusion)."""
+    source = tiny_bert if model == "tiny_bert" else onnx_artifacts["encoder"]
+    out = tmp_path / "out"
+    result = cli("quantize", source.path, "-o", out, "--mode", "int8-dynamic", "--optimize")
+    assert result.exit_code == 0, result.output
+    manifest = Artifact.load(out).manifest
+    graph_used = manifest.lineage[-1]["parameters"]["graph"]
+    if model == "tiny_bert":
+        assert graph_used.startswith("ONNX Runtime transformer fusions (--optimize), fused: {")
+        assert "Attention" in graph_used
+    else:
+        assert graph_used.startswith(f"{PLAIN} (--optimize fused nothing: model_type")
+        assert any("--optimize fused nothing" in note for note in manifest.lineage[-1]["notes"])
