@@ -69,6 +69,7 @@ DEFAULT_MAX_BATCH = 32                   # rows per dynamic batch (serve) and Tr
 DEFAULT_MAX_DELAY_MS = 2.0
 DEFAULT_MAX_QUEUE = 256
 DEFAULT_MAX_BODY_BYTES = 16 << 20
+DEFAULT_MAX_REQUEST_ROWS = 256          # rows (texts) in one request: more is 413
 
 # package --format triton, export tensorrt
 DEFAULT_TRITON_DELAY_US = 2000

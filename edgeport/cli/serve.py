@@ -23,6 +23,8 @@ from .common import TRUSTED_KEY_HELP, say
               help="Requests waiting; past it: 503.")
 @click.option("--max-body-bytes", type=int, default=v.DEFAULT_MAX_BODY_BYTES, show_default=True,
               help="Larger bodies: 413.")
+@click.option("--max-request-rows", type=int, default=v.DEFAULT_MAX_REQUEST_ROWS, show_default=True,
+              help="Rows (texts) in one request; more: 413.  A request runs in calls of --max-batch rows.")
 @click.option("--auth-token", help="Require 'Authorization: Bearer TOKEN' (visible in the process list: prefer "
                                    "--auth-token-file or EDGEPORT_AUTH_TOKEN).")
 @click.option("--auth-token-file", type=click.Path(), help="A file holding the bearer token.")
@@ -37,8 +39,8 @@ from .common import TRUSTED_KEY_HELP, say
 @click.option("--max-replicas", type=int, help="ray: ...to this many replicas.")
 @click.option("--address", help="ray: join this cluster (HOST:PORT or ray://HOST:PORT) instead of starting one.")
 @click.option("--cpus-per-replica", type=float, help="ray: CPUs each replica reserves (default 1).")
-def serve_command(artifact, host, port, name, max_batch, max_delay_ms, max_queue, max_body_bytes, auth_token,
-                  auth_token_file, certfile, keyfile, threads, trusted_key, engine, replicas, min_replicas,
+def serve_command(artifact, host, port, name, max_batch, max_delay_ms, max_queue, max_body_bytes, max_request_rows,
+                  auth_token, auth_token_file, certfile, keyfile, threads, trusted_key, engine, replicas, min_replicas,
                   max_replicas, address, cpus_per_replica):
     """Serve ARTIFACT (or a bundle) over HTTP: Open Inference Protocol v2, raw text, OpenAI completions for
     LLMs; in one process, or as a Ray Serve deployment (--engine ray)."""
@@ -46,7 +48,8 @@ def serve_command(artifact, host, port, name, max_batch, max_delay_ms, max_queue
     from ..serve import ServeOptions, serve
 
     options = ServeOptions(host=host, port=port, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms,
-                           max_queue=max_queue, max_body_bytes=max_body_bytes, auth_token=auth_token,
+                           max_queue=max_queue, max_body_bytes=max_body_bytes, max_request_rows=max_request_rows,
+                           auth_token=auth_token,
                            auth_token_file=auth_token_file, certfile=certfile, keyfile=keyfile, threads=threads,
                            trusted_key=trusted_key)
     cluster = {"--replicas": replicas, "--min-replicas": min_replicas, "--max-replicas": max_replicas,

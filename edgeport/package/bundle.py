@@ -106,7 +106,10 @@ def bundle_bytes(artifact: Artifact, name: str, target: str = "portable", sign: 
     files[REQUIREMENTS] = ("\n".join(requirements) + "\n").encode()
     meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name, "task": artifact.task,
             "precision": artifact.manifest.precision.get("mode", "fp32"), "manifest_sha256": artifact.manifest_sha256,
-            "target": target, "runtime_requirements": requirements}
+            "target": target, "runtime_requirements": requirements,
+            # The sizes of the files outside the artifact that are not small (mobile/model.ort): the
+            # reader refuses an undeclared member over 1 MiB before it extracts anything.
+            "member_sizes": {m: len(payload) for m, payload in files.items() if m.startswith("mobile/")}}
     meta_bytes = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
     import hashlib
 

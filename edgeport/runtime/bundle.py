@@ -75,23 +75,47 @@ def open_bundle(path: str | os.PathLike, into: Path | None = None, limits: Extra
     Safe when several processes open one bundle at once: each extracts into a folder of its
     own and renames it into place; the first rename wins and the others use it.  A cached
     copy that fails its checks is moved aside (never deleted under a reader) and extracted
-    again from the bundle, which is the truth."""
+    again from the bundle, which is the truth.  A signature that fails is the bundle's fault
+    only when a fresh extraction fails it too: the cached copy, which a server may be
+    reading, is then left alone."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"no bundle at '{path}'")
     target = into or cache_root() / sha256_of(path)
+    artifact = _extracted(path, target, limits)
+    if trusted_key is None:
+        return artifact
+    from .signing import verify_folder
+
+    try:
+        verify_folder(target, trusted_key)
+        return artifact
+    except ArtifactError:
+        with tempfile.TemporaryDirectory(prefix=f".{target.name}.", suffix=".check", dir=target.parent) as fresh:
+            extract_bundle(path, Path(fresh) / "bundle", limits)
+            verify_folder(Path(fresh) / "bundle", trusted_key)      # raises: the bundle's own signature fails
+    _move_aside(target)                 # the bundle is signed, the cached copy was altered since
+    artifact = _extracted(path, target, limits)
+    verify_folder(target, trusted_key)
+    return artifact
+
+
+def _extracted(path: Path, target: Path, limits: ExtractionLimits) -> Artifact:
+    """The checked artifact in ``target``, extracted from ``path`` unless a sound copy is there."""
     cached = (target / BUNDLE_META).is_file()
     if not cached:
+        if (target.exists() or target.is_symlink()) and not (target / BUNDLE_META).is_file():
+            _move_aside(target)       # no extraction (one cut short, a file); re-checked: another may just have made it
         extract_bundle(path, target, limits)
     try:
-        return verify_extracted(target, trusted_key)
+        return verify_extracted(target)
     except ArtifactError:
         _move_aside(target)
         if not cached:
             raise
     extract_bundle(path, target, limits)            # the cache was damaged: once more from the bundle
     try:
-        return verify_extracted(target, trusted_key)
+        return verify_extracted(target)
     except ArtifactError:
         _move_aside(target)
         raise
@@ -105,7 +129,10 @@ def _move_aside(folder: Path) -> None:
         os.rename(folder, aside)
     except OSError:
         return                                        # gone already, or another process moved it
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside.is_dir() and not aside.is_symlink():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
 
 
 def extract_bundle(path: Path, target: Path, limits: ExtractionLimits = ExtractionLimits()) -> None:
@@ -213,6 +240,13 @@ def _check_declared(archive: tarfile.TarFile, members: list[tarfile.TarInfo], ro
             declared = {f"{ARTIFACT_DIR}/{name}": int(entry["size"]) for name, entry in entries.items()}
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
             declared = {}                      # a broken manifest is reported, with its reason, after extraction
+    if BUNDLE_META in files:                   # what the bundle adds beside the artifact (mobile/model.ort)
+        try:
+            sizes = json.loads(_read_small(archive, files[BUNDLE_META], path)).get("member_sizes", {})
+            declared.update({name: int(size) for name, size in sizes.items()
+                             if not name.startswith(f"{ARTIFACT_DIR}/")})
+        except (ValueError, TypeError, AttributeError, RecursionError):
+            pass                               # a broken bundle.json is reported, with its reason, after extraction
     for name, member in files.items():
         if name in declared and member.size != declared[name]:
             raise ArtifactError(f"bundle '{path}': '{name}' is {member.size} bytes in the archive but its manifest "

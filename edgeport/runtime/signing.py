@@ -46,7 +46,10 @@ def sign_folder(folder: Path, private_key: Path, signature: Path) -> None:
     try:
         config = model_signing.signing.Config().use_elliptic_key_signer(
             private_key=Path(private_key), password=password.encode() if password is not None else None)
-    except TypeError:
+    except TypeError:           # cryptography's answer to a password missing, or given to a key without one
+        if password is not None:
+            raise InvalidOptionError(f"--sign: '{private_key}' is not encrypted, but ${PASSWORD_VARIABLE} is set; "
+                                     "unset it to sign with this key") from None
         raise InvalidOptionError(f"--sign: '{private_key}' is encrypted; give its password in "
                                  f"${PASSWORD_VARIABLE}") from None
     except (ValueError, AttributeError) as exc:

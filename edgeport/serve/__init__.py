@@ -6,6 +6,7 @@ unless told otherwise."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import signal
@@ -48,6 +49,7 @@ class ServeOptions:
     max_delay_ms: float = v.DEFAULT_MAX_DELAY_MS
     max_queue: int = v.DEFAULT_MAX_QUEUE
     max_body_bytes: int = v.DEFAULT_MAX_BODY_BYTES
+    max_request_rows: int = v.DEFAULT_MAX_REQUEST_ROWS
     auth_token: str | None = None        # default: $EDGEPORT_AUTH_TOKEN
     auth_token_file: str | None = None   # a file holding the token (not visible in the process list)
     certfile: str | None = None
@@ -60,7 +62,8 @@ class ServeOptions:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise InvalidOptionError(f"--port must be between 0 and 65535 (got {self.port!r})")
         for option, value in (("--max-batch", v.DEFAULT_MAX_BATCH if self.max_batch is None else self.max_batch),
-                              ("--max-queue", self.max_queue), ("--max-body-bytes", self.max_body_bytes)):
+                              ("--max-queue", self.max_queue), ("--max-body-bytes", self.max_body_bytes),
+                              ("--max-request-rows", self.max_request_rows)):
             if not isinstance(value, int) or value < 1:
                 raise InvalidOptionError(f"{option} must be a whole number >= 1 (got {value!r})")
         if not isinstance(self.max_delay_ms, (int, float)) or not 0 <= self.max_delay_ms <= MAX_DELAY_MS:
@@ -74,7 +77,7 @@ class ServeOptions:
             raise InvalidOptionError("TLS needs both --certfile and --keyfile")
         for option, path in (("--certfile", self.certfile), ("--keyfile", self.keyfile)):
             if path and not Path(path).is_file():
-                raise ServerError(f"{option} '{path}' does not exist")
+                raise ServerError(f"{option} '{path}' {'is not a file' if Path(path).exists() else 'does not exist'}")
         self.token()
 
     def token(self) -> str | None:
@@ -94,12 +97,12 @@ class ServeOptions:
         if self.auth_token is not None:
             if not self.auth_token.strip():
                 raise InvalidOptionError("--auth-token must not be empty")
-            return self.auth_token
+            return self.auth_token.strip()      # HTTP trims a header's ends: a token's spaces could never match
         if TOKEN_VARIABLE in os.environ:
             if not os.environ[TOKEN_VARIABLE].strip():
                 raise InvalidOptionError(f"${TOKEN_VARIABLE} is set but empty; set a token, or unset it to serve "
                                          "without authentication")
-            return os.environ[TOKEN_VARIABLE]
+            return os.environ[TOKEN_VARIABLE].strip()
         return None
 
 
@@ -113,14 +116,22 @@ def is_loopback(host: str) -> bool:
 
 
 def _check_port_free(host: str, port: int) -> None:
+    listening_socket(host, port).close()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, listening from now on: a port someone takes while the model loads
+    cannot fail the start later (uvicorn then exited 3 with its own log line)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port or --host") \
-                from exc
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((host, port))
+        listener.listen(2048)                 # uvicorn's backlog; a bound socket alone does not hold the port
+    except OSError as exc:
+        listener.close()
+        raise ServerError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port or --host") from exc
+    return listener
 
 
 def startup_warnings(options: ServeOptions, token: str | None) -> list[str]:
@@ -152,7 +163,8 @@ def make_app(path, options: ServeOptions = ServeOptions(), batcher=None):
     check_golden(model, path)
     name = options.name or default_model_name(path)
     limits = Limits(options.max_batch or v.DEFAULT_MAX_BATCH, options.max_delay_ms, options.max_queue,
-                    options.max_body_bytes, join_dependent_rows=joins_dependent_rows(options, model))
+                    options.max_body_bytes, options.max_request_rows,
+                    join_dependent_rows=joins_dependent_rows(options, model))
     return build_app(model, name, limits, token, batcher), name, token
 
 
@@ -180,8 +192,12 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
     import uvicorn
 
     options.check()
-    _check_port_free(options.host, options.port)
-    app, name, token = make_app(path, options)
+    listener = listening_socket(options.host, options.port)
+    try:
+        app, name, token = make_app(path, options)
+    except BaseException:
+        listener.close()
+        raise
     rows_alone = getattr(app.server.model, "rows_alone", False)
     for message in startup_warnings(options, token) + serving_notes(rows_alone, options):
         warn(message)
@@ -199,14 +215,18 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
     # handler it found: SIGTERM's default would kill the process (143), so it finds a no-op.
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
     try:
-        server.run()
-    except (OSError, ValueError) as exc:    # a certificate that does not load, an address taken meanwhile
+        server.run(sockets=[listener])
+    except (OSError, ValueError) as exc:    # a certificate that does not load
         raise ServerError(f"the server could not start: {exc}") from exc
+    except SystemExit as exc:               # uvicorn's own exit when its startup fails (logged above)
+        raise ServerError(f"the server could not start (uvicorn exited {exc.code})") from None
     except KeyboardInterrupt:               # uvicorn re-raises Ctrl-C once the accepted requests are answered
         if signal.SIGINT not in server.signals:
             server.signals.append(signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        listener.close()
+        logging.getLogger("uvicorn.error").disabled = False
     if len(server.signals) > 1:             # uvicorn's forced exit: what was in flight was cut off
         raise StoppedByUser("stopped at once by a second signal; requests in flight were cut off")
     if signal.SIGINT in server.signals:     # exit 130 as for every command stopped with Ctrl-C (SIGTERM: 0)
@@ -242,6 +262,8 @@ def _signal_noting_server(config, on_started=lambda port: None):
 
         def handle_exit(self, sig, frame) -> None:
             self.signals.append(sig)
+            if len(self.signals) > 1:       # forced: what it cuts off is said in one line, not a traceback a request
+                logging.getLogger("uvicorn.error").disabled = True
             super().handle_exit(sig, frame)
 
     return SignalNotingServer(config)

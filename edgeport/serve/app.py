@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -32,11 +33,38 @@ class Limits:
     max_delay_ms: float = v.DEFAULT_MAX_DELAY_MS
     max_queue: int = v.DEFAULT_MAX_QUEUE
     max_body_bytes: int = v.DEFAULT_MAX_BODY_BYTES
+    max_request_rows: int = v.DEFAULT_MAX_REQUEST_ROWS
     join_dependent_rows: bool = False    # batch a model whose rows depend on their batch anyway (asked for)
 
 
 class BodyTooLarge(Exception):
     pass
+
+
+class TooManyRows(Exception):
+    pass
+
+
+def check_rows(rows: int, limits: Limits, what: str = "rows") -> None:
+    """A request's rows are bounded apart from its bytes: 300 KB of short texts made 60000 rows,
+    7 GB of activations and a 483 MB answer, and held every other client behind it."""
+    if rows > limits.max_request_rows:
+        raise TooManyRows(f"the request holds {rows} {what}; this server takes at most {limits.max_request_rows} in "
+                          "one request (--max-request-rows): split it")
+
+
+def in_calls_of(run, rows_per_call: int):
+    """``run`` in calls of at most ``rows_per_call`` rows (--max-batch), outputs joined: one
+    request's rows never make a call larger than the batches the server is sized for."""
+    def chunked(feeds: dict) -> dict:
+        rows = len(next(iter(feeds.values())))
+        if rows <= rows_per_call:
+            return run(feeds)
+        parts = [run({name: value[start:start + rows_per_call] for name, value in feeds.items()})
+                 for start in range(0, rows, rows_per_call)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    chunked.runs, chunked.rows_per_call = run, rows_per_call
+    return chunked
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -121,7 +149,7 @@ class ModelServer:
         # user asked to join them (then the runner runs them joined, as one call).
         alone = getattr(model, "rows_alone", False) and not limits.join_dependent_rows
         self.batcher = None if self.generative else make_batcher(
-            model.runner.run_in_rows if limits.join_dependent_rows else model.run,
+            in_calls_of(model.runner.run_in_rows if limits.join_dependent_rows else model.run, limits.max_batch),
             1 if alone else limits.max_batch, 0 if alone else limits.max_delay_ms / 1000, limits.max_queue,
             self.metrics.batch)
         # Joined requests may hold more rows than the engine takes in one call (an ExecuTorch
@@ -159,6 +187,8 @@ class ModelServer:
             return error(400, "this is a causal LM: use /v1/completions or /v1/chat/completions")
         body = await read_body(request, self.limits.max_body_bytes)
         parsed = await run_in_threadpool(parse_infer, body, request.headers.get(HEADER_LENGTH))  # off the event loop
+        check_rows(max((len(value) if getattr(value, "ndim", 0) else 1 for value in parsed.inputs.values()),
+                       default=0), self.limits)
         feeds = await run_in_threadpool(self.model.runner.check_in_rows, parsed.inputs)
         try:
             outputs = await self.batcher.submit(feeds)
@@ -181,6 +211,7 @@ class ModelServer:
         texts = request_json.get("texts") if isinstance(request_json, dict) else None
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise ProtocolError("give {\"texts\": [\"...\", ...]} with at least one string")
+        check_rows(len(texts), self.limits, "texts")
         processor = self.model.text_processor
         # Off the event loop: a 15 MB body takes seconds to tokenize, and every other client waits.
         encodings = await run_in_threadpool(processor.tokenize, texts)
@@ -238,6 +269,10 @@ def build_app(model, name: str, limits: Limits = Limits(), token: str | None = N
                     response = await handler(request)
                 except BodyTooLarge:
                     response = error(413, f"request body over {limits.max_body_bytes} bytes")
+                except TooManyRows as exc:
+                    response = error(413, str(exc))
+                except ClientDisconnect:        # gone before its body arrived: counted, nobody to answer
+                    response = error(499, "the client closed the connection before sending the whole body")
                 except ProtocolError as exc:
                     response = error(400, str(exc))
                 except EdgeportError as exc:
@@ -293,5 +328,9 @@ def build_app(model, name: str, limits: Limits = Limits(), token: str | None = N
         yield
         await server.shutdown()
 
-    app = Starlette(routes=routes, lifespan=lifespan)
+    async def http_error(request, exc: HTTPException):     # unknown routes and methods: JSON like every error
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, status_code=exc.status_code,
+                            headers=exc.headers)
+
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     return CountEveryResponse(AuthMiddleware(app, token), server)

@@ -11,7 +11,8 @@ import pytest
 from edgeport.errors import ArtifactError, OutputExistsError, UnsafeFileError
 from edgeport.package import PackageOptions, package
 from edgeport.runtime import load
-from edgeport.runtime.bundle import ExtractionLimits, extract_bundle, open_bundle
+from edgeport.runtime import bundle as bundle_module
+from edgeport.runtime.bundle import ExtractionLimits, cache_root, extract_bundle, open_bundle, sha256_of
 from helpers import assert_fails, rewrite_bundle, tar_member
 
 
@@ -42,7 +43,7 @@ def test_two_packagings_are_byte_identical(onnx_artifacts, tmp_path):
     assert (tmp_path / "a" / "clf.tar.gz").read_bytes() == (tmp_path / "b" / "clf.tar.gz").read_bytes()
 
 
-def test_mobile_target_adds_the_ort_format_and_operator_list(onnx_artifacts, tmp_path):
+def test_mobile_target_adds_the_ort_format_and_operator_list(onnx_artifacts, tmp_path, monkeypatch):
     """The .ort file runs in ONNX Runtime and gives the ONNX model's outputs.  (Unlike a portable
     bundle it is not byte-stable: onnxruntime's converter writes one of two layouts, seen
     alternating over six conversions of one model.)"""
@@ -53,6 +54,11 @@ def test_mobile_target_adds_the_ort_format_and_operator_list(onnx_artifacts, tmp
         ops = archive.extractfile("m/mobile/required_operators.config").read().decode()
         (tmp_path / "model.ort").write_bytes(archive.extractfile("m/mobile/model.ort").read())
     assert "ai.onnx;13;Gemm" in ops and "/tmp" not in ops
+    # Its reader opens it, though mobile/model.ort is no artifact file and may be any size (a
+    # bundle of MiniLM's 90 MB .ort was refused as a small file over 1 MiB).
+    monkeypatch.setattr(bundle_module, "SMALL_MEMBER_BYTES", max(len(ops), 2048))
+    assert (tmp_path / "model.ort").stat().st_size > bundle_module.SMALL_MEMBER_BYTES
+    assert open_bundle(path, into=tmp_path / "opened").task == onnx_artifacts["classifier"].task
     features = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
     mobile = ort.InferenceSession(str(tmp_path / "model.ort"), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(mobile.run(None, {"features": features})[0],
@@ -146,3 +152,22 @@ def test_force_never_replaces_a_users_archive_that_only_looks_like_a_bundle(onnx
     ours = tmp_path / "ours.tar.gz"                   # edgeport's own bundle is still replaced
     assert cli("package", onnx_artifacts["encoder"].path, "--format", "bundle", "-o", ours).exit_code == 0
     assert cli("package", onnx_artifacts["encoder"].path, "--format", "bundle", "-o", ours, "--force").exit_code == 0
+
+
+@pytest.mark.parametrize("damage", ["bundle.json removed", "a file in its place"])
+def test_a_cache_entry_that_is_no_extraction_is_made_again(onnx_artifacts, tmp_path, damage):
+    """An extraction cut short (no bundle.json) or a file at the cache path failed every later
+    run ('Directory not empty'); the bundle is the truth, so it is extracted again."""
+    path = package(onnx_artifacts["classifier"].path, tmp_path / "clf.tar.gz")
+    cached = cache_root() / sha256_of(path)
+    open_bundle(path)
+    if damage == "bundle.json removed":
+        (cached / "bundle.json").unlink()
+    else:
+        import shutil
+
+        shutil.rmtree(cached)
+        cached.write_text("not a folder")
+    assert open_bundle(path).task == onnx_artifacts["classifier"].task
+    assert (cached / "bundle.json").is_file()
+    assert not [p for p in cached.parent.iterdir() if ".discarded-" in p.name]

@@ -141,6 +141,35 @@ def test_a_bad_signing_key_writes_nothing(cli, onnx_artifacts, tmp_path):
 
 
 
+
+def test_a_failed_signature_check_leaves_the_cached_copy_others_use(cli, signed, onnx_artifacts, tmp_path):
+    """A server reads the cached extraction; a run under the wrong key, or of the unsigned
+    twin under a key, must not remove it (it did: every later request failed)."""
+    from edgeport.runtime.bundle import cache_root, sha256_of
+
+    bundle, _, public = signed
+    assert cli("run", bundle, "--input", tmp_path / "f.npz", "--trusted-key", public).exit_code == 0
+    cached = cache_root() / sha256_of(bundle)
+    before = {p: p.stat().st_mtime_ns for p in cached.rglob("*")}
+    _, theirs = _keys(tmp_path, "theirs")
+    assert_fails(cli("run", bundle, "--input", tmp_path / "f.npz", "--trusted-key", theirs),
+                 ArtifactError.exit_code, "another key")
+    assert {p: p.stat().st_mtime_ns for p in cached.rglob("*")} == before
+    # A signature removed from the cached copy only: a fresh extraction shows the bundle is
+    # signed, so the copy is made again and the run goes on.
+    (cached / "signature.sig").unlink()
+    assert cli("run", bundle, "--input", tmp_path / "f.npz", "--trusted-key", public).exit_code == 0
+    assert (cached / "signature.sig").is_file()
+
+
+def test_a_password_for_a_key_without_one_is_named(cli, onnx_artifacts, tmp_path, monkeypatch):
+    private, _ = _keys(tmp_path, "plain")
+    monkeypatch.setenv("EDGEPORT_SIGNING_KEY_PASSWORD", "pw")
+    assert_fails(cli("package", onnx_artifacts["classifier"].path, "--format", "bundle", "-o", tmp_path / "b.tar.gz",
+                     "--sign", private), InvalidOptionError.exit_code, "is not encrypted",
+                 "EDGEPORT_SIGNING_KEY_PASSWORD is set", absent=tmp_path / "b.tar.gz")
+
+
 @pytest.mark.parametrize("digest", [b"plain", b"both 'kinds\" of quote"])
 def test_a_signature_mismatch_names_the_changed_file_whatever_its_digest_holds(digest):
     """model-signing's message is str() of a list: an entry whose digest bytes hold both kinds

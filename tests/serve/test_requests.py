@@ -195,7 +195,7 @@ def test_dynamic_int8_rows_depend_on_their_input_alone(minilm_int8):
     assert joins_dependent_rows(options, model) and not joins_dependent_rows(ServeOptions(), model)
     assert "depends on the rows run beside it" in serving_notes(True, options)[0]
     joined = build_app(model, "int8", Limits(max_batch=8, join_dependent_rows=True))
-    assert joined.server.batcher.max_batch == 8 and joined.server.batcher.run == model.runner.run_in_rows
+    assert joined.server.batcher.max_batch == 8 and joined.server.batcher.run.runs == model.runner.run_in_rows
     model.close()
 
 

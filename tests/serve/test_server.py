@@ -337,6 +337,89 @@ def test_ctrl_c_says_truly_what_became_of_the_requests(onnx_artifacts):
             assert process.wait(timeout=30) == 130
             for thread in threads:
                 thread.join()
-            assert phrase in process.stderr.read()
+            stderr = process.stderr.read()
+            assert phrase in stderr and "Traceback" not in stderr, stderr      # one line, not a traceback
         if presses == 1:
             assert statuses == [200] * 6, statuses
+
+
+# ------------------------------------------------------------------------ bounds a request cannot pass
+
+
+def test_a_request_holds_at_most_max_request_rows_and_runs_in_calls_of_max_batch(onnx_artifacts):
+    """300 KB of short texts made 60000 rows, one call of 7 GB; the rows are bounded (413) and
+    a request runs in calls of --max-batch rows, with the same results."""
+    artifact = onnx_artifacts["encoder"].path
+    texts = [f"Return item {i} of the list." for i in range(9)]
+    expected = load(artifact).predict(texts[:8])
+    with running(artifact, "--name", "enc", "--max-request-rows", "8", "--max-batch", "3") as (base, _):
+        status, body, _ = request(f"{base}/v2/models/enc/text", {"texts": texts})
+        assert status == 413 and "9 texts" in body["error"] and "--max-request-rows" in body["error"], body
+        status, body, _ = request(f"{base}/v2/models/enc/text", {"texts": texts[:8]})
+        assert status == 200, body
+        np.testing.assert_allclose(np.array(body["predictions"]), expected, atol=1e-5)
+        ids = np.ones((9, 4), np.int64)
+        status, body, _ = request(f"{base}/v2/models/enc/infer", {"inputs": [
+            {"name": name, "shape": [9, 4], "datatype": "INT64", "data": ids.ravel().tolist()}
+            for name in ("input_ids", "attention_mask")]})
+        assert status == 413 and "9 rows" in body["error"], body
+
+
+def test_calls_of_max_batch_rows_join_to_the_whole():
+    from edgeport.serve.app import in_calls_of
+
+    calls = []
+
+    def run(feeds):
+        calls.append(len(feeds["x"]))
+        return {"y": feeds["x"] * 2}
+
+    x = np.arange(7, dtype=np.float32)[:, None]
+    np.testing.assert_array_equal(in_calls_of(run, 3)({"x": x})["y"], x * 2)
+    assert calls == [3, 3, 1]
+
+
+def test_unknown_routes_and_methods_and_cut_bodies_are_answered_in_json(encoder_server):
+    import socket as sockets
+
+    base, _ = encoder_server
+    for url, method, status in ((f"{base}/nonexistent", "GET", 404), (f"{base}/v2/models/enc/versions/2", "GET", 404),
+                                (f"{base}/v2/models/enc/text", "GET", 405)):
+        got, body, headers = request(url, method=method)
+        assert got == status and isinstance(body, dict) and "error" in body, (url, body)
+        assert headers["content-type"] == "application/json"
+    # A client that declares 100 bytes, sends 10 and leaves: counted as 499, not an unhandled 500.
+    host, port = base.removeprefix("http://").split(":")
+    with sockets.create_connection((host, int(port)), timeout=10) as client:
+        client.sendall(b"POST /v2/models/enc/text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                       b"Content-Length: 100\r\n\r\n{\"texts\": [")
+    import time
+
+    deadline = time.time() + 10
+    while time.time() < deadline and 'status="499"' not in request(f"{base}/metrics")[1]:
+        time.sleep(0.1)
+    metrics = request(f"{base}/metrics")[1]
+    assert 'endpoint="text",status="499"' in metrics and 'endpoint="unhandled"' not in metrics, metrics
+    assert request(f"{base}/v2/health/ready")[0] == 200
+
+
+def test_a_token_is_what_http_can_carry_and_the_port_is_held_while_the_model_loads(cli, onnx_artifacts, tmp_path,
+                                                                                    monkeypatch):
+    import socket as sockets
+
+    from edgeport.serve import ServeOptions, listening_socket
+
+    assert ServeOptions(auth_token=" s3cret ").token() == "s3cret"     # HTTP trims a header's ends
+    monkeypatch.setenv("EDGEPORT_AUTH_TOKEN", "s3cret\n")
+    assert ServeOptions().token() == "s3cret"
+    listener = listening_socket("127.0.0.1", 0)
+    try:
+        with sockets.socket() as other:
+            other.setsockopt(sockets.SOL_SOCKET, sockets.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", listener.getsockname()[1]))
+    finally:
+        listener.close()
+    result = cli("serve", onnx_artifacts["encoder"].path, "--port", str(free_port()), "--certfile", tmp_path,
+                 "--keyfile", tmp_path)
+    assert result.exit_code == 18 and f"--certfile '{tmp_path}' is not a file" in result.output, result.output
