@@ -329,8 +329,8 @@ def build_app(model, name: str, limits: Limits = Limits(), token: str | None = N
         await server.shutdown()
 
     async def http_error(request, exc: HTTPException):     # unknown routes and methods: JSON like every error
-        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"}, status_code=exc.status_code,
-                            headers=exc.headers)
+        return JSONResponse({"error": f"{exc.detail}: {request.method} {request.url.path}"},
+                            status_code=exc.status_code, headers=exc.headers)
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: http_error})
     return CountEveryResponse(AuthMiddleware(app, token), server)
