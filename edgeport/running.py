@@ -14,6 +14,7 @@ import numpy as np
 
 from .errors import ModelInputError
 from .runtime import load
+from .runtime.runner import in_calls_of
 from .vocabulary import DEFAULT_MAX_NEW_TOKENS
 
 
@@ -50,7 +51,11 @@ def run_artifact(path, texts: list[str], input_file: str | None, device: str = "
         if kind == "feeds" and raw_images(data, model.processing) is not None:
             result["predictions"] = jsonable(model.predict(raw_images(data, model.processing), batch_size=batch_size))
         elif kind == "feeds":
-            result["outputs"] = jsonable(model.run(data))
+            result["outputs"] = jsonable(in_calls_of(model.run, batch_size)(data))
+        elif kind == "images" and not model.takes_images():
+            raise ModelInputError(f"'{input_file}' is a folder of images and this {model.task} model takes no images; "
+                                  + ("give --text or a .txt / .jsonl file" if model.takes_text() else
+                                     "give its inputs in an .npz file"))
         elif kind == "images":
             result["predictions"] = jsonable(model.predict(data, batch_size=batch_size, layout="NCHW"))
         else:

@@ -14,7 +14,8 @@ from .common import TRUSTED_KEY_HELP, emit_json, say, show_artifact
 @main.command("inspect")
 @click.argument("artifact", type=click.Path())
 @click.option("--json", "as_json", is_flag=True)
-@click.option("--no-checksums", is_flag=True, help="Skip checking the files against their sha256.")
+@click.option("--no-checksums", is_flag=True,
+              help="Skip checking an artifact folder's files against their sha256 (a bundle is always checked).")
 @click.option("--expect-manifest-sha256", metavar="HEX",
               help="Fail unless edgeport.json has this digest (as a bundle or an earlier inspect recorded it).")
 @click.option("--trusted-key", type=click.Path(), help=TRUSTED_KEY_HELP)

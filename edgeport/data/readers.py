@@ -157,11 +157,25 @@ def _read_image(file: Path, Image, error) -> np.ndarray:
                 if width * height > MAX_IMAGE_PIXELS:
                     raise error(f"image '{file}' claims {width}x{height} pixels, over the {MAX_IMAGE_PIXELS} "
                                 "pixel limit (a decompression bomb, or far larger than any model input)")
-                return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+                return _as_rgb(image, file, error)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise error(f"image '{file}' is a decompression bomb ({exc})") from exc
     except (Image.UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise error(f"'{file}' is not a readable image ({exc})") from exc
+
+
+def _as_rgb(image, file: Path, error) -> np.ndarray:
+    """[H, W, 3] in [0, 1].  16-bit greyscale is scaled by its own range (Pillow's RGB
+    conversion clips it at 255: a whole image white; older Pillows open 16-bit PNGs as mode
+    I); other 32-bit integer and float images carry no range to scale by, so they are
+    refused rather than guessed."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):
+        grey = np.asarray(image, dtype=np.float32) / 65535.0
+        return np.repeat(grey[..., None], 3, axis=2)
+    if image.mode in ("I", "F"):
+        raise error(f"image '{file}' has 32-bit {'integer' if image.mode == 'I' else 'float'} pixels, whose range "
+                    "cannot be known; save it as 8- or 16-bit")
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def read_labels(path: str | Path, names: list[str] | None, error: type[EdgeportError] = CalibrationDataError

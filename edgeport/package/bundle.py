@@ -143,6 +143,9 @@ def check_bundle_name(name: str) -> None:
     if not name or name in (".", "..") or name.startswith(".") or any(c in name for c in "/\\\0"):
         raise InvalidOptionError(f"the bundle name '{name}' (from -o) must be a plain file name before .tar.gz, "
                                  "e.g. -o dist/minilm-int8.tar.gz")
+    if ":" in name:                 # 'c:x' names a Windows drive: readers refuse such members as absolute paths
+        raise InvalidOptionError(f"the bundle name '{name}' (from -o) holds ':', which a bundle's reader takes for a "
+                                 "drive letter and refuses; use '-' or '_' instead")
 
 
 def _signature(files: dict[str, bytes], name: str, private_key: str) -> bytes:

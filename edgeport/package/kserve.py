@@ -66,6 +66,10 @@ class KServeOptions:
                 raise InvalidOptionError(f"{option} must be a whole number >= 0 (got {value!r})")
         if self.max_replicas < max(1, self.min_replicas):
             raise InvalidOptionError("--max-replicas must be >= --min-replicas and >= 1")
+        if self.image is not None and (not self.image.strip() or any(c.isspace() for c in self.image)):
+            raise InvalidOptionError(f"--image {self.image!r} is not a container image reference (e.g. "
+                                     "registry.example.com/team/edgeport:0.1); leave it out to install edgeport when "
+                                     "the pod starts")
         scheme, separator, rest = (self.storage_uri or "").partition("://")
         if self.storage_uri is not None and (not separator or scheme not in STORAGE_SCHEMES or not rest.strip("/")):
             raise InvalidOptionError(f"--storage-uri '{self.storage_uri}' must be a URI KServe's storage initializer "
@@ -115,7 +119,7 @@ def package_kserve(artifact_path, out, options: KServeOptions = KServeOptions(),
     options.check()
     require("yaml", "export")
     artifact = Artifact.load(artifact_path)
-    name = options.name or _kubernetes_name(Path(artifact_path).name)
+    name = options.name or _kubernetes_name(Path(artifact_path).resolve().name)     # '.' names its folder
     base = (options.storage_uri or f"pvc://edgeport-models/{name}").rstrip("/")
     bundle = bundle_bytes(artifact, name)
     requirements = json.loads(_bundle_meta(bundle))["runtime_requirements"]

@@ -37,9 +37,11 @@ def _edgeport_service(name: str, bundle_uri: str, options: KServeOptions, requir
     if options.image:
         command, args = serve[:1], serve[1:]
     else:
+        # The version the bundle was made with, as its requirements.txt pins it, with the serve extra.
+        pin = next((r.removeprefix("edgeport") for r in requirements if r.startswith("edgeport==")), "")
         install = " ".join(f"'{r}'" for r in requirements if not r.startswith("edgeport=="))
         command = ["sh", "-c"]
-        args = [f"pip install --no-cache-dir 'edgeport[serve]' {install} && exec {' '.join(serve)}"]
+        args = [f"pip install --no-cache-dir 'edgeport[serve]{pin}' {install} && exec {' '.join(serve)}"]
     env = [k8s.V1EnvVar(name="STORAGE_URI", value=bundle_uri)]   # KServe's storage initializer fetches it
     if options.auth_secret:
         env.append(k8s.V1EnvVar(name="EDGEPORT_AUTH_TOKEN", value_from=k8s.V1EnvVarSource(

@@ -24,6 +24,7 @@ from ..errors import InvalidOptionError
 from ..manifest import TensorSpec
 from ..outputs import TRITON_REPOSITORY, staged_output
 from ..runtime.formats import TritonModel, format_of
+from ..runtime.model import rows_depend_on_batch
 from ..vocabulary import DEFAULT_MAX_BATCH, DEFAULT_TRITON_DELAY_US, ENCODER_TEXT_TASKS
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
@@ -74,8 +75,14 @@ def model_config(artifact: Artifact, name: str, options: TritonOptions) -> str:
     lines = [f'name: "{name}"', f'platform: "{platform}"', f"max_batch_size: {options.max_batch_size if batched else 0}",
              "input [", ",\n".join(_tensor(s, batched) for s in inputs), "]",
              "output [", ",\n".join(_tensor(s, batched) for s in outputs), "]"]
-    if batched:
-        lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}")
+    dynamic = f"dynamic_batching {{\n  max_queue_delay_microseconds: {options.max_queue_delay_us}\n}}"
+    if batched and rows_depend_on_batch(artifact):
+        # As edgeport serve does by default: a result depends on its own request only.
+        lines.append("# edgeport: no dynamic batching; this model quantizes its activations per call (dynamic "
+                     "INT8),\n# so requests joined in one batch would change each other's results. For "
+                     "throughput, at that\n# cost, add:\n" + "\n".join(f"# {line}" for line in dynamic.splitlines()))
+    elif batched:
+        lines.append(dynamic)
     lines.append(f"instance_group [\n  {{\n    count: {options.instances}\n    kind: {options.kind}\n  }}\n]")
     lines.append(f'parameters {{\n  key: "edgeport_manifest_sha256"\n  value: {{ string_value: "{artifact.manifest_sha256}" }}\n}}')
     return "\n".join(lines) + "\n"
@@ -196,8 +203,8 @@ def write_model(repo: Path, artifact: Artifact, name: str, options: TritonOption
 
 
 def package_triton(artifact_path, out, options: TritonOptions = TritonOptions(), force: bool = False) -> Path:
-    return package_triton_models({options.name or Path(artifact_path).name.replace(".", "_"): artifact_path}, out,
-                                 options, force)
+    name = options.name or Path(artifact_path).resolve().name.replace(".", "_")      # '.' names its folder
+    return package_triton_models({name: artifact_path}, out, options, force)
 
 
 def package_triton_models(models: dict[str, str], out, options: TritonOptions = TritonOptions(),

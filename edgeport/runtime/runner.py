@@ -122,6 +122,20 @@ class Runner:
         return checked
 
 
+def in_calls_of(run, rows_per_call: int):
+    """``run`` in calls of at most ``rows_per_call`` rows, outputs joined: a server's request
+    never makes a call larger than its --max-batch, nor run's feed file one over --batch-size."""
+    def chunked(feeds: dict) -> dict:
+        rows = _rows(feeds)
+        if rows is None or rows <= rows_per_call:      # None: not row-aligned arrays; run's check says why
+            return run(feeds)
+        parts = [run({name: value[start:start + rows_per_call] for name, value in feeds.items()})
+                 for start in range(0, rows, rows_per_call)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    chunked.runs, chunked.rows_per_call = run, rows_per_call
+    return chunked
+
+
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Chunks' arrays joined along the rows again (one chunk: as it is)."""
     if len(parts) == 1:

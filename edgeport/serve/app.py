@@ -22,6 +22,7 @@ from starlette.routing import Route
 from .. import vocabulary as v
 from ..errors import EdgeportError, ModelInputError
 from ..runtime.formats import format_of
+from ..runtime.runner import in_calls_of
 from .batching import DynamicBatcher, QueueFull
 from .metrics import Metrics
 from .protocol import HEADER_LENGTH, ProtocolError, datatype_of, encode_infer, parse_infer, parse_json
@@ -53,18 +54,6 @@ def check_rows(rows: int, limits: Limits, what: str = "rows") -> None:
                           "one request (--max-request-rows): split it")
 
 
-def in_calls_of(run, rows_per_call: int):
-    """``run`` in calls of at most ``rows_per_call`` rows (--max-batch), outputs joined: one
-    request's rows never make a call larger than the batches the server is sized for."""
-    def chunked(feeds: dict) -> dict:
-        rows = len(next(iter(feeds.values())))
-        if rows <= rows_per_call:
-            return run(feeds)
-        parts = [run({name: value[start:start + rows_per_call] for name, value in feeds.items()})
-                 for start in range(0, rows, rows_per_call)]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    chunked.runs, chunked.rows_per_call = run, rows_per_call
-    return chunked
 
 
 async def read_body(request: Request, limit: int) -> bytes:

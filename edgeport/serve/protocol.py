@@ -81,7 +81,9 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     elif default_binary:
         binary_outputs = {"*"}
     request_id = request.get("id")
-    return InferRequest(inputs, outputs, binary_outputs, request_id if isinstance(request_id, str) else None)
+    if request_id is not None and not isinstance(request_id, str):
+        raise ProtocolError(f"'id' must be a string (the protocol's type; got {type(request_id).__name__})")
+    return InferRequest(inputs, outputs, binary_outputs, request_id)
 
 
 # The JSON value kinds each datatype takes (numpy kinds): integers for integer tensors,

@@ -46,6 +46,10 @@ def test_the_manifests_validate_against_kserves_sdk(kserve_folder):
     container = predictor["containers"][0]
     assert container["resources"]["limits"] == {"cpu": "500m", "memory": "1Gi"}
     assert "edgeport serve /mnt/models " in " ".join(container["command"] + container["args"])
+    from importlib import metadata
+
+    # The edgeport the bundle was made with (its requirements.txt pins it), not whatever is newest.
+    assert f"'edgeport[serve]=={metadata.version('edgeport')}'" in " ".join(container["args"])
     env = {e["name"]: e for e in container["env"]}
     assert env["EDGEPORT_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "edgeport-token", "key": "token"}
     assert env["STORAGE_URI"]["value"] == "s3://bucket/edgeport/classifier/bundle/classifier.tar.gz"
@@ -124,6 +128,8 @@ def test_the_validation_refuses_what_kserves_own_deserializer_would_let_through(
     (("--storage-uri", "bucket/path"), "URI KServe's storage initializer fetches"),
     (("--storage-uri", "ftp://host/models"), "URI KServe's storage initializer fetches"),
     (("--storage-uri", "s3://"), "URI KServe's storage initializer fetches"),
+    (("--image", ""), "is not a container image reference"),
+    (("--image", "my image:1"), "is not a container image reference"),
 ])
 def test_bad_settings_are_refused_and_nothing_is_written(cli, onnx_artifacts, tmp_path, args, phrase):
     assert_fails(cli("package", onnx_artifacts["classifier"].path, "--format", "kserve", "-o", tmp_path / "k", *args),

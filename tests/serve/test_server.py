@@ -366,7 +366,7 @@ def test_a_request_holds_at_most_max_request_rows_and_runs_in_calls_of_max_batch
 
 
 def test_calls_of_max_batch_rows_join_to_the_whole():
-    from edgeport.serve.app import in_calls_of
+    from edgeport.runtime.runner import in_calls_of
 
     calls = []
 
