@@ -107,3 +107,27 @@ def test_an_infer_request_id_must_be_a_string(onnx_artifacts):
     number, text = asyncio.run(ask())
     assert number.status_code == 400 and "'id' must be a string" in number.json()["error"]
     assert text.status_code == 200 and text.json()["id"] == "5"
+
+
+@pytest.mark.slow
+def test_causal_lms_a_short_context_takes_the_builder_and_a_foreign_tokenizer_is_refused(cli, tmp_path):
+    """The builder's logits check asked for the text plus one token, past a short context, so
+    such models fell back to the second route (no int4); a tokenizer with ids past the
+    model's vocab was a torch IndexError."""
+    import transformers
+
+    from edgeport.artifact import Artifact
+    from edgeport.errors import SourceError
+    from llm_models import build_lm
+
+    base = build_lm(tmp_path / "lm", steps=5)
+    config = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 40}))
+    result = cli("export", "onnx", base, "-o", tmp_path / "short")
+    assert result.exit_code == 0, result.output
+    assert Artifact.load(tmp_path / "short").manifest.export_parameters()["route"] == "genai-builder"
+    small = transformers.AutoConfig.from_pretrained(base)
+    small.vocab_size, small.max_position_embeddings = 400, 256
+    transformers.AutoModelForCausalLM.from_config(small).save_pretrained(base)      # the 512-token tokenizer stays
+    assert_fails(cli("export", "onnx", base, "-o", tmp_path / "foreign"), SourceError.exit_code,
+                 "but the model's vocab_size is 400", absent=tmp_path / "foreign")

@@ -22,7 +22,10 @@ def ship_command(recipe, output, dry_run, force, as_json):
     from ..pipeline.summary import format_summary
 
     loaded = load_recipe(recipe, output)
-    result = ship(loaded, force=force, dry_run=dry_run, progress=None if as_json else say)
+    result = ship(loaded, force=force, dry_run=dry_run, progress=say)       # on stderr: stdout stays the JSON
+    if dry_run and as_json:
+        emit_json({"plan": [{"step": step, "cached": cached} for step, cached in result.plan]})
+        return
     if dry_run:
         for step, cached in result.plan:
             click.echo(f"{'cached' if cached else 'will run':<9} {step}")

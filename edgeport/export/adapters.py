@@ -72,6 +72,12 @@ def check_adapter_fits_base(base: Path, adapter: Path) -> None:
     from .source import safetensors_shapes, weight_files
 
     info = read_adapter(adapter, allow_pickle=False)
+    # ONNX Runtime GenAI's slots add B @ A to a weight and nothing else: DoRA's learned magnitude
+    # and other peft methods came out as a silently different model.
+    if info.peft_type != "LORA" or info.config.get("use_dora"):
+        kind = "a DoRA adapter" if info.config.get("use_dora") else f"a {info.peft_type} adapter"
+        raise AdapterError(f"'{adapter}' is {kind}; runtime adapters are plain LoRA (the slots add B @ A to a weight "
+                           "and nothing else): merge it into the base instead (edgeport merge, or export --adapter)")
     base_shapes = safetensors_shapes(weight_files(base, allow_pickle=False))
     for key, shape in safetensors_shapes([info.weights_file]).items():
         for marker, axis in ((".lora_A.", 1), (".lora_B.", 0)):

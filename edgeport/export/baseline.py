@@ -15,9 +15,15 @@ from ..runtime.runner import Runner
 from .prepare import HfSource
 
 
-def _no_folder(source: str | None) -> str:
+def _no_folder(source: str | None, reference: Artifact) -> str:
     """Why the baseline cannot be built from the reference's lineage ``source``."""
     needs = "--baseline torch rebuilds the Hugging Face folder the reference was exported from"
+    merged = [entry for entry in reference.manifest.lineage if entry.get("stage") == "merge"]
+    if merged and not (source and Path(source).exists()):
+        base = merged[-1].get("parameters", {}).get("base")
+        return (f"{needs}; this one was exported with --adapter, from adapters merged into '{base}' in a temporary "
+                "folder that is gone: merge them with 'edgeport merge BASE --adapter A -o MERGED', export MERGED, "
+                "and bench that export with --baseline torch")
     if source and ":" in source and not Path(source).exists():
         return (f"{needs}; this one was exported from the Python callable '{source}', which the baseline does not "
                 "rebuild: bench the artifacts without --baseline, or time the module yourself")
@@ -39,7 +45,7 @@ class TorchRunner(Runner):
         export = reference.manifest.export_parameters()
         source = export.get("source")
         if not source or not Path(source).is_dir():
-            raise InvalidOptionError(_no_folder(source))
+            raise InvalidOptionError(_no_folder(source, reference))
         if device == "cuda" and not torch.cuda.is_available():
             raise AcceleratorUnavailableError("--baseline-device cuda: PyTorch sees no CUDA device on this machine")
         self._work = tempfile.TemporaryDirectory(prefix="edgeport-baseline-")
@@ -88,7 +94,7 @@ class TorchGenerator:
 
         source = reference.manifest.export_parameters().get("source")
         if not source or not (Path(source) / "config.json").is_file():
-            raise InvalidOptionError(_no_folder(source))
+            raise InvalidOptionError(_no_folder(source, reference))
         if device == "cuda" and not torch.cuda.is_available():
             raise AcceleratorUnavailableError("--baseline-device cuda: PyTorch sees no CUDA device on this machine")
         with quiet_transformers():

@@ -175,7 +175,14 @@ def _bounds(job: ExportJob, options: ExecuTorchOptions) -> dict[str, tuple[int, 
     if BATCH in labels:
         bounds[BATCH] = (1, options.max_batch)
     if SEQUENCE in labels:
-        longest = options.sequence_length or int(job.processing.get("max_length") or 512)
+        # The model's own position table bounds the text too (a folder without a tokenizer has no max_length).
+        positions = min((limits["max_shape"][1] for limits in job.input_limits.values()
+                         if isinstance(limits.get("max_shape"), list) and len(limits["max_shape"]) > 1
+                         and isinstance(limits["max_shape"][1], int)), default=None)
+        if options.sequence_length and positions and options.sequence_length > positions:
+            raise InvalidOptionError(f"--sequence-length {options.sequence_length} is past the {positions} positions "
+                                     "this model has; give at most that")
+        longest = options.sequence_length or min(int(job.processing.get("max_length") or 512), positions or 512)
         bounds[SEQUENCE] = (1, longest)
     elif options.sequence_length is not None:
         raise InvalidOptionError(f"--sequence-length bounds a text model's sequence; this model's inputs "

@@ -104,6 +104,12 @@ class Reference:
         # A short context lowers the check's length rather than refusing the model.
         self.prompt_ids, self.new_tokens = fit_to_context([self.encode(p) for p in prompts], self.context_length,
                                                           NEW_TOKENS)
+        self.text_ids = [ids[:self.context_length] for ids in (self.encode(t) for t in texts) if len(ids) >= 2]
+        largest = max((max(ids) for ids in self.prompt_ids + self.text_ids if ids), default=-1)
+        if largest >= self.vocab_size:      # before torch fails on an index (a traceback)
+            raise SourceError(f"the tokenizer beside the model gives token id {largest}, but the model's vocab_size is "
+                              f"{self.vocab_size}: the tokenizer belongs to another checkpoint; save the model's own "
+                              "tokenizer beside it")
         self.tokens, logits = [], []
         with torch.no_grad(), quiet_transformers():
             for ids in self.prompt_ids:
@@ -114,7 +120,6 @@ class Reference:
                 self.tokens.append(self.trim(out[0, len(ids):].tolist()))
                 logits.append(self.model(tensor).logits[0, -1].float().numpy())
         self.logits = np.stack(logits)
-        self.text_ids = [ids[:self.context_length] for ids in (self.encode(t) for t in texts) if len(ids) >= 2]
         self.perplexity = self._perplexity()
 
     def encode(self, text: str) -> list[int]:

@@ -192,8 +192,14 @@ def from_dict(data: Any, where: str, base: Path, output: str | None = None) -> R
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise RecipeError(f"{where}: 'variants' names '{duplicates[0]}' twice; each variant needs its own name")
+    as_triton = {}                     # Triton model names take '_' for '-': 'a-b' and 'a_b' would be one model
+    for name in names:
+        other = as_triton.setdefault(name.replace("-", "_"), name)
+        if other != name:
+            raise RecipeError(f"{where}: variants '{other}' and '{name}' would be one Triton model, "
+                              f"'{name.replace('-', '_')}'; give them names that differ in more than '-' and '_'")
     for index, variant in enumerate(data["variants"]):
-        if not variant["name"].replace("-", "").replace("_", "").isalnum():
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", variant["name"]):       # ASCII: str.isalnum took 'ﬁp' and '٣'
             raise RecipeError(f"{where}: 'variants[{index}].name' must be letters, digits, '-' and '_'")
         if variant["name"] in RESERVED_NAMES:
             raise RecipeError(f"{where}: 'variants[{index}].name' '{variant['name']}' is a folder ship writes itself "

@@ -147,7 +147,9 @@ class Shipment:
         out = self.root / EXPORT
         options = ExportOptions(task=self.recipe.task, force=True,
                                 **({"opset": self.recipe.opset} if self.recipe.opset else {}))
-        key = self.cache.key("export", source=folder_digest(source), task=options.task, opset=options.opset)
+        # A plan (--dry-run) before the merge ran has no merged folder yet: the export will run.
+        digest = folder_digest(source) if source.exists() else "not made yet"
+        key = self.cache.key("export", source=digest, task=options.task, opset=options.opset)
         self.step("export", key, out, lambda: export_onnx(source, out, options, progress=self.say), dry_run)
         return out
 
@@ -251,7 +253,11 @@ class Shipment:
                 from .baseline import torch_baseline
 
                 extra.append(torch_baseline(passed[0].artifact, "cpu", options.thread_count()[0]))
-            run_bench([v.artifact for v in passed], options, extra, progress=self.say)
+            report = run_bench([v.artifact for v in passed], options, extra, progress=self.say)
+            if report.interrupted:       # Ctrl-C mid-bench: a partial report is no step output, nor cached
+                for written in report.written:
+                    Path(written).unlink(missing_ok=True)
+                raise KeyboardInterrupt
 
         self.step("bench", key, json_path, run, dry_run)
         return json_path, html_path
@@ -277,6 +283,16 @@ class Shipment:
                       lambda: package_triton_models(models, triton_path, TritonOptions(), force=True), dry_run)
             triton = str(triton_path)
         return triton
+
+    def drop_stale_bundles(self, failed: list[VariantResult], dry_run: bool) -> None:
+        """A variant that fails its gate now loses the bundle an earlier run made of it: the
+        output holds what passed this run, and nothing that did not."""
+        for variant in failed:
+            stale = self.root / "bundles" / f"{variant.name}.tar.gz"
+            if stale.is_file() and not dry_run:
+                stale.unlink()
+                self.cache.forget(f"bundle {variant.name}")
+                self.say(f"[removed] bundles/{stale.name}: {variant.name} did not pass this run")
 
     def platforms(self, passed: list[VariantResult]) -> list[str]:
         failures = []
@@ -317,7 +333,9 @@ def _speed_and_size(result: ShipResult, recipe: Recipe, bench_json: Path | None)
     rows = report.get("results", [])
     result.bench_warnings = list(report.get("warnings", []))
     single = {r["variant"]: r["latency"]["p50_ms"] for r in rows if r["scenario"] in ("single-stream", "generation")}
-    torch_ms = next((ms for name, ms in single.items() if name.startswith("torch")), None)
+    # The PyTorch row by its kind: a variant may be named "torch-int8" and a recipe may have no baseline.
+    torch_rows = {v.get("name") for v in report.get("variants", []) if v.get("kind") == "torch"}
+    torch_ms = next((ms for name, ms in single.items() if name in torch_rows), None)
     for variant in result.variants:
         name = Path(variant.artifact).name if variant.artifact else None
         variant.p50_ms = single.get(name)
@@ -359,6 +377,7 @@ def _run(recipe: Recipe, shipment: Shipment, dry_run: bool) -> ShipResult:
     result.failures = [r.failure for r in results if r.failure]
     bench = shipment.bench(passed, dry_run)
     result.triton = shipment.package(passed, dry_run)
+    shipment.drop_stale_bundles([r for r in results if not r.passed], dry_run)
     if dry_run:
         result.plan = shipment.plan + [(f"verify on {p}", False) for p in recipe.platforms]
         return result

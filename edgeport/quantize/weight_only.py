@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..data import generation_prompts, stdlib_sentences
-from ..errors import InvalidOptionError, QuantizationError, refuse_unused
+from ..errors import InvalidOptionError, QuantizationError, UnsupportedModelError, refuse_unused
 from ..runtime.onnxrt import SessionSettings
 from .recipes import Outcome, QuantizeJob, Recipe, register
 from .writing import candidate_folder
@@ -58,6 +58,12 @@ class WeightOnly(Recipe):
         from ..runtime.formats import make_generator
 
         options, source = job.options, job.source
+        adapters = sorted(name for name in source.manifest.files if name.startswith("adapters/"))
+        if adapters:         # their LoRA slots feed float32 MatMuls, which MatMulNBits replaces (inputs dropped)
+            raise UnsupportedModelError(
+                f"'{source.path}' carries runtime LoRA adapters ({', '.join(adapters)}): --mode {self.mode} replaces "
+                "the float32 MatMuls their slots feed, so every adapter would fail to load; merge the adapter before "
+                "export (edgeport merge, or export --adapter), or quantize an export made without --runtime-adapter")
         budget = self.gate(options)
         prompts, texts = generation_prompts(CHECK_PROMPTS), stdlib_sentences(CHECK_TEXTS)
         job.say(f"reference: {source.path} (FP32) on {len(prompts)} prompts and {len(texts)} sentences...")

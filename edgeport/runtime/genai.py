@@ -135,11 +135,12 @@ class GenAIModel(GenerativeModel):
                 options["random_seed"] = int(sampling.seed)
         return options
 
-    def _start(self, prompts: list[list[int]], sampling: Sampling, adapter: str | None):
+    def _start(self, prompts: list[list[int]], sampling: Sampling, adapter: str | None, new_tokens: int | None = None):
         try:
             params = self._og.GeneratorParams(self.model)
             width = max(len(p) for p in prompts)
-            params.set_search_options(**self._search_options(sampling, width + sampling.max_new_tokens, len(prompts)))
+            room = sampling.max_new_tokens if new_tokens is None else new_tokens
+            params.set_search_options(**self._search_options(sampling, width + room, len(prompts)))
             generator = self._og.Generator(self.model, params)
             if adapter is not None:
                 generator.set_active_adapter(self._adapters, adapter)
@@ -186,7 +187,8 @@ class GenAIModel(GenerativeModel):
     def logits(self, ids: Sequence[int], adapter: str | None = None) -> np.ndarray:
         ids = self.encode(list(ids))
         with self._lock:
-            generator, _ = self._start([ids], Sampling(max_new_tokens=1), adapter)
+            # Logits of the tokens given, none generated: a text as long as the context fits (len + 1 did not).
+            generator, _ = self._start([ids], Sampling(max_new_tokens=1), adapter, new_tokens=0)
             return np.asarray(generator.get_output("logits"), dtype=np.float32)[0, :len(ids)]
 
     def close(self) -> None:

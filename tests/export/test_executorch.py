@@ -162,6 +162,22 @@ def test_what_torch_export_cannot_capture_is_refused(cli, tmp_path):
                  absent=out)
 
 
+def test_the_sequence_bound_stays_within_the_models_positions(cli, tmp_path, tiny_models):
+    """128 positions: a bound of 129 is refused up front (it was a torch traceback), and a folder
+    without a tokenizer is bounded by its positions, not 512."""
+    import shutil
+
+    bert = tiny_models("bert", "feature-extraction")
+    out = tmp_path / "out"
+    assert_fails(cli("export", "executorch", bert, "-o", out, "--sequence-length", "129"), 2,
+                 "past the 128 positions", absent=out)
+    bare = tmp_path / "bare"
+    shutil.copytree(bert, bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "special_tokens*"))
+    result = cli("export", "executorch", bare, "-o", out, "--max-batch", "2")
+    assert result.exit_code == 0, result.output
+    assert Artifact.load(out).manifest.export_parameters()["sequence_length"] == 128
+
+
 def _infer_body(feeds: dict) -> dict:
     return {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "INT64", "data": v.reshape(-1).tolist()}
                        for k, v in feeds.items()]}

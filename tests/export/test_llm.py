@@ -186,6 +186,22 @@ def test_an_adapter_for_another_base_is_refused(lms, tmp_path):
     other_slots = export_onnx(other, tmp_path / "other-slots", ExportOptions(runtime_adapters={"f": str(foreign)}))
     with pytest.raises(AdapterError, match="another base"):
         load(artifact.path, adapters={"f": str(other_slots.path / "adapters" / "f.onnx_adapter")})
+    # DoRA rescales each weight by a learned magnitude the slots cannot carry: its tokens differed, silently.
+    import json
+    import shutil
+
+    dora = shutil.copytree(setup["lora"], tmp_path / "dora")
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(AdapterError, match="is a DoRA adapter"):
+        export_runtime_adapter(artifact.path, str(dora), tmp_path / "x.onnx_adapter")
+    # Weight-only quantization replaces the MatMuls the slots feed: every adapter failed to load after it.
+    from edgeport.errors import UnsupportedModelError
+    from edgeport.quantize import QuantizeOptions, quantize
+
+    with pytest.raises(UnsupportedModelError, match="carries runtime LoRA adapters"):
+        quantize(artifact.path, tmp_path / "int4", QuantizeOptions(mode="int4"))
+    assert not (tmp_path / "int4").exists()
 
 
 def test_the_builder_route_refuses_families_it_does_not_know(cli, tmp_path):

@@ -76,6 +76,8 @@ def test_adapters_are_merged_and_a_regression_fails_the_run(cli, tmp_path, tiny_
     adapter = train_adapter(base, tmp_path / "lora", steps=2)
     first = _recipe(tmp_path, base, variants=[{"name": "fp32", "precision": "fp32"}],
                     source={"model": str(base), "adapters": [str(adapter)]})
+    plan = cli("ship", first, "--dry-run")               # before the merge ran: its folder is not there yet
+    assert plan.exit_code == 0 and "will run  merge" in plan.output and "will run  export" in plan.output, plan.output
     assert cli("ship", first).exit_code == 0
     from edgeport.artifact import Artifact
 
@@ -117,6 +119,11 @@ def test_adapters_are_merged_and_a_regression_fails_the_run(cli, tmp_path, tiny_
      "'variants[0].calibration' 'gone.txt' does not exist"),
     ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "int8-static", "calibration": "bundled:x"}]},
      "'bundled:x' is not bundled data"),
+    ({"source": {"model": "x"},
+      "variants": [{"name": "a-b", "precision": "fp32"}, {"name": "a_b", "precision": "fp16"}]},
+     "would be one Triton model"),
+    ({"source": {"model": "x"}, "variants": [{"name": "\ufb01p", "precision": "fp32"}]},
+     "must be letters, digits, '-' and '_'"),
     ({"source": {"model": "x"}, "output": "out", "variants": [{"name": "a", "precision": "fp32"}],
       "gates": {"previous_report": "out/bench.json"}}, "lies in the output"),
 ])
@@ -182,3 +189,49 @@ def test_a_bench_the_model_cannot_take_fails_before_any_variant_is_made(cli, tmp
     assert_fails(result, InvalidOptionError.exit_code, "--scenario sweep does not apply to a model that takes no text")
     assert "[run] export" in result.output and "int8" not in result.output
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"export", ".ship-cache"}    # kept for the next run
+
+
+def test_json_names_no_pytorch_it_did_not_time_and_a_variant_failing_now_loses_its_bundle(cli, tmp_path, tiny_models):
+    """--json crashed; a variant named torch... was taken for the PyTorch baseline; a bundle from
+    a run that passed stayed beside the report of one that failed."""
+    model = tiny_models("bert", "feature-extraction")
+    variants = [{"name": "fp32", "precision": "fp32"},
+                {"name": "torchq", "precision": "int8-dynamic", "gates": {"min_cosine": 0.5}}]
+    result = cli("ship", _recipe(tmp_path, model, variants=variants), "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert all(v["speedup_vs_pytorch"] is None for v in summary["variants"]), summary   # no baseline was run
+    assert (tmp_path / "out" / "bundles" / "torchq.tar.gz").is_file()
+    variants[1]["gates"]["min_cosine"] = 0.9999999
+    result = cli("ship", _recipe(tmp_path, model, variants=variants))
+    assert result.exit_code == ParityError.exit_code, result.output
+    assert "[removed] bundles/torchq.tar.gz" in result.output
+    assert not (tmp_path / "out" / "bundles" / "torchq.tar.gz").exists()
+    assert (tmp_path / "out" / "bundles" / "fp32.tar.gz").is_file()
+
+
+def test_ctrl_c_in_the_bench_step_stops_the_run_and_caches_nothing(tmp_path, tiny_models):
+    """It exited 0 with a partial report the cache then served as complete."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    recipe = _recipe(tmp_path, tiny_models("bert", "feature-extraction"),
+                     variants=[{"name": "fp32", "precision": "fp32"}],
+                     bench={"scenarios": ["single-stream", "offline"], "rounds": 50, "min_duration": 1})
+    process = subprocess.Popen([sys.executable, "-m", "edgeport.cli", "ship", recipe], stderr=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline, seen = time.time() + 120, ""
+        while time.time() < deadline and "[run] bench" not in seen:
+            seen += process.stderr.readline()
+        time.sleep(3)                                   # well into the measurement
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 130
+    finally:
+        process.kill()
+    out = tmp_path / "out"
+    assert not (out / "bench.json").exists() and not (out / "bench.html").exists()
+    assert not (out / ".ship-cache" / "bench.json").exists() and (out / ".ship-cache" / "export.json").is_file()
