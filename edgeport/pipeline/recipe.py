@@ -184,10 +184,39 @@ def _yaml_problem(exc) -> str:
     return problem + (f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else "")
 
 
+# A variant's keys and the quantize options they become: a key its precision ignores is refused
+# here, as quantize refuses the option (a recipe is read before anything runs).
+_VARIANT_KEYS = {"target": "--target", "calibration": "--calib", "calibration_method": "--calibration-method",
+                 "accuracy_aware": "--min-cosine"}
+
+
+def _refuse_ignored_keys(variant: dict, where: str) -> None:
+    from ..quantize.options import MODE_OPTIONS
+
+    takes = MODE_OPTIONS.get(variant["precision"], ())       # fp32: none; it is the export itself
+    for key, option in _VARIANT_KEYS.items():
+        if key in variant and option not in takes and (key != "accuracy_aware" or variant[key]):
+            raise RecipeError(f"{where}.{key}' does not apply to precision {variant['precision']}, which would "
+                              "ignore it; remove it")
+
+
+def _refuse_ignored_sections(data: dict, where: str) -> None:
+    bench, gates = data.get("bench", {}), data.get("gates", {})
+    if "batch_sizes" in bench and not {"offline", "sweep"} & set(bench.get("scenarios", ["single-stream"])):
+        raise RecipeError(f"{where}: 'bench.batch_sizes' sets the offline and sweep scenarios, which "
+                          "'bench.scenarios' does not run")
+    if "max_regression" in gates and "previous_report" not in gates:
+        raise RecipeError(f"{where}: 'gates.max_regression' compares with 'gates.previous_report', which is not given")
+    if "kserve" in data.get("package", {}).get("formats", []):
+        raise RecipeError(f"{where}: 'package.formats' kserve is not made by ship (bundle, triton); write the "
+                          "manifests with 'edgeport package ARTIFACT --format kserve'")
+
+
 def from_dict(data: Any, where: str, base: Path, output: str | None = None) -> Recipe:
     found = problems(data, RECIPE_SCHEMA)
     if found:
         raise RecipeError(f"{where}: " + "; ".join(found[:5]))
+    _refuse_ignored_sections(data, where)
     names = [v["name"] for v in data["variants"]]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -199,6 +228,7 @@ def from_dict(data: Any, where: str, base: Path, output: str | None = None) -> R
             raise RecipeError(f"{where}: variants '{other}' and '{name}' would be one Triton model, "
                               f"'{name.replace('-', '_')}'; give them names that differ in more than '-' and '_'")
     for index, variant in enumerate(data["variants"]):
+        _refuse_ignored_keys(variant, f"{where}: 'variants[{index}]")
         if not re.fullmatch(r"[A-Za-z0-9_-]+", variant["name"]):       # ASCII: str.isalnum took 'ﬁp' and '٣'
             raise RecipeError(f"{where}: 'variants[{index}].name' must be letters, digits, '-' and '_'")
         if variant["name"] in RESERVED_NAMES:

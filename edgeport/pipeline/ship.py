@@ -222,20 +222,33 @@ class Shipment:
         from ..bench.scenarios import Settings
 
         config = self.recipe.bench
-        return BenchOptions(scenarios=config.get("scenarios", ["single-stream"]),
+        # The recipe's keys as the options bench refuses where they would be ignored (a causal LM...).
+        given = frozenset(option for key, option in (("rounds", "--rounds"), ("min_duration", "--min-duration"),
+                                                     ("batch_sizes", "--batch-sizes")) if key in config)
+        return BenchOptions(scenarios=config.get("scenarios", ["single-stream"]), given=given,
                             batch_sizes=config.get("batch_sizes", list(DEFAULT_BATCH_SIZES)),
                             settings=Settings(rounds=config.get("rounds", DEFAULT_ROUNDS),
                                               min_duration=config.get("min_duration", DEFAULT_MIN_DURATION_S)),
                             reports=ReportFiles(str(self.root / "bench.json"), str(self.root / "bench.html"),
                                                 force=True))
 
-    def check_bench(self, fp32: Path, dry_run: bool) -> None:
-        """The bench step's refusals (a sweep of sequence lengths for a model that takes no
-        text...) on the exported model, before any variant is made rather than after all."""
-        if not dry_run:
-            from ..bench.runner import check_bench
+    def check_exported(self, fp32: Path, dry_run: bool) -> None:
+        """What the recipe asks that the exported model cannot give, before any variant is made
+        rather than after all: the bench step's refusals (a sweep of sequence lengths for a model
+        that takes no text, a minimum duration for a causal LM...), Triton or emulated platforms
+        for a causal LM."""
+        if dry_run:
+            return
+        from ..bench.runner import check_bench
+        from ..errors import UnsupportedModelError
 
-            check_bench([str(fp32)], self.bench_options())
+        check_bench([str(fp32)], self.bench_options())
+        if _task(fp32) == "text-generation":
+            asked = (["package.formats triton"] if "triton" in self.recipe.formats else []) + \
+                [f"verify.platforms {p}" for p in self.recipe.platforms]
+            if asked:
+                raise UnsupportedModelError(f"{', '.join(asked)}: not for a causal LM (Triton repositories and the "
+                                            "emulated check are made for encoders); remove them from the recipe")
 
     def bench(self, passed: list[VariantResult], dry_run: bool) -> tuple[Path, Path] | None:
         if not passed:
@@ -370,7 +383,7 @@ def _run(recipe: Recipe, shipment: Shipment, dry_run: bool) -> ShipResult:
     start = time.perf_counter()
     source = shipment.source(dry_run)
     fp32 = shipment.export(source, dry_run)
-    shipment.check_bench(fp32, dry_run)
+    shipment.check_exported(fp32, dry_run)
     results = [shipment.variant(v, fp32, dry_run) for v in recipe.variants]
     result = ShipResult(recipe.where, str(recipe.output), results)
     passed = [r for r in results if r.passed]

@@ -103,8 +103,11 @@ def verify_on_platform(bundle, platform: str, cpu: str | None = None, budget=Non
     refusal = format_of(artifact).emulation_refusal
     if refusal:
         raise UnsupportedModelError(f"'{bundle}' cannot be checked on {platform}: {refusal}")
+    if artifact.task == "text-generation":
+        raise UnsupportedModelError(f"'{bundle}' is a causal LM: the emulated check runs an encoder's golden inputs "
+                                    f"on {platform}, and has no generation check yet")
     golden = artifact.golden()
-    if golden is None or artifact.task == "text-generation":
+    if golden is None:
         raise ArtifactError(f"'{bundle}' carries no golden.npz to check on {platform}")
     tools = host_tools(spec)
     requirements = guest_requirements(read_meta(artifact.path.parent)["runtime_requirements"])

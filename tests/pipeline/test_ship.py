@@ -124,6 +124,19 @@ def test_adapters_are_merged_and_a_regression_fails_the_run(cli, tmp_path, tiny_
      "would be one Triton model"),
     ({"source": {"model": "x"}, "variants": [{"name": "\ufb01p", "precision": "fp32"}]},
      "must be letters, digits, '-' and '_'"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "fp32", "target": "x86-avx2"}]},
+     "'variants[0].target' does not apply to precision fp32"),
+    ({"source": {"model": "x"},
+      "variants": [{"name": "a", "precision": "int8-dynamic", "calibration_method": "entropy"}]},
+     "'variants[0].calibration_method' does not apply to precision int8-dynamic"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "int4", "accuracy_aware": True}]},
+     "'variants[0].accuracy_aware' does not apply to precision int4"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "fp32"}], "bench": {"batch_sizes": [4]}},
+     "'bench.batch_sizes' sets the offline and sweep scenarios"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "fp32"}], "gates": {"max_regression": "5%"}},
+     "'gates.max_regression' compares with 'gates.previous_report'"),
+    ({"source": {"model": "x"}, "variants": [{"name": "a", "precision": "fp32"}], "package": {"formats": ["kserve"]}},
+     "kserve is not made by ship"),
     ({"source": {"model": "x"}, "output": "out", "variants": [{"name": "a", "precision": "fp32"}],
       "gates": {"previous_report": "out/bench.json"}}, "lies in the output"),
 ])
@@ -235,3 +248,18 @@ def test_ctrl_c_in_the_bench_step_stops_the_run_and_caches_nothing(tmp_path, tin
     out = tmp_path / "out"
     assert not (out / "bench.json").exists() and not (out / "bench.html").exists()
     assert not (out / ".ship-cache" / "bench.json").exists() and (out / ".ship-cache" / "export.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_causal_lm_recipe_asking_for_triton_or_a_platform_fails_after_the_export(cli, tmp_path):
+    """They were skipped silently (Triton), or failed at the very end with a false message."""
+    from edgeport.errors import UnsupportedModelError
+    from llm_models import build_lm
+
+    lm = build_lm(tmp_path / "lm", steps=5)
+    recipe = _recipe(tmp_path, lm, variants=[{"name": "fp32", "precision": "fp32"}], bench={"rounds": 1},
+                     package={"formats": ["bundle", "triton"]}, verify={"platforms": ["linux/arm64"]})
+    result = cli("ship", recipe)
+    assert_fails(result, UnsupportedModelError.exit_code, "package.formats triton, verify.platforms linux/arm64: "
+                 "not for a causal LM")
+    assert "[run] export" in result.output and "[run] bench" not in result.output
