@@ -43,8 +43,8 @@ def _accuracy(runner: Runner, examples, labels: np.ndarray) -> dict:
 
 
 def measure_parity(report: BenchReport, variants: list, reference: Artifact, options,
-            labels: np.ndarray | None = None) -> None:
-    examples = examples_for(reference, options.data, role="eval")
+                   labels: np.ndarray | None = None, longest: int | None = None) -> None:
+    examples = examples_for(reference, options.data, role="eval", longest=longest)
     expected = _reference_outputs(reference, examples)
     try:
         for variant in variants:
@@ -52,7 +52,7 @@ def measure_parity(report: BenchReport, variants: list, reference: Artifact, opt
                                                   reference_name=f"'{reference.path}'").to_dict()
             if labels is not None:
                 report.parity[variant.name]["accuracy"] = _accuracy(variant.runner, examples, labels)
-        _domain_parity(report, variants, reference, options)
+        _domain_parity(report, variants, reference, options, longest)
     except KeyboardInterrupt:
         raise Interrupted({}) from None
 
@@ -66,7 +66,7 @@ def _reference_outputs(reference: Artifact, examples) -> list[dict]:
 DOMAIN_SENTENCES = {"docstrings": 300, "legal": 300, "science": 140}
 
 
-def _domain_parity(report: BenchReport, variants: list, reference: Artifact, options) -> None:
+def _domain_parity(report: BenchReport, variants: list, reference: Artifact, options, longest: int | None) -> None:
     """Worst-case parity per held-out text domain: what a user sees on text unlike the
     calibration data (figures of the pooled embedding for feature extraction)."""
     if not options.domains:
@@ -75,7 +75,8 @@ def _domain_parity(report: BenchReport, variants: list, reference: Artifact, opt
 
     for domain in options.domains:
         texts = domain_sentences(domain, DOMAIN_SENTENCES[domain])
-        examples = examples_for(reference, texts=texts, description=f"{len(texts)} {domain} sentences")
+        examples = examples_for(reference, texts=texts, description=f"{len(texts)} {domain} sentences",
+                                longest=longest)
         expected = _reference_outputs(reference, examples)
         for variant in variants:
             figures = measure(variant.runner, expected, examples, reference.task).headline()

@@ -13,13 +13,15 @@ from ..data import concat_padded, examples_for, stdlib_sentences
 class BenchInputs:
     """Real inputs shaped for each scenario, the same for every variant."""
 
-    def __init__(self, reference: Artifact, data: str | None):
+    def __init__(self, reference: Artifact, data: str | None, longest: int | None = None):
+        """``longest``: where every variant's text is cut (``shared_text_length``)."""
         from ..runtime.processing import TextProcessor
 
-        self.examples = examples_for(reference, data, role="eval", batch_size=1)
+        self.examples = examples_for(reference, data, role="eval", batch_size=1, longest=longest)
         processing = reference.manifest.processing
-        self.text = TextProcessor.from_artifact(reference) if processing.get("tokenizer") else None
-        self.max_length = int(processing.get("max_length", 512))
+        self.text = TextProcessor.from_artifact(reference, longest=longest) if processing.get("tokenizer") else None
+        own = int(processing.get("max_length", 512))
+        self.max_length = min(own, longest) if longest else own
         self.sentences = stdlib_sentences(64) if data is None and self.text is not None else None
         self._long: dict | None = None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from ..artifact import Artifact
+from ..data import shared_text_length
 from ..errors import InvalidOptionError, refuse_unused
 from ..manifest import now_iso
 from ..outputs import HTML_REPORT, JSON_REPORT, check_output
@@ -270,7 +271,8 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
         from .generation_runner import run_generation_bench
 
         return run_generation_bench(artifacts, options, extra, progress, meter)
-    inputs = BenchInputs(reference, options.data)
+    longest = shared_text_length(reference, *artifacts)     # each variant sees the tokens the shortest takes
+    inputs = BenchInputs(reference, options.data, longest)
     cut = [n for n in options.sequence_lengths if n > inputs.max_length] if inputs.text is not None else []
     if "sweep" in options.scenarios and cut:
         raise InvalidOptionError(f"the reference's tokenizer cuts text at {inputs.max_length} tokens (its "
@@ -307,7 +309,7 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
             progress("the speed of light: this machine's FP32 and INT8 GEMM peaks...")
             speed_of_light(report, variants, artifacts, options.thread_count()[0])
         progress("measuring parity...")
-        measure_parity(report, variants, reference, options, labels)
+        measure_parity(report, variants, reference, options, labels, longest)
     except Interrupted:
         report.interrupted = True
         progress("interrupted: stopping")

@@ -142,15 +142,25 @@ def raw_images(data: dict[str, np.ndarray], processing: dict):
     return None
 
 
+def shared_text_length(*artifacts) -> int | None:
+    """Where text is cut for models compared on it: the shortest max_length among those that
+    take text (an ExecuTorch program bounded at 32 tokens beside its ONNX export: both see the
+    same 32 tokens, as each would in use), or None."""
+    lengths = [int(a.manifest.processing.get("max_length", 512)) for a in artifacts
+               if a.manifest.processing.get("tokenizer")]
+    return min(lengths) if lengths else None
+
+
 def examples_for(artifact, path: str | Path | None = None, role: str = "eval", limit: int | None = None,
-                 batch_size: int = 16, texts: Sequence[str] | None = None, description: str | None = None
-                 ) -> ExampleSet:
+                 batch_size: int = 16, texts: Sequence[str] | None = None, description: str | None = None,
+                 longest: int | None = None) -> ExampleSet:
     """Real examples for ``artifact`` as feed batches.
 
     With ``path``: the user's file (see ``read_examples``).  With ``texts``: those texts.
     Otherwise standard-library sentences for text models, scikit-learn digits for vision
     models, and the golden inputs recorded at export for anything else.  ``role`` picks
-    disjoint default data for evaluation and calibration.
+    disjoint default data for evaluation and calibration.  ``longest``: cut text there when
+    it is shorter than the artifact's own max_length (``shared_text_length``).
     """
     manifest = artifact.manifest
     specs = {spec["name"]: spec for spec in manifest.graph["inputs"]}
@@ -178,7 +188,7 @@ def examples_for(artifact, path: str | Path | None = None, role: str = "eval", l
         if not processing.get("tokenizer"):
             raise CalibrationDataError(f"'{path}' holds text but this model takes {', '.join(specs)} "
                                        "without a tokenizer; give an .npz with one array per input")
-        text = TextProcessor.from_artifact(artifact, list(specs))
+        text = TextProcessor.from_artifact(artifact, list(specs), longest=longest)
         static_length = first_shape[1] if len(first_shape) > 1 and isinstance(first_shape[1], int) else None
         batches = [text.encode(data[i:i + batch_size], pad_to=static_length) for i in range(0, len(data), batch_size)]
     elif kind == "images":

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from ..artifact import Artifact
-from ..data import ExampleSet, examples_for
+from ..data import ExampleSet, examples_for, shared_text_length
 from ..errors import InvalidOptionError, ParityError
 from ..runtime.formats import make_runner
 from ..runtime.onnxrt import QUIET_CPU, run_all
@@ -167,7 +167,7 @@ def verify(candidate: str | Artifact, reference: str | Artifact, data: str | Non
     check_same_model(candidate, reference)
     if budget is not None:
         budget.check_task(reference.task)
-    examples = examples_for(reference, data, role="eval", limit=limit)
+    examples = examples_for(reference, data, role="eval", limit=limit, longest=shared_text_length(candidate, reference))
     with make_runner(reference, QUIET_CPU) as reference_runner:
         expected = reference_outputs(reference_runner, examples)
     thresholds = budget.thresholds() if budget is not None and budget.given else recorded_thresholds(candidate)
