@@ -78,6 +78,9 @@ class ExecuTorchOptions:
                                      "is gated on --atol/--rtol")
         if self.calib is not None and self.quantize is None:
             raise InvalidOptionError("--calib calibrates --quantize int8")
+        if self.quantize is not None and (self.atol != DEFAULT_ATOL or self.rtol != DEFAULT_RTOL):
+            raise InvalidOptionError("--atol and --rtol gate the FP32 program; --quantize int8 is gated on "
+                                     "--min-cosine / --min-top1-agreement")
         self.budget()
 
     def budget(self) -> ParityBudget:
@@ -110,8 +113,9 @@ def _export(source: str, out, options: ExecuTorchOptions, progress, extra_inputs
 
         return export_keras_executorch(Path(source_text), out, options, say)
     callable_source = is_callable_source(source_text)
-    if options.inputs and not callable_source:
-        raise InvalidOptionError("--input is only for module:callable sources; a model folder declares its inputs")
+    if (options.inputs or options.output_names) and not callable_source:
+        raise InvalidOptionError(f"{'--input' if options.inputs else '--output-name'} is only for module:callable "
+                                 "sources; a model folder declares its inputs and outputs")
     if options.calib and not callable_source:
         raise InvalidOptionError("--calib is for module:callable sources; a model folder is calibrated on real data "
                                  "(docstring sentences through its tokenizer, or digits)")
@@ -126,6 +130,7 @@ def _export(source: str, out, options: ExecuTorchOptions, progress, extra_inputs
             model = HfSource(Path(source_text), options.task, options.allow_pickle, 128, Path(work_dir))
         variants = model.variants(False)
         job = model.job("fixed-size" if "fixed-size" in variants else variants[0])
+        options.budget().check_task(job.task)          # top-1 agreement means nothing without classes
         bounds = _bounds(job, options)
         say(f"task {job.task}; inputs {', '.join(job.input_names)}; bounds "
             + ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in bounds.items()))

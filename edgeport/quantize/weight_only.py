@@ -72,8 +72,9 @@ class WeightOnly(Recipe):
         job.say(f"quantizing MatMul weights to {self.bits} bits (block {options.block_size}, accuracy level "
                 f"{options.accuracy_level})...")
         model_file = job.work / "quantized" / source.manifest.graph["file"]
-        operators = self._quantize_graph(source.model_path, model_file, options)
-        outcome = Outcome(model_file, self._precision(job, operators), {}, {**self.lineage_parameters(job), **budget})
+        operators, left_in_float = self._quantize_graph(source.model_path, model_file, options)
+        outcome = Outcome(model_file, self._precision(job, operators, left_in_float), {},
+                          {**self.lineage_parameters(job), **budget})
         job.say("checking generation against the FP32 artifact...")
         candidate = candidate_folder(job.work / "candidate", source, outcome)
         with make_generator(candidate, SessionSettings(device="cpu")) as model:
@@ -87,7 +88,7 @@ class WeightOnly(Recipe):
         outcome.parity["quantize"] = parity.to_dict()
         return outcome
 
-    def _quantize_graph(self, source: Path, dest: Path, options) -> dict[str, int]:
+    def _quantize_graph(self, source: Path, dest: Path, options) -> tuple[dict[str, int], list[str]]:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
@@ -112,18 +113,33 @@ class WeightOnly(Recipe):
             raise QuantizationError(f"no MatMul weight in '{source.name}' could be quantized to {self.bits} bits "
                                     f"(block size {options.block_size} needs weights at least that wide); the "
                                     "graph would be written unchanged")
-        return counts
+        return counts, _float_weight_matmuls(quantized)
 
-    def _precision(self, job: QuantizeJob, operators: dict[str, int]) -> dict[str, Any]:
+    def _precision(self, job: QuantizeJob, operators: dict[str, int], left_in_float: list[str]) -> dict[str, Any]:
         options = job.options
         return {"mode": self.mode, "target": job.target.name, "target_detected": job.target_detected,
                 "format": "MatMulNBits", "bits": self.bits, "block_size": options.block_size,
-                "accuracy_level": options.accuracy_level, "kept_fp32_nodes": [], "calibration": None,
+                "accuracy_level": options.accuracy_level, "kept_fp32_nodes": left_in_float, "calibration": None,
                 "operators": operators, "levers": [f"block-wise symmetric {self.bits}-bit weights (MatMulNBits)"]}
 
     def lineage_parameters(self, job: QuantizeJob) -> dict[str, Any]:
         return {**super().lineage_parameters(job), "bits": self.bits, "block_size": job.options.block_size,
                 "accuracy_level": job.options.accuracy_level}
+
+
+def _float_weight_matmuls(model) -> list[str]:
+    """MatMuls still multiplying by a weight in float: those MatMulNBits did not take, such as a
+    tied LM head, which reads the embedding through a Transpose (recorded, not hidden)."""
+    constants = {i.name for i in model.graph.initializer}
+    producers = {output: node for node in model.graph.node for output in node.output}
+
+    def weight(name: str) -> bool:
+        node = producers.get(name)
+        return name in constants or (node is not None and node.op_type in ("Transpose", "Cast", "Identity")
+                                     and bool(node.input) and weight(node.input[0]))
+
+    return sorted(node.name or node.output[0] for node in model.graph.node
+                  if node.op_type == "MatMul" and len(node.input) > 1 and weight(node.input[1]))
 
 
 @register

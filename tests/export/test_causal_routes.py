@@ -349,6 +349,8 @@ def test_int4_and_int8_weight_only_on_the_second_route(bpe, tmp_path, cli):
         assert manifest["graph"]["format"] == "onnx-decoder"
         assert manifest["precision"]["operators"].get("MatMulNBits", 0) >= 8
         assert "Gemm" not in manifest["precision"]["operators"]
+        # Every weight MatMul was quantized; the MatMuls left are attention's, on activations
+        assert manifest["precision"]["kept_fp32_nodes"] == [] and manifest["precision"]["operators"]["MatMul"] == 4
         assert manifest["parity"]["quantize"]["passed"]
         with load(tmp_path / mode, device="cpu") as model:
             assert model.generate("Return the", max_new_tokens=4)[0].tokens

@@ -171,6 +171,10 @@ def test_the_sequence_bound_stays_within_the_models_positions(cli, tmp_path, tin
     out = tmp_path / "out"
     assert_fails(cli("export", "executorch", bert, "-o", out, "--sequence-length", "129"), 2,
                  "past the 128 positions", absent=out)
+    for args, phrase in ((("--output-name", "foo"), "--output-name is only for module:callable"),
+                         (("--quantize", "int8", "--atol", "0.1"), "--atol and --rtol gate the FP32 program"),
+                         (("--quantize", "int8", "--min-top1-agreement", "0.9"), "top1")):
+        assert_fails(cli("export", "executorch", bert, "-o", out, *args), 2, phrase, absent=out)
     bare = tmp_path / "bare"
     shutil.copytree(bert, bare, ignore=shutil.ignore_patterns("tokenizer*", "vocab*", "special_tokens*"))
     result = cli("export", "executorch", bare, "-o", out, "--max-batch", "2")

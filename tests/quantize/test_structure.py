@@ -248,3 +248,25 @@ def test_optimize_records_what_the_optimizer_did(cli, tmp_path, tiny_bert, onnx_
     else:
         assert graph_used.startswith(f"{PLAIN} (--optimize fused nothing: model_type")
         assert any("--optimize fused nothing" in note for note in manifest.lineage[-1]["notes"])
+
+
+def test_weight_matmuls_left_in_float_are_named():
+    """A tied LM head reads the embedding through a Transpose, which MatMulNBits does not take:
+    the weight-only recipes record it as kept in float (it was recorded as nothing kept)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeport.quantize.weight_only import _float_weight_matmuls
+
+    embedding = numpy_helper.from_array(np.zeros((10, 4), np.float32), "embedding")
+    graph = helper.make_graph(
+        [helper.make_node("Transpose", ["embedding"], ["embedding_t"], perm=[1, 0]),
+         helper.make_node("MatMul", ["x", "embedding_t"], ["logits"], name="lm_head"),
+         helper.make_node("MatMul", ["x", "y"], ["scores"], name="attention")],
+        "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 4]) for n in ("x",)]
+        + [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 10]),
+         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [2, 2])], [embedding])
+    assert _float_weight_matmuls(helper.make_model(graph)) == ["lm_head"]
+    assert onnx.checker.check_model(helper.make_model(graph)) is None
