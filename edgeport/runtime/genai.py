@@ -129,7 +129,9 @@ class GenAIModel(GenerativeModel):
         options: dict[str, Any] = {"max_length": max_length, "batch_size": batch_size, "do_sample": sampling.sampled,
                                    "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_length": 0}
         if sampling.sampled:
-            options.update(temperature=float(sampling.temperature or 1.0), top_k=int(sampling.top_k or 0),
+            # top_k past the vocabulary means every token, as on the other route (GenAI refused it mid-stream)
+            options.update(temperature=float(sampling.temperature or 1.0),
+                           top_k=min(int(sampling.top_k or 0), self.vocab_size()),
                            top_p=float(sampling.top_p or 1.0))
             if sampling.seed is not None:
                 options["random_seed"] = int(sampling.seed)

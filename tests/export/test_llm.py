@@ -77,6 +77,9 @@ def test_generation_api(lms):
     sampled = [model.generate("Return the", max_new_tokens=10, temperature=1.5, top_k=50, seed=s)[0].tokens
                for s in (1, 1, 2)]
     assert sampled[0] == sampled[1]                       # a seed makes sampling reproducible
+    # top_k past the vocabulary keeps every token (GenAI refused it mid-stream; the second route took it)
+    everything = model.generate("Return the", max_new_tokens=4, temperature=1.0, top_k=10 ** 6, seed=1)[0]
+    assert everything.tokens == model.generate("Return the", max_new_tokens=4, temperature=1.0, seed=1)[0].tokens
     cut = model.generate("Return the number of", max_new_tokens=10, stop=[greedy.text[2:5]])[0]
     assert cut.finish_reason == "stop" and greedy.text[2:5] not in cut.text
     logits = model.runner.run({"input_ids": np.array([model.encode("Return the")], np.int64)})["logits"]
