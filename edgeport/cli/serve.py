@@ -49,9 +49,8 @@ def serve_command(artifact, host, port, name, max_batch, max_delay_ms, max_queue
 
     options = ServeOptions(host=host, port=port, name=name, max_batch=max_batch, max_delay_ms=max_delay_ms,
                            max_queue=max_queue, max_body_bytes=max_body_bytes, max_request_rows=max_request_rows,
-                           auth_token=auth_token,
-                           auth_token_file=auth_token_file, certfile=certfile, keyfile=keyfile, threads=threads,
-                           trusted_key=trusted_key)
+                           auth_token=auth_token, auth_token_file=auth_token_file, certfile=certfile, keyfile=keyfile,
+                           threads=threads, trusted_key=trusted_key)
     cluster = {"--replicas": replicas, "--min-replicas": min_replicas, "--max-replicas": max_replicas,
                "--address": address, "--cpus-per-replica": cpus_per_replica}
     if engine == "local":
