@@ -53,6 +53,9 @@ def sign_folder(folder: Path, private_key: Path, signature: Path) -> None:
         raise InvalidOptionError(f"--sign: '{private_key}' is encrypted; give its password in "
                                  f"${PASSWORD_VARIABLE}") from None
     except (ValueError, AttributeError) as exc:
+        if password is not None and "password" in str(exc).lower():
+            raise InvalidOptionError(f"--sign: the password in ${PASSWORD_VARIABLE} does not open '{private_key}'"
+                                     ) from None
         raise InvalidOptionError(f"--sign: '{private_key}' is not a PEM elliptic-curve private key (P-256, P-384 or "
                                  f"P-521) it can use: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                                  ) from None

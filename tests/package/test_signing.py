@@ -162,12 +162,21 @@ def test_a_failed_signature_check_leaves_the_cached_copy_others_use(cli, signed,
     assert (cached / "signature.sig").is_file()
 
 
-def test_a_password_for_a_key_without_one_is_named(cli, onnx_artifacts, tmp_path, monkeypatch):
+def test_a_password_for_a_key_without_one_or_a_wrong_one_is_named(cli, onnx_artifacts, tmp_path, monkeypatch):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     private, _ = _keys(tmp_path, "plain")
+    locked = tmp_path / "locked.pem"
+    locked.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"right")))
     monkeypatch.setenv("EDGEPORT_SIGNING_KEY_PASSWORD", "pw")
-    assert_fails(cli("package", onnx_artifacts["classifier"].path, "--format", "bundle", "-o", tmp_path / "b.tar.gz",
-                     "--sign", private), InvalidOptionError.exit_code, "is not encrypted",
-                 "EDGEPORT_SIGNING_KEY_PASSWORD is set", absent=tmp_path / "b.tar.gz")
+    for key, phrases in ((private, ("is not encrypted", "EDGEPORT_SIGNING_KEY_PASSWORD is set")),
+                         (locked, ("the password in $EDGEPORT_SIGNING_KEY_PASSWORD does not open",))):
+        assert_fails(cli("package", onnx_artifacts["classifier"].path, "--format", "bundle", "-o",
+                         tmp_path / "b.tar.gz", "--sign", key), InvalidOptionError.exit_code, *phrases,
+                     absent=tmp_path / "b.tar.gz")
 
 
 @pytest.mark.parametrize("digest", [b"plain", b"both 'kinds\" of quote"])
