@@ -130,7 +130,8 @@ def _export(source: str, out, options: ExecuTorchOptions, progress, extra_inputs
             model = HfSource(Path(source_text), options.task, options.allow_pickle, 128, Path(work_dir))
         variants = model.variants(False)
         job = model.job("fixed-size" if "fixed-size" in variants else variants[0])
-        options.budget().check_task(job.task)          # top-1 agreement means nothing without classes
+        if not callable_source:        # a folder's task is known: top-1 agreement means nothing without classes
+            options.budget().check_task(job.task)
         bounds = _bounds(job, options)
         say(f"task {job.task}; inputs {', '.join(job.input_names)}; bounds "
             + ", ".join(f"{k} {lo}..{hi}" for k, (lo, hi) in bounds.items()))

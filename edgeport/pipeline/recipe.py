@@ -205,8 +205,6 @@ def _refuse_ignored_sections(data: dict, where: str) -> None:
     if "batch_sizes" in bench and not {"offline", "sweep"} & set(bench.get("scenarios", ["single-stream"])):
         raise RecipeError(f"{where}: 'bench.batch_sizes' sets the offline and sweep scenarios, which "
                           "'bench.scenarios' does not run")
-    if "max_regression" in gates and "previous_report" not in gates:
-        raise RecipeError(f"{where}: 'gates.max_regression' compares with 'gates.previous_report', which is not given")
     if "kserve" in data.get("package", {}).get("formats", []):
         raise RecipeError(f"{where}: 'package.formats' kserve is not made by ship (bundle, triton); write the "
                           "manifests with 'edgeport package ARTIFACT --format kserve'")
@@ -264,6 +262,8 @@ def from_dict(data: Any, where: str, base: Path, output: str | None = None) -> R
                     list(data.get("verify", {}).get("platforms", [])), where)
     _check_files(recipe, data)
     check_feasible(recipe)
+    if "max_regression" in gates and "previous_report" not in gates:      # checked as a percentage above
+        raise RecipeError(f"{where}: 'gates.max_regression' compares with 'gates.previous_report', which is not given")
     return recipe
 
 

@@ -85,12 +85,12 @@ def _gate_failures(gates: dict, parity: dict, speed: dict | None = None) -> list
         if name not in gates:
             continue
         if value is None and name == "min_speedup":
-            failures.append(f"min_speedup {gates[name]!r} cannot be checked: quantize measured no speed-up here "
+            failures.append(f"min_speedup {gates[name]:.10g} cannot be checked: quantize measured no speed-up here "
                             f"({(speed or {}).get('reason', 'no speed record')})")
         elif value is None:        # the recipe check refuses such gates; a record without the figure fails too
-            failures.append(f"{name} {gates[name]!r} cannot be checked: the parity record has no such figure")
+            failures.append(f"{name} {gates[name]:.10g} cannot be checked: the parity record has no such figure")
         elif not ok(value, gates[name]):
-            failures.append(f"{name} {gates[name]!r} not met ({value:.6g}"       # as written: 0.9999999, not 1
+            failures.append(f"{name} {gates[name]:.10g} not met ({value:.6g}"       # 0.9999999 as written, not rounded to 1
                             + (f": the lower end of the 95% interval of {speed['speedup']:.3g}x over FP32)"
                                if name == "min_speedup" else ")"))
     return failures
