@@ -201,7 +201,7 @@ def _refuse_ignored_keys(variant: dict, where: str) -> None:
 
 
 def _refuse_ignored_sections(data: dict, where: str) -> None:
-    bench, gates = data.get("bench", {}), data.get("gates", {})
+    bench = data.get("bench", {})
     if "batch_sizes" in bench and not {"offline", "sweep"} & set(bench.get("scenarios", ["single-stream"])):
         raise RecipeError(f"{where}: 'bench.batch_sizes' sets the offline and sweep scenarios, which "
                           "'bench.scenarios' does not run")

@@ -90,7 +90,8 @@ def _gate_failures(gates: dict, parity: dict, speed: dict | None = None) -> list
         elif value is None:        # the recipe check refuses such gates; a record without the figure fails too
             failures.append(f"{name} {gates[name]:.10g} cannot be checked: the parity record has no such figure")
         elif not ok(value, gates[name]):
-            failures.append(f"{name} {gates[name]:.10g} not met ({value:.6g}"       # 0.9999999 as written, not rounded to 1
+            # the threshold with up to ten digits: 0.9999999 as written, not rounded to 1
+            failures.append(f"{name} {gates[name]:.10g} not met ({value:.6g}"
                             + (f": the lower end of the 95% interval of {speed['speedup']:.3g}x over FP32)"
                                if name == "min_speedup" else ")"))
     return failures
