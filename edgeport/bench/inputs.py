@@ -20,8 +20,7 @@ class BenchInputs:
         self.examples = examples_for(reference, data, role="eval", batch_size=1, longest=longest)
         processing = reference.manifest.processing
         self.text = TextProcessor.from_artifact(reference, longest=longest) if processing.get("tokenizer") else None
-        own = int(processing.get("max_length", 512))
-        self.max_length = min(own, longest) if longest else own
+        self.max_length = self.text.max_length if self.text else int(processing.get("max_length", 512))
         self.sentences = stdlib_sentences(64) if data is None and self.text is not None else None
         self._long: dict | None = None
 

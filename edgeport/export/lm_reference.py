@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import SourceError, UnsupportedModelError
 from ..parity.generation import fit_to_context
+from .prepare import check_token_ids
 from .quiet import quiet_transformers
 
 NEW_TOKENS = 16
@@ -105,11 +106,9 @@ class Reference:
         self.prompt_ids, self.new_tokens = fit_to_context([self.encode(p) for p in prompts], self.context_length,
                                                           NEW_TOKENS)
         self.text_ids = [ids[:self.context_length] for ids in (self.encode(t) for t in texts) if len(ids) >= 2]
-        largest = max((max(ids) for ids in self.prompt_ids + self.text_ids if ids), default=-1)
-        if largest >= self.vocab_size:      # before torch fails on an index (a traceback)
-            raise SourceError(f"the tokenizer beside the model gives token id {largest}, but the model's vocab_size is "
-                              f"{self.vocab_size}: the tokenizer belongs to another checkpoint; save the model's own "
-                              "tokenizer beside it")
+        # Before torch fails on an index (a traceback): the encoder route's check, on these ids.
+        check_token_ids(self.model.config.get_text_config(),
+                        [{"input_ids": np.array(ids)} for ids in self.prompt_ids + self.text_ids])
         self.tokens, logits = [], []
         with torch.no_grad(), quiet_transformers():
             for ids in self.prompt_ids:

@@ -130,7 +130,9 @@ class WeightOnly(Recipe):
 def _float_weight_matmuls(model) -> list[str]:
     """MatMuls still multiplying by a weight in float: those MatMulNBits did not take, such as a
     tied LM head, which reads the embedding through a Transpose (recorded, not hidden)."""
-    constants = {i.name for i in model.graph.initializer}
+    from .graph import initializer_names
+
+    constants = initializer_names(model)
     producers = {output: node for node in model.graph.node for output in node.output}
 
     def weight(name: str) -> bool:

@@ -71,11 +71,7 @@ class Runner:
         return _joined([self.check(chunk) for chunk in self._row_chunks(feeds)])
 
     def _row_chunks(self, feeds: dict[str, Any]) -> list[dict[str, Any]]:
-        step = self.max_rows
-        rows = _rows(feeds)
-        if step is None or rows is None or rows <= step:
-            return [feeds]
-        return [{name: value[start:start + step] for name, value in feeds.items()} for start in range(0, rows, step)]
+        return _in_chunks(feeds, self.max_rows)
 
     def close(self) -> None:
         self._closed = True
@@ -126,14 +122,18 @@ def in_calls_of(run, rows_per_call: int):
     """``run`` in calls of at most ``rows_per_call`` rows, outputs joined: a server's request
     never makes a call larger than its --max-batch, nor run's feed file one over --batch-size."""
     def chunked(feeds: dict) -> dict:
-        rows = _rows(feeds)
-        if rows is None or rows <= rows_per_call:      # None: not row-aligned arrays; run's check says why
-            return run(feeds)
-        parts = [run({name: value[start:start + rows_per_call] for name, value in feeds.items()})
-                 for start in range(0, rows, rows_per_call)]
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        return _joined([run(chunk) for chunk in _in_chunks(feeds, rows_per_call)])
     chunked.runs, chunked.rows_per_call = run, rows_per_call
     return chunked
+
+
+def _in_chunks(feeds: Any, step: int | None) -> list:
+    """``feeds`` in chunks of at most ``step`` rows; as they are when no step is set, when they
+    fit, or when they are not row-aligned arrays (the runner's check then says why)."""
+    rows = _rows(feeds)
+    if step is None or rows is None or rows <= step:
+        return [feeds]
+    return [{name: value[start:start + step] for name, value in feeds.items()} for start in range(0, rows, step)]
 
 
 def _joined(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -54,8 +54,6 @@ def check_rows(rows: int, limits: Limits, what: str = "rows") -> None:
                           "one request (--max-request-rows): split it")
 
 
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
