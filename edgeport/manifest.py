@@ -75,7 +75,8 @@ _IMAGE = {
     "type": "object", "required": ["size", "channels", "mean", "std"], "additionalProperties": False,
     "properties": {
         "size": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "integer", "minimum": 1}},
-        "channels": {"type": "integer", "minimum": 1, "maximum": 4},
+        # multispectral models take more than RGBA's four; a greyscale image is repeated to fill them
+        "channels": {"type": "integer", "minimum": 1, "maximum": 1024},
         "mean": {"type": "array", "items": {"type": "number"}},
         "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}},
         "layout": {"enum": ["NCHW", "NHWC"]},
@@ -276,6 +277,10 @@ class Manifest:
     def to_json(self) -> str:
         """The manifest as written, with its seal (computed over the JSON exactly as written)."""
         data = json.loads(json.dumps(json_safe(self.to_dict()), default=_json_default, allow_nan=False))
+        # checked before it is written, so a stage never commits an artifact no reader would open
+        found = manifest_problems(data)
+        if found:
+            raise ArtifactError(f"edgeport made an invalid manifest ({'; '.join(found[:3])}); nothing was written")
         data["seal"] = seal_of(data)
         return json.dumps(data, indent=2, allow_nan=False) + "\n"
 

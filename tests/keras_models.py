@@ -7,7 +7,8 @@ once per process, at import; the test process must not be tied to it).
                                                  digits, eval.npz (uint8 NHWC "images"),
                                                  labels.npy and keras_logits.npy, and calib.npz
     python tests/keras_models.py custom OUT_DIR  a model with a custom layer whose code only this
-                                                 script has: custom.keras
+                                                 script has: custom.keras; and open_size.keras,
+                                                 float16.keras, bands.keras
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def custom(out: Path) -> None:
     open_size = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3),
                                   keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
     open_size.save(out / "open_size.keras")
+    # Image models with inputs off the RGB float32 path: float16 pixels, five spectral bands.
+    keras.Sequential([keras.Input((8, 8, 3), dtype="float16"), keras.layers.Flatten(),
+                      keras.layers.Dense(3)]).save(out / "float16.keras")
+    keras.Sequential([keras.Input((8, 8, 5)), keras.layers.Flatten(), keras.layers.Dense(3)]).save(out / "bands.keras")
 
 
 def build(kind: str, out: Path) -> Path:

@@ -314,7 +314,7 @@ def test_causal_lm_requests_and_zero_new_tokens(cli, lms):
 
     artifact = lms("llama")["onnx"]
     assert_fails(cli("run", artifact.path, "--prompt", "Return the", "--max-new-tokens", "0"),
-                 InvalidOptionError.exit_code, "max_new_tokens must be a whole number >= 1")
+                 InvalidOptionError.exit_code, "Invalid value for '--max-new-tokens': 0 is not in the range x>=1")
     with load(artifact.path) as model, pytest.raises(InvalidOptionError, match="max_new_tokens"):
         model.generate("Return the", max_new_tokens=0)
     with running(artifact.path, "--name", "tiny") as (base, _):

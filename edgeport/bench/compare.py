@@ -191,11 +191,16 @@ def slowdown_interval(before: dict, after: dict, iterations: int = 2000) -> tupl
     return new_ci[0] / old_ci[1] - 1, new_ci[1] / old_ci[0] - 1
 
 
+def _parity_change(drop: float) -> str:
+    text = f"{-drop:+.5f}"
+    return "+0.00000" if text == "-0.00000" else text      # a drop of 3e-7 read as a loss
+
+
 def format_deltas(comparison: Comparison) -> str:
     lines = [f"{'variant':<26} {'scenario':<14} {'params':<26} {'metric':<16} {'old':>10} {'new':>10} {'change':>9} "
              f"{'95% interval':>17}"]
     for d in comparison.deltas:
-        change = f"{d.change * 100:+.1f}%" if d.scenario != "parity" else f"{-d.change:+.5f}"
+        change = f"{d.change * 100:+.1f}%" if d.scenario != "parity" else _parity_change(d.change)
         interval = f"{d.interval[0] * 100:+.1f}..{d.interval[1] * 100:+.1f}%" if d.interval else "-"
         verdict = "  REGRESSION" if d.regressed else "  within the noise" if d.within_noise else ""
         lines.append(f"{d.variant[:26]:<26} {d.scenario:<14} {d.params[:26]:<26} {d.metric:<16} {d.old:>10.4g} "

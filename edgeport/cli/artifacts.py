@@ -61,7 +61,7 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
         return
     if reference is None:
         raise InvalidOptionError("give --reference ARTIFACT (or --platform to check a bundle on another platform)")
-    from ..parity import verify
+    from ..parity import thresholds_text, verify
 
     report = verify(candidate, reference, data, budget, limit, trusted_key)
     if as_json:
@@ -70,16 +70,9 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
         click.echo(f"{candidate} against {reference} on {report.data} ({report.samples} samples)")
         click.echo(report.summary())
         source = "given" if budget.given else "the gate the candidate passed when it was made"
-        click.echo(f"thresholds ({source}): {_listed(report.thresholds)}")
+        click.echo(f"thresholds ({source}): {thresholds_text(report.thresholds)}")
         click.echo("PASSED" if report.passed else "FAILED")
     report.raise_for_failure(f"'{candidate}'")
-
-
-def _listed(thresholds: dict[str, float]) -> str:
-    # Limits from above: errors, tolerances, and every max_* (token disagreement, perplexity increase).
-    def sign(name: str) -> str:
-        return "<=" if name.startswith("max_") or name in ("atol", "rtol") else ">="
-    return ", ".join(f"{name} {sign(name)} {value:g}" for name, value in thresholds.items()) or "none"
 
 
 @main.command("run")
@@ -88,10 +81,11 @@ def _listed(thresholds: dict[str, float]) -> str:
 @click.option("--input", "input_file", type=click.Path(),
               help=".npz of feeds (one array per input), .txt of texts (one a line), or an image folder.")
 @click.option("--prompt", "prompts", multiple=True, help="Causal LMs: a prompt to continue (repeatable).")
-@click.option("--max-new-tokens", type=int, help="Causal LMs: tokens to generate (default 32).")
-@click.option("--temperature", type=float, help="Causal LMs: sample at this temperature (default: greedy).")
-@click.option("--top-k", type=int)
-@click.option("--top-p", type=float)
+@click.option("--max-new-tokens", type=click.IntRange(min=1), help="Causal LMs: tokens to generate (default 32).")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
+              help="Causal LMs: sample at this temperature (default: greedy).")
+@click.option("--top-k", type=click.IntRange(min=1))
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True))
 @click.option("--seed", type=int)
 @click.option("--adapter", help="Causal LMs: the runtime adapter to generate with.")
 @click.option("--device", type=click.Choice(v.DEVICES), default="auto", show_default=True)

@@ -54,6 +54,10 @@ def export_onnx_command(source, out, task, opset, static_shapes, sequence_length
 
     if no_validate and (atol is not None or rtol is not None):
         raise InvalidOptionError("--atol and --rtol set the parity check --no-validate skips; give one or the other")
+    if static_shapes and exporter not in (None, "static"):
+        raise InvalidOptionError(f"--static-shapes exports by the static route; --exporter {exporter} is never tried "
+                                 "with it (drop one of them)")
+    static_shapes = static_shapes or exporter == "static"     # the static route writes fixed shapes either way
     if sequence_length is not None and not static_shapes:
         raise InvalidOptionError("--sequence-length fixes the length of a --static-shapes export; without it the "
                                  "graph takes any length up to the tokenizer's max_length (add --static-shapes)")

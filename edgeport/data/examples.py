@@ -200,6 +200,7 @@ def examples_for(artifact, path: str | Path | None = None, role: str = "eval", l
         except ModelInputError as exc:       # the user's data file, not a request: bad data (10)
             raise CalibrationDataError(f"'{path or description}': {exc}") from exc
         name = next(iter(specs))
+        pixels = pixels.astype(specs[name]["dtype"], copy=False)       # a float16 image model takes float16
         batches = [{name: pixels[i:i + batch_size]} for i in range(0, len(pixels), batch_size)]
     else:
         feeds = _check_feeds(data, specs, path)

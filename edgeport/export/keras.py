@@ -135,8 +135,9 @@ def refuse_export_options(options) -> None:
                    ("--output-name", options.output_names), ("--no-validate", not options.validate),
                    ("--external-data", options.external_data), ("--allow-pickle", options.allow_pickle),
                    ("--runtime-adapter", options.runtime_adapters)),
-                  "to a Keras file: Keras itself exports it, batch-dynamic, naming its input and output after the "
-                  "model's own, and the export is always checked against Keras' predictions")
+                  "to a Keras file: Keras itself exports it (at its own opset), batch-dynamic, with one input and "
+                  "one output named as the manifest says (images / logits for image classifiers, else inputs / "
+                  "outputs), and the export is always checked against Keras' predictions")
 
 
 def export_keras(source, out, options, progress=None) -> Artifact:

@@ -30,7 +30,7 @@ def _samples(shape, dtype, np):
     if len(dims) == 3 and dtype.startswith("float"):
         from sklearn.datasets import load_digits
 
-        images = (load_digits().images / 16.0).astype(np.float32)
+        images = (load_digits().images / 16.0).astype(dtype)
         height, width, channels = dims
         rows = (np.arange(height) * 8 // height).clip(0, 7)
         cols = (np.arange(width) * 8 // width).clip(0, 7)

@@ -23,7 +23,7 @@ from ..outputs import MERGED_MODEL, check_output, staged_output
 from ..parity import compare_output
 from ..vocabulary import COMBINATIONS, DEFAULT_ATOL, DEFAULT_RTOL
 from .quiet import quiet_transformers
-from .source import check_safetensors, read_config, weight_files
+from .source import check_pickle, check_safetensors, read_config, weight_files
 
 MERGE_RECORD = "edgeport-merge.json"
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -96,6 +96,7 @@ def read_adapter(path: str | os.PathLike, allow_pickle: bool) -> AdapterInfo:
         if not allow_pickle:
             raise UnsafeFileError(f"adapter '{folder}' only has pickle weights (adapter_model.bin); loading pickle "
                                   "can run arbitrary code. Re-save it as safetensors, or pass --allow-pickle")
+        check_pickle(pickled, AdapterError)
         return AdapterInfo(folder, config, pickled)
     raise AdapterError(f"adapter '{folder}' has no weights (adapter_model.safetensors)")
 
@@ -271,7 +272,11 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
     mask = mask.numpy() if mask is not None else None
     parity = compare_output("merged vs unmerged", unmerged, merged_output, mask, options.atol, options.rtol)
     change = compare_output("merged vs base", base_output, merged_output, mask)
-    if not parity.within_tolerance or parity.nonfinite:
+    if parity.nonfinite:
+        raise ParityError(f"the merged model's outputs hold {parity.nonfinite} NaN or infinite values (the unmerged "
+                          f"PeftModel's: {int((~np.isfinite(unmerged)).sum())}): the adapters' weights, or --weight, "
+                          "overflow float32; nothing was written")
+    if not parity.within_tolerance:
         raise ParityError(f"the merged model differs from the unmerged PeftModel beyond atol {options.atol} + rtol "
                           f"{options.rtol}: max abs {parity.max_abs_err:.3g}, min cosine {parity.min_cosine:.6f}; "
                           "nothing was written")
@@ -287,6 +292,10 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
     if dtype != "fp32":
         cast_inputs = {k: v.to(merged.dtype) if v.is_floating_point() else v for k, v in inputs.items()}
         written = compare_output(f"written ({dtype}) vs unmerged", unmerged, _first_output(merged, cast_inputs), mask)
+        if written.nonfinite:
+            raise ParityError(f"as {dtype} the merged model's outputs hold {written.nonfinite} NaN or infinite values "
+                              f"(its weights or activations pass {dtype}'s range); write it as fp32"
+                              f"{' or bf16' if dtype == 'fp16' else ''}; nothing was written")
     record = {
         "stage": "merge",
         "parameters": {"base": str(base), "adapters": [a.summary() for a in adapters],

@@ -340,6 +340,8 @@ class CallableSource:
         self.task = "custom"
         self.module = load_callable(source)
         self.requested_outputs = list(output_names or [])
+        if len(set(self.requested_outputs)) != len(self.requested_outputs):
+            raise InvalidOptionError(f"--output-name names must differ (got {', '.join(self.requested_outputs)})")
         self._jobs: dict[str, ExportJob] = {}
 
     def variants(self, static_shapes: bool) -> list[str]:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import re
 import struct
 import sys
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..errors import InvalidOptionError, SourceError, UnsafeFileError
+from ..errors import EdgeportError, InvalidOptionError, SourceError, UnsafeFileError
 
 PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
@@ -92,7 +93,11 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
                 f"'{folder}' only has pickle weights ({', '.join(pickled)}); loading pickle can run "
                 "arbitrary code. Convert them to safetensors, or pass --allow-pickle if you trust the file"
             )
-        return [folder / p for p in pickled]
+        files = [folder / p for p in pickled]
+        for file in files:
+            if not file.name.endswith(".json"):
+                check_pickle(file, SourceError)
+        return files
     for file in files:
         check_safetensors(file)
     return files
@@ -137,6 +142,28 @@ def check_safetensors(path: Path) -> None:
         )
 
 
+def check_pickle(path: Path, error: type[EdgeportError] = SourceError) -> None:
+    """Read pickle weights (trusted: --allow-pickle) once with torch's weights-only loader, so
+    an empty, truncated or foreign file is named here instead of failing inside transformers or
+    peft (an empty one escaped as a bare EOFError)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    if path.stat().st_size == 0:
+        raise error(f"weights file '{path}' is empty; re-save or re-download it")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        # transformers loads with weights_only too: what fails here would fail there
+        raise error(f"'{path}' is not PyTorch weights (or holds more than tensors, which the weights-only loader "
+                    "refuses); re-save it with torch.save(state_dict) or as safetensors") from exc
+    except Exception as exc:   # torch raises anything from EOFError to OSError for a damaged file
+        reason = " ".join(str(exc).split())[:200].split(". ")[0] or type(exc).__name__
+        raise error(f"'{path}' cannot be read as PyTorch weights ({reason}); re-save or re-download it") from exc
+
+
 def safetensors_shapes(paths: list[Path]) -> dict[str, list[int]]:
     """Tensor name -> shape, from safetensors headers only (no weights read, no torch)."""
     shapes = {}
@@ -175,6 +202,7 @@ class InputSpec:
     dtype: str
 
 
+MAX_SAMPLE_ELEMENTS = 1 << 28        # 1 GiB of float32
 _DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int8", "uint8", "bool")
 
 
@@ -196,6 +224,11 @@ def parse_input_spec(text: str) -> InputSpec:
         raise InvalidOptionError(f"--input '{text}': every dimension must be a positive integer")
     if dtype not in _DTYPES:
         raise InvalidOptionError(f"--input '{text}': dtype '{dtype}' is not one of {', '.join(_DTYPES)}")
+    if math.prod(shape) > MAX_SAMPLE_ELEMENTS:
+        # export traces and validates with random samples of this shape; past this it is a typo
+        # (numpy failed with a traceback trying to allocate terabytes)
+        raise InvalidOptionError(f"--input '{text}' is {math.prod(shape):,} values per sample, more than export's "
+                                 f"{MAX_SAMPLE_ELEMENTS:,}; give the shape of one typical input")
     return InputSpec(name, shape, dtype)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..data import stdlib_sentences
-from ..errors import SourceError
+from ..errors import InvalidOptionError, SourceError
 from ..runtime.processing import TextProcessor
 from ..vocabulary import BATCH, SEQUENCE
 from .registry import FamilyNeeds
@@ -162,6 +162,11 @@ def text_setup(folder: Path, model, config, task: str, needs: FamilyNeeds, stati
             setup.notes.append(f"static shapes at {max_length} tokens, not {sequence_length}: the model takes no "
                                "more (its positions or tokenizer)")
         max_length = min(max_length, sequence_length)
+        specials = int(tokenizer.num_special_tokens_to_add())
+        if max_length <= specials:
+            # the tokenizer cannot truncate below its own special tokens: every route failed on lengths
+            raise InvalidOptionError(f"--sequence-length {sequence_length} leaves no room for text: this tokenizer "
+                                     f"adds {specials} special tokens to every text; give at least {specials + 1}")
     if task != "feature-extraction":
         processing.pop("pooling", None)
         processing.pop("normalize", None)

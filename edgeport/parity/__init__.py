@@ -3,7 +3,8 @@ every stage (export, merge, quantize, bench and verify all gate on it), above th
 
 from .compare import OutputParity, ParityReport, compare_output, compare_outputs, merge_reports
 from .measure import (ParityBudget, check_same_model, golden_check, measure, recorded_thresholds, reference_outputs,
-                      verify)
+                      thresholds_text, verify)
 
 __all__ = ["OutputParity", "ParityBudget", "ParityReport", "check_same_model", "compare_output", "compare_outputs",
-           "measure", "merge_reports", "golden_check", "recorded_thresholds", "reference_outputs", "verify"]
+           "measure", "merge_reports", "golden_check", "recorded_thresholds", "reference_outputs",
+           "thresholds_text", "verify"]

@@ -221,3 +221,11 @@ def _text_lines(data: str) -> list[str]:
     if not lines:
         raise InvalidOptionError(f"--data '{data}' holds no prompts")
     return lines
+
+
+def thresholds_text(thresholds: dict[str, float]) -> str:
+    """``min_cosine >= 0.98, max_abs_error <= 0.01``: how verify prints the limits it checked."""
+    # Limits from above: errors, tolerances, and every max_* (token disagreement, perplexity increase).
+    def sign(name: str) -> str:
+        return "<=" if name.startswith("max_") or name in ("atol", "rtol") else ">="
+    return ", ".join(f"{name} {sign(name)} {value:.10g}" for name, value in thresholds.items()) or "none"

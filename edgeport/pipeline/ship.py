@@ -346,17 +346,29 @@ def _speed_and_size(result: ShipResult, recipe: Recipe, bench_json: Path | None)
     report = json.loads(bench_json.read_text()) if bench_json and bench_json.is_file() else {}
     rows = report.get("results", [])
     result.bench_warnings = list(report.get("warnings", []))
-    single = {r["variant"]: r["latency"]["p50_ms"] for r in rows if r["scenario"] in ("single-stream", "generation")}
+    single = {r["variant"]: r for r in rows if r["scenario"] in ("single-stream", "generation")}
     # The PyTorch row by its kind: a variant may be named "torch-int8" and a recipe may have no baseline.
     torch_rows = {v.get("name") for v in report.get("variants", []) if v.get("kind") == "torch"}
-    torch_ms = next((ms for name, ms in single.items() if name in torch_rows), None)
+    torch_row = next((row for name, row in single.items() if name in torch_rows), None)
     for variant in result.variants:
-        name = Path(variant.artifact).name if variant.artifact else None
-        variant.p50_ms = single.get(name)
-        if torch_ms and variant.p50_ms:
-            variant.speedup_vs_pytorch = torch_ms / variant.p50_ms
+        row = single.get(Path(variant.artifact).name if variant.artifact else None)
+        variant.p50_ms = row["latency"]["p50_ms"] if row else None
+        if torch_row and row:
+            variant.speedup_vs_pytorch = _speedup(row, torch_row)
         if source_bytes and variant.size_bytes:
             variant.size_vs_pytorch = variant.size_bytes / source_bytes
+
+
+def _speedup(row: dict, baseline: dict) -> float | None:
+    """``row``'s speed-up over ``baseline`` from the bench's own paired figures, both against the
+    same variant: on a busy machine the bench measures them from on-CPU time, where a ratio of
+    wall-clock p50s printed PyTorch 110x slower (its OpenMP threads waited out the other load)."""
+    mine, theirs = row.get("speedup") or {}, baseline.get("speedup") or {}
+    if mine.get("value") and theirs.get("value") and mine.get("vs") == theirs.get("vs"):
+        return mine["value"] / theirs["value"]
+    if row["latency"].get("p50_ms") and baseline["latency"].get("p50_ms"):
+        return baseline["latency"]["p50_ms"] / row["latency"]["p50_ms"]
+    return None
 
 
 def ship(recipe: Recipe, force: bool = False, dry_run: bool = False,

@@ -24,8 +24,10 @@ def format_summary(result: ShipResult) -> str:
                      f"{(_figure(v.speedup_vs_pytorch, '.2f') + 'x') if v.speedup_vs_pytorch else '-':>10}  "
                      f"{v.bundle or '-'}")
         for platform, report in v.platforms.items():
+            guest = report.get("guest", {})          # what the emulated machine said it ran
             lines.append(f"{'':<14} verified on {platform}: {'passed' if report.get('passed') else 'FAILED'} "
-                         f"({report.get('machine', '?')}, onnxruntime {report.get('onnxruntime', '?')})")
+                         f"({report.get('cpu', '?')}, {guest.get('machine', '?')}, onnxruntime "
+                         f"{guest.get('onnxruntime', '?')})")
     lines.append("")
     lines.extend(f"WARNING: {warning}" for warning in result.bench_warnings)
     if result.bench_html:

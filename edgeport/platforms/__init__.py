@@ -52,6 +52,8 @@ class PlatformReport:
                 "seconds": self.seconds, "checked": self.checked, "note": SPEED_NOTE}
 
     def summary(self) -> str:
+        from ..parity import thresholds_text
+
         guest = self.guest
         lines = [f"{self.bundle} on {self.platform} ({self.cpu}, emulated by qemu)",
                  f"guest      machine {guest.get('machine', '?')}, Python {guest.get('python', '?')}, onnxruntime "
@@ -60,7 +62,7 @@ class PlatformReport:
             lines.append(f"golden     {name}: {_figures(figures)}")
         if self.golden.get("sentence_embedding"):
             lines.append(f"golden     sentence embedding: {_figures(self.golden['sentence_embedding'])}")
-        lines.append(f"thresholds {self.golden.get('thresholds', {})}")
+        lines.append(f"thresholds {thresholds_text(self.golden.get('thresholds', {}))}")
         for name, figures in self.vs_host.items():
             lines.append(f"vs host    {name}: {_figures(figures)}")
         lines.append(f"note       {SPEED_NOTE} ({self.seconds:.0f} s)")

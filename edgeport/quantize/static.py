@@ -22,6 +22,8 @@ all-MiniLM-L6-v2; a tiny random BERT shows none of this):
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +89,6 @@ class StaticInt8(RankedByLocalError, EncoderRecipe):
         return save_prepared(job, model)
 
     def build(self, job: EncoderJob, prepared: Path, dest: Path, exclude: list[str]) -> None:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
         method = job.options.calibration_method
         examples = job.calibration if method == "minmax" else uniform_batches(job.calibration)
         model = graph.load(prepared)
@@ -97,6 +97,24 @@ class StaticInt8(RankedByLocalError, EncoderRecipe):
         if any(node.op_type == "Conv" for node in model.graph.node):
             op_types += CONV_PASS_THROUGH_OPS
             nodes += [n.name for n in model.graph.node if n.op_type in CONV_PASS_THROUGH_OPS]
+        # its calibrators print() progress ("Collecting tensor data and making histogram ..."), which
+        # landed in stdout, the command's --json result; edgeport reports the calibration itself
+        with contextlib.redirect_stdout(io.StringIO()):
+            self._quantize_static(prepared, dest, examples, job, method, nodes, op_types)
+        if job.target.name != "gpu":
+            # ONNX Runtime's CPU SkipLayerNormalization is slower than the Add and LayerNorm it
+            # replaces (outliers.py); TensorRT fuses the plain Add itself.
+            from .outliers import residual_sums
+
+            quantized = graph.load(dest)
+            if residual_sums(quantized):
+                graph.save(quantized, dest)
+
+    @staticmethod
+    def _quantize_static(prepared: Path, dest: Path, examples, job: EncoderJob, method: str, nodes: list[str],
+                         op_types: list[str]) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
         quantize_static(
             str(prepared), str(dest), examples.reader(job.calibration_progress),
             quant_format=QuantFormat.QDQ if job.target.static_format == "QDQ" else QuantFormat.QOperator,
@@ -112,14 +130,6 @@ class StaticInt8(RankedByLocalError, EncoderRecipe):
                            "CalibMovingAverage": method == "minmax",
                            "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)},
         )
-        if job.target.name != "gpu":
-            # ONNX Runtime's CPU SkipLayerNormalization is slower than the Add and LayerNorm it
-            # replaces (outliers.py); TensorRT fuses the plain Add itself.
-            from .outliers import residual_sums
-
-            quantized = graph.load(dest)
-            if residual_sums(quantized):
-                graph.save(quantized, dest)
 
     def fallback_limit(self, candidates: int, max_kept: int | None) -> int | None:
         # The candidates are every quantized node: keeping all of them leaves nothing in INT8.

@@ -234,6 +234,7 @@ class Model:
         if len(pixels) == 0:
             return self._empty_result()
         name = self.inputs[0].name
+        pixels = pixels.astype(self.inputs[0].dtype, copy=False)       # a float16 image model takes float16
         batch_size = self._batch_size(batch_size)
         results: list[Any] = []
         classify = self.task in ("image-classification", "custom")

@@ -177,6 +177,8 @@ class ImageProcessor:
         if not np.isfinite(pixels).all():
             raise ModelInputError("images hold NaN or infinite values")
         nchw = pixels if layout == "NCHW" else pixels.transpose(0, 3, 1, 2)
+        if nchw.shape[1] == 3 and self.channels != 3 and (nchw == nchw[:, :1]).all():
+            nchw = nchw[:, :1]          # greyscale read as RGB (image files are): one channel, repeated below
         if nchw.shape[1] not in (1, self.channels):
             raise ModelInputError(f"images have {nchw.shape[1]} channels in {layout} layout; the model takes "
                                   f"{self.channels} (or 1, which is repeated)")

@@ -98,12 +98,28 @@ def test_labels_that_do_not_match_the_data_are_refused(keras_cnn, cli, tmp_path)
     assert_fails(result, 2, "--labels", "--data")
 
 
-def test_custom_layers_without_their_code_and_open_input_sizes_are_refused(cli, tmp_path):
+def test_custom_layers_and_open_input_sizes_are_refused_and_odd_pixels_export(cli, tmp_path):
     keras_models.build("custom", tmp_path)
     result = cli("export", "onnx", tmp_path / "custom.keras", "-o", tmp_path / "out")
     assert_fails(result, 3, "only_here>Doubling", "register_keras_serializable", absent=tmp_path / "out")
     result = cli("export", "onnx", tmp_path / "open_size.keras", "-o", tmp_path / "out")
     assert_fails(result, 3, "(None, None, None, 3)", "fixed input size", absent=tmp_path / "out")
+
+    # Off the RGB float32 path, and valid: float16 pixels (the check images were float32 and
+    # refused), five bands (the manifest took at most four, after the folder was in place).
+    from PIL import Image
+
+    (tmp_path / "grey").mkdir()
+    Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype(np.uint8)).save(tmp_path / "grey" / "a.png")
+    for name, dtype in (("float16", "float16"), ("bands", "float32")):
+        result = cli("export", "onnx", tmp_path / f"{name}.keras", "-o", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        artifact = Artifact.load(tmp_path / name)
+        assert artifact.manifest.inputs[0].dtype.name == dtype
+        result = cli("run", tmp_path / name, "--input", tmp_path / "grey")     # greyscale fills every band
+        assert result.exit_code == 0, result.output
+        assert len(json.loads(result.output)["predictions"][0]["probabilities"]) == 3
+    assert Artifact.load(tmp_path / "bands").manifest.processing["image"]["channels"] == 5
 
 
 def test_savedmodel_folders_and_damaged_files_are_refused(cli, tmp_path, keras_cnn):

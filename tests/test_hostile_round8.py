@@ -1,0 +1,188 @@
+"""The eighth hostile pass: what a deployment engineer types wrong into merge, export, bench,
+inspect and run, and what a new user following the README meets."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapters import train_adapter
+from edgeport.errors import AdapterError, InvalidOptionError, ModelInputError, ParityError, SourceError
+from helpers import assert_fails
+
+
+@pytest.mark.parametrize("option, value", [("--max-new-tokens", "0"), ("--top-k", "0"), ("--top-p", "1.5"),
+                                           ("--temperature", "0")])
+def test_run_names_a_bad_generation_option_as_the_user_wrote_it(cli, onnx_artifacts, option, value):
+    """It named the Python argument (top_k, max_new_tokens) of the sampler that refused it."""
+    result = cli("run", onnx_artifacts["encoder"].path, "--prompt", "Return the", option, value)
+    assert_fails(result, InvalidOptionError.exit_code, f"Invalid value for '{option}'")
+
+
+# ------------------------------------------------------------------------ writes: nothing a reader would refuse
+
+def test_a_stage_never_commits_a_manifest_its_readers_refuse(cli, onnx_artifacts, tmp_path, monkeypatch):
+    """A valid five-band model got a manifest the schema refused, after its folder was in place
+    (with --force, over a good artifact)."""
+    from edgeport.artifact import Artifact
+    from edgeport.errors import ArtifactError
+    from edgeport.manifest import Manifest
+
+    out = tmp_path / "int8"
+    assert cli("quantize", onnx_artifacts["classifier"].path, "-o", out, "--mode", "int8-dynamic").exit_code == 0
+    before = (out / "edgeport.json").read_text()
+    written = Manifest.to_dict
+    monkeypatch.setattr(Manifest, "to_dict", lambda self: {**written(self), "task": 7})
+    result = cli("quantize", onnx_artifacts["classifier"].path, "-o", out, "--mode", "int8-dynamic", "--force")
+    assert_fails(result, ArtifactError.exit_code, "edgeport made an invalid manifest", "nothing was written")
+    monkeypatch.undo()
+    assert (out / "edgeport.json").read_text() == before
+    Artifact.load(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"]          # no staging folder left
+
+
+def test_greyscale_files_fill_a_model_of_any_channel_count():
+    from edgeport.runtime.processing import ImageProcessor
+
+    grey = np.random.default_rng(0).random((2, 8, 8)).astype(np.float32)
+    as_read = np.repeat(grey[:, None], 3, axis=1)                           # image files are read as RGB
+    for channels in (1, 5):
+        pixels = ImageProcessor((8, 8), channels, [0.0] * channels, [1.0] * channels)(as_read, layout="NCHW")
+        assert pixels.shape == (2, channels, 8, 8)
+        np.testing.assert_allclose(pixels, np.repeat(grey[:, None], channels, axis=1), atol=1e-6)
+    with pytest.raises(ModelInputError, match="3 channels"):                 # colour stays colour
+        ImageProcessor((8, 8), 5, [0.0] * 5, [1.0] * 5)(np.random.default_rng(1).random((1, 3, 8, 8)), "NCHW")
+
+
+# ------------------------------------------------------------------------ merge and export sources
+
+@pytest.fixture()
+def tiny_bert(tiny_models, tmp_path):
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_models("bert", "feature-extraction"), folder)
+    return folder
+
+
+def _damaged_pickles(folder: Path, name: str, whole: bytes):
+    """Pickle weights as a crash, a bad download and a stranger leave them."""
+    yield "empty", b"", "is empty"
+    yield "truncated", whole[:len(whole) // 2], "cannot be read as PyTorch weights"
+    yield "foreign", b"not a checkpoint at all", "is not PyTorch weights"
+
+
+def test_damaged_pickle_weights_are_named_not_a_traceback(cli, tiny_bert, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    buffer = io.BytesIO()
+    torch.save(load_file(tiny_bert / "model.safetensors"), buffer)
+    (tiny_bert / "model.safetensors").unlink()
+    for kind, content, phrase in _damaged_pickles(tiny_bert, "pytorch_model.bin", buffer.getvalue()):
+        (tiny_bert / "pytorch_model.bin").write_bytes(content)
+        result = cli("export", "onnx", tiny_bert, "-o", tmp_path / "out", "--allow-pickle")
+        assert_fails(result, SourceError.exit_code, "pytorch_model.bin", phrase, absent=tmp_path / "out")
+    (tiny_bert / "pytorch_model.bin").write_bytes(buffer.getvalue())
+    result = cli("export", "onnx", tiny_bert, "-o", tmp_path / "out", "--allow-pickle")
+    assert result.exit_code == 0, result.output                              # the whole file still exports
+
+
+def test_damaged_pickle_adapters_are_named_not_aborted(cli, tiny_models, tmp_path):
+    base = tiny_models("bert", "feature-extraction")
+    adapter = train_adapter(base, tmp_path / "lora")
+    from safetensors.torch import load_file
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(load_file(adapter / "adapter_model.safetensors"), buffer)
+    (adapter / "adapter_model.safetensors").unlink()
+    for kind, content, phrase in _damaged_pickles(adapter, "adapter_model.bin", buffer.getvalue()):
+        (adapter / "adapter_model.bin").write_bytes(content)
+        result = cli("merge", base, "--adapter", adapter, "-o", tmp_path / "merged", "--allow-pickle")
+        assert_fails(result, AdapterError.exit_code, "adapter_model.bin", phrase, absent=tmp_path / "merged")
+
+
+def test_a_merge_that_overflows_fp16_is_refused_not_written(cli, tiny_models, tmp_path):
+    """It wrote 1082 infinite weights and exited 0, the record saying 'max abs inf'."""
+    from safetensors.torch import load_file, save_file
+
+    base = tiny_models("bert", "feature-extraction")
+    adapter = train_adapter(base, tmp_path / "lora")
+    weights = load_file(adapter / "adapter_model.safetensors")
+    save_file({k: v * 1e10 if "lora_B" in k else v for k, v in weights.items()}, adapter / "adapter_model.safetensors")
+    result = cli("merge", base, "--adapter", adapter, "-o", tmp_path / "fp16", "--dtype", "fp16")
+    assert_fails(result, ParityError.exit_code, "as fp16", "NaN or infinite", "write it as fp32 or bf16",
+                 absent=tmp_path / "fp16")
+    assert cli("merge", base, "--adapter", adapter, "-o", tmp_path / "fp32").exit_code == 0    # finite in fp32
+
+
+def test_export_shape_options_mean_what_they_say(cli, tiny_bert, tmp_path):
+    import onnx
+
+    assert_fails(cli("export", "onnx", "factories.cnn:cifar_cnn", "-o", tmp_path / "o", "--input",
+                     "images:99999999999x99999999999:float32"), InvalidOptionError.exit_code, "values per sample")
+    assert_fails(cli("export", "onnx", "factories.cnn:two_heads", "-o", tmp_path / "o", "--input", "x:1x8:float32",
+                     "--output-name", "a", "--output-name", "a"), InvalidOptionError.exit_code,
+                 "--output-name names must differ")
+    assert_fails(cli("export", "onnx", tiny_bert, "-o", tmp_path / "o", "--static-shapes", "--exporter", "dynamo"),
+                 InvalidOptionError.exit_code, "--exporter dynamo is never tried")
+    assert_fails(cli("export", "onnx", tiny_bert, "-o", tmp_path / "o", "--static-shapes", "--sequence-length", "2"),
+                 InvalidOptionError.exit_code, "adds 2 special tokens", "at least 3", absent=tmp_path / "o")
+    # --exporter static is the static route: it takes --sequence-length, and the lineage says static
+    result = cli("export", "onnx", tiny_bert, "-o", tmp_path / "s", "--exporter", "static", "--sequence-length", "16")
+    assert result.exit_code == 0, result.output
+    graph = onnx.load(tmp_path / "s" / "model.onnx")
+    assert [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim] == [1, 16]
+    from edgeport.artifact import Artifact
+
+    assert Artifact.load(tmp_path / "s").manifest.export_parameters()["static_shapes"] is True
+
+
+# ------------------------------------------------------------------------ what commands print
+
+def test_static_calibration_keeps_stdout_for_the_json(cli, onnx_artifacts, tmp_path):
+    """ONNX Runtime's calibrators print() progress, which came before the JSON on stdout."""
+    from edgeport.data import stdlib_sentences
+
+    (tmp_path / "calib.txt").write_text("\n".join(stdlib_sentences(40, split="calib")) + "\n")
+    result = cli("quantize", onnx_artifacts["encoder"].path, "-o", tmp_path / "q", "--mode", "int8-static",
+                 "--calibration-method", "percentile", "--calib", tmp_path / "calib.txt", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["precision"]["mode"] == "int8-static"
+
+
+def test_ship_summary_names_the_emulated_machine_and_takes_the_bench_s_paired_speed_ups():
+    from edgeport.pipeline.ship import ShipResult, VariantResult, _speedup
+    from edgeport.pipeline.summary import format_summary
+
+    platforms = {"linux/arm64": {"passed": True, "cpu": "cortex-a72", "guest": {"machine": "aarch64",
+                                                                                "onnxruntime": "1.23.2"}}}
+    variant = VariantResult("int8", "int8-dynamic", passed=True, platforms=platforms)
+    line = format_summary(ShipResult("r.yaml", "out", [variant])).splitlines()[3]
+    assert line.strip() == "verified on linux/arm64: passed (cortex-a72, aarch64, onnxruntime 1.23.2)"
+
+    # a busy machine: PyTorch's wall-clock p50 was 60x its on-CPU time; the bench's speed-ups are on-CPU
+    row = {"latency": {"p50_ms": 1.5}, "speedup": {"value": 2.0, "vs": "fp32"}}
+    torch = {"latency": {"p50_ms": 426.0}, "speedup": {"value": 0.5, "vs": "fp32"}}
+    assert _speedup(row, torch) == pytest.approx(4.0)
+    assert _speedup({"latency": {"p50_ms": 2.0}}, {"latency": {"p50_ms": 8.0}}) == pytest.approx(4.0)
+
+
+def test_compare_prints_an_unchanged_parity_as_no_change():
+    from edgeport.bench.compare import _parity_change
+
+    assert _parity_change(3e-7) == "+0.00000"
+    assert _parity_change(-3e-7) == "+0.00000"
+    assert _parity_change(0.002) == "-0.00200"
+
+
+def test_verify_on_a_platform_prints_thresholds_as_verify_does():
+    from edgeport.platforms import PlatformReport
+
+    report = PlatformReport("linux/arm64", "cortex-a72", "m.tar.gz",
+                            golden={"thresholds": {"min_cosine": 0.95, "max_abs_error": 0.01}})
+    assert "thresholds min_cosine >= 0.95, max_abs_error <= 0.01" in report.summary()
