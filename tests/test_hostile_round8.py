@@ -106,7 +106,7 @@ def test_damaged_pickle_adapters_are_named_not_aborted(cli, tiny_models, tmp_pat
         assert_fails(result, AdapterError.exit_code, "adapter_model.bin", phrase, absent=tmp_path / "merged")
 
 
-def test_a_merge_that_overflows_fp16_is_refused_not_written(cli, tiny_models, tmp_path):
+def test_a_merge_that_overflows_fp16_is_refused_not_written(cli, tiny_models, tmp_path, monkeypatch):
     """It wrote 1082 infinite weights and exited 0, the record saying 'max abs inf'."""
     from safetensors.torch import load_file, save_file
 
@@ -117,7 +117,11 @@ def test_a_merge_that_overflows_fp16_is_refused_not_written(cli, tiny_models, tm
     result = cli("merge", base, "--adapter", adapter, "-o", tmp_path / "fp16", "--dtype", "fp16")
     assert_fails(result, ParityError.exit_code, "as fp16", "NaN or infinite", "write it as fp32 or bf16",
                  absent=tmp_path / "fp16")
-    assert cli("merge", base, "--adapter", adapter, "-o", tmp_path / "fp32").exit_code == 0    # finite in fp32
+    monkeypatch.chdir(tmp_path)
+    assert cli("merge", base, "--adapter", "lora", "-o", "fp32").exit_code == 0    # finite in fp32
+    # the record outlives the working folder: it names the adapter wherever it was run from
+    record = json.loads((tmp_path / "fp32" / "edgeport-merge.json").read_text())
+    assert record["parameters"]["adapters"][0]["path"] == str(adapter.resolve())
 
 
 def test_export_shape_options_mean_what_they_say(cli, tiny_bert, tmp_path):

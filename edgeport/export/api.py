@@ -9,7 +9,7 @@ from ..artifact import Artifact
 from ..errors import InvalidOptionError
 from ..outputs import ARTIFACT, check_output
 from .onnx import ExportOptions, export_onnx
-from .source import is_callable_source
+from .source import is_callable_source, is_keras_file
 
 
 def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
@@ -20,9 +20,9 @@ def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, opti
         if weights:
             raise InvalidOptionError("--weight weighs the --adapter folders merged first; give --adapter too")
         return exporter(source, out, options, progress=progress)
-    if str(source).endswith((".keras", ".h5")):
-        raise InvalidOptionError("--adapter merges peft adapters into a Hugging Face model folder; a Keras file "
-                                 "takes none")
+    if is_keras_file(source) or is_callable_source(str(source)):
+        raise InvalidOptionError("--adapter merges peft adapters into a Hugging Face model folder; a "
+                                 f"{'Keras file' if is_keras_file(source) else 'module:callable source'} takes none")
     from .lora import MergeOptions, merge
 
     inputs = () if is_callable_source(str(source)) else (source, *adapters)

@@ -108,7 +108,7 @@ def _export(source: str, out, options: ExecuTorchOptions, progress, extra_inputs
     say = progress or (lambda message: None)
     options.check()
     source_text = str(source)
-    if source_text.endswith(".keras"):
+    if source_text.lower().endswith(".keras"):
         from .executorch_keras import export_keras_executorch
 
         return export_keras_executorch(Path(source_text), out, options, say)

@@ -76,19 +76,32 @@ def main(source: str, work: str, target: str = "onnx", settings: str = "{}") -> 
     except ImportError as exc:
         _fail(f"missing: {exc}; install with: pip install 'edgeport[keras]'")
     work_dir = Path(work)
+    readable = source
+    suffix = Path(source).suffix
+    if suffix.lower() != suffix:           # Keras knows a file by its lower-case suffix only
+        readable = str(work_dir / f"source{suffix.lower()}")
+        os.symlink(Path(source).absolute(), readable)
     try:
-        model = keras.saving.load_model(source, compile=False)
+        model = keras.saving.load_model(readable, compile=False)
     except (TypeError, ValueError, KeyError, AttributeError, ImportError) as exc:
         missing = _unregistered_objects(source, keras)
         if missing:
             _fail(f"Keras cannot load '{source}': it uses custom objects whose code is not here: "
                   f"{', '.join(missing)}. Export from a script that imports that code (decorated with "
                   "keras.saving.register_keras_serializable), or save the model without custom layers")
-        _fail(f"Keras cannot load '{source}': {type(exc).__name__}: {str(exc)[:300]}")
+        reason = str(exc)
+        if "Lambda" in reason and "safe_mode" in reason:
+            _fail(f"'{source}' holds a Lambda layer, whose Python code Keras runs on load: edgeport loads models in "
+                  "Keras' safe mode and refuses it; rewrite the Lambda as a custom layer "
+                  "(keras.saving.register_keras_serializable) and export from a script that imports it")
+        _fail(f"Keras cannot load '{source}': {type(exc).__name__}: {reason[:300]}")
     except (OSError, EOFError) as exc:
         _fail(f"'{source}' is damaged or not a Keras 3 file: {exc}")
     except Exception as exc:  # zipfile.BadZipFile and h5py errors of a corrupted archive
         _fail(f"'{source}' is damaged or not a Keras 3 file: {type(exc).__name__}: {exc}")
+    if not hasattr(model, "inputs"):        # a Sequential saved before any call or keras.Input
+        _fail(f"'{source}' was saved before it was built, so its input shape is unknown; start it with "
+              "keras.Input(shape=...) (or call model.build(shape)) and save it again")
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         _fail(f"'{source}' has {len(model.inputs)} inputs and {len(model.outputs)} outputs; export takes Keras "
               "models with one of each (export others as module:callable from their torch backend)")

@@ -61,7 +61,7 @@ class AdapterInfo:
         info = {k: self.config[k] for k in keys if k in self.config}
         if isinstance(info.get("target_modules"), list):
             info["target_modules"] = sorted(info["target_modules"])
-        return {"path": str(self.path), "sha256": sha256_file(self.weights_file), **info}
+        return {"path": str(self.path.resolve()), "sha256": sha256_file(self.weights_file), **info}
 
 
 def read_adapter(path: str | os.PathLike, allow_pickle: bool) -> AdapterInfo:
@@ -298,7 +298,7 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
                               f"{' or bf16' if dtype == 'fp16' else ''}; nothing was written")
     record = {
         "stage": "merge",
-        "parameters": {"base": str(base), "adapters": [a.summary() for a in adapters],
+        "parameters": {"base": str(base.resolve()), "adapters": [a.summary() for a in adapters],
                        "weights": options.weights or None, "combination": options.combination if len(adapters) > 1 else None,
                        "dtype": dtype, "atol": options.atol, "rtol": options.rtol},
         "tools": tool_versions("torch", "transformers", "peft"),

@@ -40,7 +40,7 @@ from ..vocabulary import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL, DEFAULT_SEQU
 from .prepare import CallableSource, ExportJob, HfSource, run_module
 from .quiet import quiet_torch_onnx
 from .registry import check_task, detect_task
-from .source import is_callable_source, parse_input_spec, read_config, recorded_source
+from .source import is_callable_source, is_keras_file, parse_input_spec, read_config, recorded_source
 
 ROUTES = ("torchscript", "dynamo", "static")
 
@@ -96,7 +96,7 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: Expo
     options = options or ExportOptions()
     options.check()
     source_text = str(source)
-    if source_text.endswith((".keras", ".h5")) or (Path(source_text) / "saved_model.pb").is_file():
+    if is_keras_file(source_text) or (Path(source_text) / "saved_model.pb").is_file():
         from .keras import export_keras
 
         _refuse_builder_precision(options)

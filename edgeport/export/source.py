@@ -26,6 +26,11 @@ def is_callable_source(source: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", source)) and not Path(source).exists()
 
 
+def is_keras_file(source) -> bool:
+    """A Keras file by its name, in any case (CNN.KERAS was taken for a model folder)."""
+    return str(source).lower().endswith((".keras", ".h5"))
+
+
 def recorded_source(source) -> str:
     """How the export lineage names its source: a module:callable as given, a folder as an
     absolute path (so that ``bench --baseline torch`` finds it from any working directory)."""
@@ -36,7 +41,8 @@ def read_config(folder: Path) -> dict:
     if not folder.exists():
         raise SourceError(f"model folder '{folder}' does not exist")
     if not folder.is_dir():
-        raise SourceError(f"'{folder}' is a file; SOURCE must be a Hugging Face model folder or module:callable")
+        raise SourceError(f"'{folder}' is a file; give a Hugging Face model folder (export also takes a .keras file "
+                          "or module:callable)")
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise SourceError(

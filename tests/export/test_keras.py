@@ -5,6 +5,7 @@ accuracy; and Keras files that cannot be exported."""
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 
 import numpy as np
@@ -120,6 +121,12 @@ def test_custom_layers_and_open_input_sizes_are_refused_and_odd_pixels_export(cl
         assert result.exit_code == 0, result.output
         assert len(json.loads(result.output)["predictions"][0]["probabilities"]) == 3
     assert Artifact.load(tmp_path / "bands").manifest.processing["image"]["channels"] == 5
+    shutil.copyfile(tmp_path / "float16.keras", tmp_path / "SHOUTED.KERAS")        # Keras reads lower case only
+    assert cli("export", "onnx", tmp_path / "SHOUTED.KERAS", "-o", tmp_path / "shouted").exit_code == 0
+    result = cli("export", "onnx", tmp_path / "unbuilt.keras", "-o", tmp_path / "out")
+    assert_fails(result, 3, "saved before it was built", "keras.Input", absent=tmp_path / "out")
+    result = cli("export", "onnx", tmp_path / "lambda.keras", "-o", tmp_path / "out")
+    assert_fails(result, 3, "holds a Lambda layer", "register_keras_serializable", absent=tmp_path / "out")
 
 
 def test_savedmodel_folders_and_damaged_files_are_refused(cli, tmp_path, keras_cnn):
