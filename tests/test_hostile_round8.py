@@ -190,3 +190,69 @@ def test_verify_on_a_platform_prints_thresholds_as_verify_does():
     report = PlatformReport("linux/arm64", "cortex-a72", "m.tar.gz",
                             golden={"thresholds": {"min_cosine": 0.95, "max_abs_error": 0.01}})
     assert "thresholds min_cosine >= 0.95, max_abs_error <= 0.01" in report.summary()
+
+
+# ------------------------------------------------------------------------ bench, compare, serve --engine ray
+
+def test_a_bench_report_never_replaces_its_own_data_or_labels(cli, onnx_artifacts, tmp_path):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("one sentence\nanother sentence\n")
+    result = cli("bench", "run", onnx_artifacts["encoder"].path, "--data", texts, "--json", texts, "--force")
+    assert_fails(result, InvalidOptionError.exit_code, "is the input", "texts.txt")
+    assert texts.read_text() == "one sentence\nanother sentence\n"
+
+
+def test_a_utf8_bom_is_not_part_of_the_first_example_or_label(tmp_path):
+    from edgeport.data.readers import _read_jsonl, _read_text
+
+    (tmp_path / "a.jsonl").write_bytes('\ufeff{"text": "first"}\n{"text": "second"}\n'.encode())
+    (tmp_path / "a.txt").write_bytes("\ufefffirst\nsecond\n".encode())
+    assert _read_jsonl(tmp_path / "a.jsonl", ModelInputError) == ("text", ["first", "second"])
+    assert _read_text(tmp_path / "a.txt", ModelInputError) == ["first", "second"]
+
+
+def test_bench_names_a_variant_given_as_dot_by_its_folder(cli, onnx_artifacts, tmp_path, monkeypatch):
+    monkeypatch.chdir(onnx_artifacts["classifier"].path)
+    result = cli("bench", "run", ".", "--rounds", "1", "--no-memory", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [v["name"] for v in report["variants"]] == [onnx_artifacts["classifier"].path.name]
+
+
+def test_a_search_that_finds_no_rate_fails_the_run(cli, onnx_artifacts, tmp_path):
+    from edgeport.errors import RegressionError
+
+    result = cli("bench", "run", onnx_artifacts["classifier"].path, "--scenario", "server", "--find-max-qps",
+                 "--p99-bound-ms", "0.0001", "--queries", "2", "--rounds", "1", "--no-memory",
+                 "--json", tmp_path / "r.json")
+    assert_fails(result, RegressionError.exit_code, "no request rate held the p99 latency bound of 0.0001 ms")
+    assert json.loads((tmp_path / "r.json").read_text())["results"]                  # the report is kept
+
+
+def test_compare_notes_reports_of_different_data(tmp_path):
+    from edgeport.bench.compare import footing_notes
+
+    notes = footing_notes({"data": "128 standard-library docstring sentences"}, {"data": "short.txt (text)"})
+    assert any("different data" in note for note in notes)
+    assert not footing_notes({"data": "same"}, {"data": "same"})
+
+
+def test_ray_refuses_port_zero_before_starting_a_cluster(cli, onnx_artifacts):
+    pytest.importorskip("ray")
+    result = cli("serve", onnx_artifacts["classifier"].path, "--engine", "ray", "--port", "0")
+    assert_fails(result, InvalidOptionError.exit_code, "--port 0", "give the port")
+
+
+def test_sweep_takes_the_lengths_a_short_tokenizer_makes_when_none_were_given(cli, onnx_artifacts, tmp_path):
+    """The default lengths (up to 256) were refused as if the user had written them."""
+    artifact = onnx_artifacts["encoder"]
+    longest = artifact.manifest.processing["max_length"]
+    assert longest < 256
+    result = cli("bench", "run", artifact.path, "--scenario", "sweep", "--batch-sizes", "1", "--rounds", "1",
+                 "--no-memory", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    lengths = sorted({row["params"]["sequence"] for row in rows if row["scenario"] == "sweep"})
+    assert lengths[-1] == longest and all(n <= longest for n in lengths)
+    written = cli("bench", "run", artifact.path, "--scenario", "sweep", "--sequence-lengths", "256")
+    assert_fails(written, InvalidOptionError.exit_code, "give --sequence-lengths within")

@@ -155,7 +155,7 @@ def _parity_figures(old: dict, new: dict) -> list[tuple[str, str, float, float]]
 
 def footing_notes(old: dict, new: dict) -> list[str]:
     """What differs between the two reports' footings that moves latencies by itself: the
-    CPU, the threads, spinning, how long a sleeping thread takes to wake."""
+    CPU, the threads, spinning, how long a sleeping thread takes to wake, the data."""
     notes = []
     old_machine, new_machine = old.get("machine") or {}, new.get("machine") or {}
     if old_machine.get("cpu") != new_machine.get("cpu"):
@@ -167,6 +167,9 @@ def footing_notes(old: dict, new: dict) -> list[str]:
         a, b = (str(settings[key]).split(":")[0] for settings in (old_settings, new_settings))
         if a != b:
             notes.append(f"different {key}: {a} in the old report, {b} in the new")
+    if old.get("data") and new.get("data") and old["data"] != new["data"]:
+        notes.append(f"the reports measured different data ('{old['data']}' / '{new['data']}'): latencies follow "
+                     "the inputs' lengths")
     wake = wake_footing_differs(old_machine.get("thread_wakeup"), new_machine.get("thread_wakeup"))
     return notes + ([wake] if wake else [])
 

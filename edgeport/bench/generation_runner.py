@@ -11,7 +11,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..data import generation_prompts, stdlib_sentences
-from ..errors import InvalidOptionError, ModelInputError
+from ..errors import InvalidOptionError
 from ..manifest import now_iso
 from ..parity.generation import fit_to_context, measure_generation
 from ..runtime import load
@@ -32,9 +32,11 @@ def prompts_within(model, prompts: list[str]) -> list[list[int]]:
 
 def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Callable[[str], None], meter
                          ) -> BenchReport:
-    from .runner import unique_name
+    from .runner import folder_name, unique_name
 
-    unsupported = [s for s in options.scenarios if s not in ("generation", "single-stream")]
+    # single-stream is the default scenario, which means generation here; written out, it is refused
+    single = "single-stream" if "--scenario" not in options.given else None
+    unsupported = [s for s in options.scenarios if s not in ("generation", single)]
     if unsupported:
         raise InvalidOptionError(f"scenario {', '.join(unsupported)} does not apply to causal LMs; they are measured "
                                  "with the generation scenario (time to first token, tokens per second)")
@@ -43,15 +45,15 @@ def run_generation_bench(artifacts: list[Artifact], options, extra, progress: Ca
     for artifact in artifacts:
         start = time.perf_counter()
         model = load(artifact.path, device="cpu", threads=threads, spinning=options.spinning, check_files=False)
-        name = unique_name(artifact.path.name, models)
+        name = unique_name(folder_name(artifact.path), models)
         info = {"name": name, "path": str(artifact.path), "kind": format_of(artifact).kind,
                 "manifest_sha256": artifact.manifest_sha256,
                 "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
                 "provider": model.provider, "session_create_ms": round((time.perf_counter() - start) * 1000, 1)}
         room = model.context_length - max(map(len, prompts_within(model, generation_prompts(PROMPTS))))
         if options.max_new_tokens > room:                # before any measuring: the requests must fit
-            raise ModelInputError(f"{name}: its context of {model.context_length} tokens leaves room for {room} new "
-                                  f"tokens after the bench's prompts; give --max-new-tokens {room} or fewer")
+            raise InvalidOptionError(f"{name}: its context of {model.context_length} tokens leaves room for {room} new "
+                                     f"tokens after the bench's prompts; give --max-new-tokens {room} or fewer")
         if options.measure_memory:
             progress(f"memory and cold start of {name} (fresh process)...")
             info.update(measure_memory(str(artifact.path), None))

@@ -222,6 +222,10 @@ class BenchReport:
         if missed:
             raise RegressionError(f"the p99 latency bound of {missed[0]['p99_bound_ms']:g} ms was missed by "
                                   + ", ".join(f"{r['variant']} (p99 {r['latency']['p99_ms']:.2f} ms)" for r in missed))
+        unreached = [r for r in self.results if "max_qps" in r and not r["max_qps"]]
+        if unreached:                  # the search found no rate at all that holds the bound
+            raise RegressionError(f"no request rate held the p99 latency bound of {unreached[0]['p99_bound_ms']:g} ms "
+                                  f"for {', '.join(r['variant'] for r in unreached)}")
         return self
 
     # ---------------------------------------------------------------- terminal

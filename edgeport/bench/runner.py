@@ -10,7 +10,9 @@ artifact, and the report files (which follow the same output rules as every writ
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,7 +127,8 @@ class BenchOptions:
         for option, path in (("--json", self.reports.json), ("--html", self.reports.html)):
             if path is not None and not str(path).strip():
                 raise InvalidOptionError(f"{option} needs a file name")
-        inputs = [p for p in paths] + ([self.reference] if self.reference else [])
+        # the data and labels files too: a report written over its own --data lost the data
+        inputs = [p for p in paths] + [p for p in (self.reference, self.data, self.labels) if p]
         if self.reports.json and self.reports.html and \
                 Path(self.reports.json).resolve() == Path(self.reports.html).resolve():      # ./r.json, a link
             raise InvalidOptionError("--json and --html name the same file")
@@ -172,7 +175,7 @@ def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str
     start = time.perf_counter()
     model = load(artifact.path, device=device, threads=threads, check_files=False, spinning=spinning)
     created = (time.perf_counter() - start) * 1000
-    name = unique_name(artifact.path.name, taken)
+    name = unique_name(folder_name(artifact.path), taken)
     info = {"name": name, "path": str(artifact.path), "kind": format_of(artifact).kind,
             "manifest_sha256": artifact.manifest_sha256,
             "precision": artifact.manifest.precision.get("mode", "fp32"), "size_bytes": artifact.size_bytes(),
@@ -274,6 +277,11 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
     longest = shared_text_length(reference, *artifacts)     # each variant sees the tokens the shortest takes
     inputs = BenchInputs(reference, options.data, longest)
     cut = [n for n in options.sequence_lengths if n > inputs.max_length] if inputs.text is not None else []
+    defaults = tuple(options.sequence_lengths) == DEFAULT_SEQUENCE_LENGTHS and "--sequence-lengths" not in options.given
+    if cut and defaults:
+        # the defaults, not the user's choice: sweep the lengths this tokenizer makes, its longest included
+        kept = [n for n in options.sequence_lengths if n < inputs.max_length] + [inputs.max_length]
+        options, cut = dataclasses.replace(options, sequence_lengths=kept), []
     if "sweep" in options.scenarios and cut:
         raise InvalidOptionError(f"the reference's tokenizer cuts text at {inputs.max_length} tokens (its "
                                  f"processing.max_length), so sequence {', '.join(map(str, cut))} would time "
@@ -336,6 +344,11 @@ def speed_of_light(report: BenchReport, variants: list[Variant], artifacts: list
         if row["variant"] in work and row.get("tokens"):
             ops, precision = work[row["variant"]]
             row["speed_of_light"] = floor_record(ops, row["tokens"], precision, row["latency"]["p50_ms"], peaks)
+
+
+def folder_name(path: Path) -> str:
+    """A variant's name: its folder's, also for '.' and '..' (which named a variant '')."""
+    return Path(os.path.abspath(path)).name or str(path)
 
 
 def unique_name(name: str, taken) -> str:

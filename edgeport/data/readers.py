@@ -61,7 +61,7 @@ def read_examples(path: str | Path, limit: int | None = None, error: type[Edgepo
 
 def _read_text(path: Path, error) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise error(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); give one example per line") from exc
     return [line.strip() for line in lines if line.strip()]
@@ -69,7 +69,7 @@ def _read_text(path: Path, error) -> list[str]:
 
 def _read_jsonl(path: Path, error):
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise error(f"'{path}' is not UTF-8 ({exc.reason} at byte {exc.start}); JSON lines must be UTF-8") from exc
     texts, feeds = [], {}
@@ -191,7 +191,8 @@ def read_labels(path: str | Path, names: list[str] | None, error: type[EdgeportE
         if path.suffix.lower() == ".npy":
             values = np.load(path, allow_pickle=False)
         else:
-            values = np.array([line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()])
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+            values = np.array([line.strip() for line in lines if line.strip()])
     except PermissionError as exc:
         raise error(f"cannot read '{path}': permission denied") from exc
     except (OSError, ValueError, EOFError, UnicodeDecodeError) as exc:

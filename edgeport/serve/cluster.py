@@ -267,6 +267,9 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
 
     options.check()
     cluster_options.check()
+    if options.port == 0:
+        raise InvalidOptionError("--port 0 lets the system pick a port, which Ray Serve's proxy does not report; "
+                                 "give the port to serve on")
     token = options.token()
     if cluster_options.address is None:
         replica_cpus(cluster_options, float(os.cpu_count() or 1))     # refused before a cluster is started
@@ -302,6 +305,7 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
                                   threads=options.threads or max(1, round(cpus)))
         serve.start(http_options={"host": options.host, "port": options.port},
                     logging_config=LoggingConfig(log_level="WARNING", enable_access_log=False))
+        _check_proxy_address(options)
         scaling = ({"autoscaling_config": {"min_replicas": cluster_options.min_replicas,
                                            "max_replicas": cluster_options.max_replicas,
                                            "target_ongoing_requests": cluster_options.target_ongoing_requests}}
@@ -330,6 +334,18 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
     finally:
         signal.signal(signal.SIGTERM, previous)
         _tear_down(cluster)
+
+
+def _check_proxy_address(options: ServeOptions) -> None:
+    """Where Serve already ran on a cluster (--address), its proxy keeps its first HTTP address
+    and Ray only logs that ours is ignored: the URL printed was one nothing listened on."""
+    from ray.serve.context import _get_global_client
+
+    config = _get_global_client().http_config
+    if (config.host, config.port) != (options.host, options.port):
+        raise ServerError(f"Ray Serve already runs on this cluster with its HTTP proxy on {config.host}:{config.port}, "
+                          "which it keeps for every application; serve with --host "
+                          f"{config.host} --port {config.port}, or stop the cluster's Serve first (serve shutdown)")
 
 
 class _Terminated(Exception):

@@ -38,5 +38,6 @@ def test_generation_bench_with_the_transformers_baseline(cli, lms, tmp_path):
 
 
 def test_other_scenarios_do_not_apply_to_causal_lms(cli, lms):
-    result = cli("bench", lms("llama")["onnx"].path, "--scenario", "offline")
-    assert result.exit_code == 2 and "does not apply to causal LMs" in result.output
+    for scenario in ("offline", "single-stream"):     # single-stream written out: it ran generation instead
+        result = cli("bench", lms("llama")["onnx"].path, "--scenario", scenario)
+        assert result.exit_code == 2 and f"scenario {scenario} does not apply to causal LMs" in result.output

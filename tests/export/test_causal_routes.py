@@ -386,7 +386,7 @@ def test_a_short_context_model_is_checked_within_its_context(bpe, tmp_path, cli)
     assert "max_token_disagreement <= " in checked.output and "max_perplexity_increase <= " in checked.output
     # bench cuts its prompts to half the context, and refuses requests past it before measuring
     assert_fails(cli("bench", "run", artifact.path, "--scenario", "generation", "--max-new-tokens", "300"),
-                 ModelInputError.exit_code, "context of 24 tokens leaves room for 12 new tokens")
+                 InvalidOptionError.exit_code, "context of 24 tokens leaves room for 12 new tokens")
     benched = cli("bench", "run", artifact.path, "--scenario", "generation", "--max-new-tokens", "8", "--rounds", "1",
                   "--no-memory")
     assert benched.exit_code == 0, benched.output
