@@ -38,11 +38,12 @@ def request(url: str, body: bytes | dict | None = None, headers: dict | None = N
 
 @contextmanager
 def running(artifact, *args: str, env: dict | None = None, scheme: str = "http", context=None,
-            ready_within: float = 60, poll: float = 0.2, stop_signal=signal.SIGTERM, stop_within: float = 30):
+            ready_within: float = 60, poll: float = 0.2, stop_signal=signal.SIGTERM, stop_within: float = 30,
+            port: int | None = None):
     """``edgeport serve ARTIFACT ARGS`` on a free port, yielded once /v2/health/ready answers
     200 (within ``ready_within`` seconds), then stopped with ``stop_signal`` (killed if it has
-    not exited within ``stop_within``)."""
-    port = free_port()
+    not exited within ``stop_within``).  ``port``: this one rather than a free one."""
+    port = port or free_port()
     process = subprocess.Popen([sys.executable, "-m", "edgeport.cli", "serve", str(artifact), "--port", str(port),
                                 *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, **(env or {})})

@@ -278,7 +278,10 @@ def serve_on_ray(path, options: ServeOptions, cluster_options: ClusterOptions, w
     path = str(Path(path).resolve())
     artifact = open_artifact(path, trusted_key=options.trusted_key)   # checksums and signature, before any cluster
     name = check_model_name(options.name or default_model_name(path))
-    _check_port_free(options.host, options.port)
+    if cluster_options.address is None:
+        # a cluster's own proxy holds its port (here too, when the cluster runs on this host, and
+        # again on the next run): serve.start is where a taken address shows
+        _check_port_free(options.host, options.port)
     cluster = Cluster(cluster_options.address)
     # While Ray starts, a SIGTERM is noted, not raised: raised inside ray.init it would leave a
     # half-started node that nothing shuts down.  Once init returns, it stops the server.

@@ -34,11 +34,11 @@ def _ray_processes() -> list[str]:
             if any(name in line for name in ("raylet", "gcs_server", "DashboardAgent", "RuntimeEnvAgent"))]
 
 
-def ray_server(bundle, *args: str, timeout: float = 240, stop_signal=signal.SIGINT):
+def ray_server(bundle, *args: str, timeout: float = 240, stop_signal=signal.SIGINT, port: int | None = None):
     """``edgeport serve BUNDLE --engine ray`` until ready; stopped with Ctrl-C, as a user would
     (or with SIGTERM, as Kubernetes and systemd do)."""
     return running(bundle, "--engine", "ray", "--name", "minilm", *args, env={"EDGEPORT_AUTH_TOKEN": TOKEN},
-                   ready_within=timeout, poll=0.5, stop_signal=stop_signal, stop_within=60)
+                   ready_within=timeout, poll=0.5, stop_signal=stop_signal, stop_within=60, port=port)
 
 
 def _ray_temp_dirs() -> set[str]:
@@ -247,3 +247,31 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(onnx_artifacts):
         time.sleep(0.5)
     assert left() == []
     assert _ray_temp_dirs() <= temp_dirs
+
+
+def test_a_cluster_whose_serve_listens_elsewhere_is_named_and_its_own_address_serves_again(minilm_bundle):
+    """--address: Serve keeps the proxy address of its first run on a cluster and Ray only logs
+    that a new one is ignored; edgeport printed a URL nothing served, and refused the cluster's own
+    port as taken (its proxy, on this host, holds it)."""
+    ray = os.path.join(os.path.dirname(sys.executable), "ray")
+    gcs = free_port()
+    started = subprocess.run([ray, "start", "--head", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
+                              "--num-cpus", "2", "--include-dashboard=false"], capture_output=True, text=True,
+                             timeout=180)
+    assert started.returncode == 0, started.stderr[-2000:]
+    address = f"127.0.0.1:{gcs}"
+    try:
+        with ray_server(minilm_bundle, "--address", address) as (base, _):
+            first = int(base.rsplit(":", 1)[1])
+        elsewhere = subprocess.run([sys.executable, "-m", "edgeport.cli", "serve", str(minilm_bundle), "--engine",
+                                    "ray", "--port", str(free_port()), "--address", address],
+                                   capture_output=True, text=True, timeout=240,
+                                   env={**os.environ, "EDGEPORT_AUTH_TOKEN": TOKEN})
+        assert elsewhere.returncode == ServerError.exit_code, elsewhere.stderr[-2000:]
+        assert f"its HTTP proxy on 127.0.0.1:{first}" in elsewhere.stderr
+        assert [line for line in elsewhere.stderr.splitlines() if line.startswith("error:")], elsewhere.stderr
+        with ray_server(minilm_bundle, "--address", address, port=first) as (base, _):
+            assert request(f"{base}/v2/health/ready", timeout=10)[0] == 200
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
