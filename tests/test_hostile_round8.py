@@ -256,3 +256,19 @@ def test_sweep_takes_the_lengths_a_short_tokenizer_makes_when_none_were_given(cl
     assert lengths[-1] == longest and all(n <= longest for n in lengths)
     written = cli("bench", "run", artifact.path, "--scenario", "sweep", "--sequence-lengths", "256")
     assert_fails(written, InvalidOptionError.exit_code, "give --sequence-lengths within")
+
+
+def test_feeds_outside_the_models_range_are_named_with_their_file_before_measuring(cli, onnx_artifacts, tmp_path):
+    from edgeport.errors import CalibrationDataError
+
+    artifact = onnx_artifacts["encoder"]
+    spec = next(s for s in artifact.manifest.graph["inputs"] if s["name"] == "input_ids")
+    ids = np.full((2, 5), 3, dtype=np.int64)
+    ids[1, 2] = spec["range"][1] + 1                        # one id past the vocabulary
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    feeds.update({s["name"]: np.zeros_like(ids) for s in artifact.manifest.graph["inputs"] if s["name"] not in feeds})
+    np.savez(tmp_path / "feeds.npz", **feeds)
+    for command in (("bench", "run", artifact.path, "--rounds", "1", "--no-memory"),
+                    ("verify", artifact.path, "--reference", artifact.path)):
+        result = cli(*command, "--data", tmp_path / "feeds.npz")
+        assert_fails(result, CalibrationDataError.exit_code, "feeds.npz", "'input_ids' holds", "outside the model's")

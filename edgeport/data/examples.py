@@ -247,6 +247,11 @@ def _check_feeds(data: dict[str, np.ndarray], specs: dict, path) -> dict[str, np
                                        f"{spec['shape']} ({expected})")
         if value.dtype.kind == "f" and not np.isfinite(value).all():
             raise CalibrationDataError(f"'{path}': '{name}' holds NaN or infinite values")
+        low, high = spec.get("range", (None, None))
+        if value.size and low is not None and (value.min() < low or value.max() > high):
+            # said here, naming the file, not by the runtime once measuring had begun
+            bad = value.min() if value.min() < low else value.max()
+            raise CalibrationDataError(f"'{path}': '{name}' holds {bad}, outside the model's range {low}..{high}")
         feeds[name] = value
     mask = feeds.get("attention_mask")
     if mask is not None and mask.ndim == 2:
