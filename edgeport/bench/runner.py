@@ -11,6 +11,7 @@ artifact, and the report files (which follow the same output rules as every writ
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -20,7 +21,7 @@ from typing import Callable, Protocol
 
 from ..artifact import Artifact
 from ..data import shared_text_length
-from ..errors import InvalidOptionError, refuse_unused
+from ..errors import InvalidOptionError, ParityError, refuse_unused
 from ..manifest import now_iso
 from ..outputs import HTML_REPORT, JSON_REPORT, check_output
 from ..parity import ParityBudget, check_same_model
@@ -232,6 +233,27 @@ NOT_FOR_CAUSAL_LMS = ("--reference", "--data", "--labels", "--domains", "--speed
                       "--batch-sizes", "--sequence-lengths")
 
 
+_LM_SHAPE = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+             "num_key_value_heads")
+
+
+def _check_same_lm(candidate: Artifact, reference: Artifact) -> None:
+    """Two causal LMs of other shapes (from the Hugging Face config each artifact carries) are
+    not two variants of one model: their speed-up and token agreement were reported as if they were."""
+    def shape(artifact: Artifact) -> dict | None:
+        try:
+            config = json.loads((artifact.path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return {key: config.get(key) for key in _LM_SHAPE} if isinstance(config, dict) else None
+
+    theirs, ours = shape(candidate), shape(reference)
+    differ = [f"{key} {theirs[key]} / {ours[key]}" for key in _LM_SHAPE if theirs and ours and theirs[key] != ours[key]]
+    if differ:
+        raise ParityError(f"'{candidate.path}' and '{reference.path}' are not the same model ({', '.join(differ)}); "
+                          "bench compares variants of one model")
+
+
 def check_bench(paths: list[str], options: BenchOptions) -> tuple[list[Artifact], Artifact]:
     """Every refusal a bench run can make before it loads a model: the options, the artifacts
     (one kind of model, comparable with the reference), and options their kind ignores.
@@ -242,6 +264,8 @@ def check_bench(paths: list[str], options: BenchOptions) -> tuple[list[Artifact]
     if any(generative):
         if not all(generative):
             raise InvalidOptionError("bench measures causal LMs (task text-generation) and other models separately")
+        for artifact in artifacts[1:]:                  # an encoder pair gets check_same_model below
+            _check_same_lm(artifact, artifacts[0])
         refuse_unused([(name, name in options.given) for name in NOT_FOR_CAUSAL_LMS]
                       + [(f"--device {options.device}", options.device != "cpu")],
                       "to causal LMs: the generation bench runs them on the CPU on real docstring prompts, whole "

@@ -9,6 +9,8 @@ import jsonschema
 import pytest
 
 from edgeport.bench.report import REPORT_SCHEMA
+from edgeport.errors import ParityError
+from helpers import assert_fails
 
 pytest.importorskip("onnxruntime_genai", reason="the llm extra (onnxruntime-genai) is not installed")
 
@@ -41,3 +43,14 @@ def test_other_scenarios_do_not_apply_to_causal_lms(cli, lms):
     for scenario in ("offline", "single-stream"):     # single-stream written out: it ran generation instead
         result = cli("bench", lms("llama")["onnx"].path, "--scenario", scenario)
         assert result.exit_code == 2 and f"scenario {scenario} does not apply to causal LMs" in result.output
+
+
+def test_two_different_causal_lms_are_not_benched_as_variants_of_one(cli, lms, tmp_path):
+    """Encoders were refused as 'not the same model'; two LMs of other shapes were timed as one
+    (a speed-up, and 0.25 token agreement read as a faithfulness figure)."""
+    from edgeport.export.onnx import export_onnx
+    from llm_models import build_lm
+
+    other = export_onnx(build_lm(tmp_path / "narrow", steps=5, hidden=32), tmp_path / "narrow-onnx")
+    result = cli("bench", "run", lms("llama")["onnx"].path, other.path, "--rounds", "1", "--no-memory")
+    assert_fails(result, ParityError.exit_code, "not the same model", "hidden_size 32 / 64")
