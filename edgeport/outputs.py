@@ -266,14 +266,15 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
                         else "lies inside")
             raise InvalidOptionError(f"{option} '{out}' {relation} the input '{source}'; write the result "
                                      "somewhere outside the input, it would be overwritten or deleted")
+    if out.exists() and kind.is_folder != out.is_dir():
+        # said first: "pass --force" would only lead to this
+        raise InvalidOptionError(f"'{out}' exists and is a {'folder' if out.is_dir() else 'file'}; "
+                                 f"{option} must name a {'folder' if kind.is_folder else 'file'}")
     if out.is_symlink() or out.exists():
         if not force:
             raise OutputExistsError(f"'{out}' already exists; choose another {option} or pass --force to replace it")
         if out.is_symlink() and not out.exists():
             pass  # a dangling link: replacing it loses nothing
-        elif kind.is_folder != out.is_dir():
-            raise InvalidOptionError(f"'{out}' exists and is a {'folder' if out.is_dir() else 'file'}; "
-                                     f"{option} must name a {'folder' if kind.is_folder else 'file'}")
         elif (strangers := _foreign(out, kind)) is None:
             raise OutputExistsError(f"'{out}' exists and is not {_a(kind.noun)}; --force only replaces edgeport's own "
                                     "outputs. Remove it yourself or choose another " + option)

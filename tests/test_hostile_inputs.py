@@ -159,7 +159,8 @@ def test_evaluation_data_that_does_not_fit(cli, onnx_artifacts, tmp_path):
     ids = np.full((2, 4), 99_999, np.int64)
     np.savez(tmp_path / "eval.npz", input_ids=ids, attention_mask=np.ones_like(ids))
     assert_fails(cli("quantize", onnx_artifacts["encoder"].path, "-o", tmp_path / "q", "--mode", "int8-dynamic",
-                     "--data", tmp_path / "eval.npz"), CalibrationDataError.exit_code, "does not fit",
+                     "--data", tmp_path / "eval.npz"), CalibrationDataError.exit_code, "eval.npz",
+                 "'input_ids' holds 99999, outside the model's range",
                  absent=tmp_path / "q")
 
 

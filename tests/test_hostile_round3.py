@@ -321,7 +321,8 @@ def test_causal_lm_requests_and_zero_new_tokens(cli, lms):
         for route, body, phrase in [
             ("/v1/chat/completions", {"messages": [1, 2]}, "'messages' must be a non-empty list of"),
             ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "'messages' must be a non-empty list of"),
-            ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "max_new_tokens"),
+            ("/v1/completions", {"prompt": "x", "max_tokens": 0}, "'max_tokens' must be a whole number >= 1"),
+            ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, "OpenAI's roles are"),
             ("/v1/completions", DEEP, "nested too deeply"),
             ("/v1/chat/completions", DEEP, "nested too deeply"),
         ]:

@@ -272,3 +272,17 @@ def test_feeds_outside_the_models_range_are_named_with_their_file_before_measuri
                     ("verify", artifact.path, "--reference", artifact.path)):
         result = cli(*command, "--data", tmp_path / "feeds.npz")
         assert_fails(result, CalibrationDataError.exit_code, "feeds.npz", "'input_ids' holds", "outside the model's")
+
+
+def test_a_folder_given_for_a_report_file_is_refused_for_what_it_is_with_or_without_force(cli, onnx_artifacts,
+                                                                                         tmp_path):
+    (tmp_path / "reports").mkdir()
+    for force in ((), ("--force",)):
+        result = cli("bench", "run", onnx_artifacts["classifier"].path, "--json", tmp_path / "reports", *force)
+        assert_fails(result, InvalidOptionError.exit_code, "is a folder; --json must name a file")
+
+
+def test_a_server_run_that_would_never_end_is_refused(cli, onnx_artifacts):
+    result = cli("bench", "run", onnx_artifacts["classifier"].path, "--scenario", "server", "--rate", "1e-9",
+                 "--queries", "1")
+    assert_fails(result, InvalidOptionError.exit_code, "--rate 1e-09 requests/s would take", "at most 3600 s")

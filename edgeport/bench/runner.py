@@ -40,6 +40,7 @@ from .timing import measure_scenarios, planned_blocks
 
 MAX_BATCH = 4096
 QUIET_SAMPLE_S = 0.5        # how long the machine is watched, idle, before and after the rounds
+MAX_SERVER_SECONDS = 3600   # the server scenario's longest run (--queries at --rate)
 
 
 @dataclass
@@ -98,6 +99,11 @@ class BenchOptions:
         for name, value in (("--rate", self.server_rate), ("--p99-bound-ms", self.p99_bound_ms)):
             if value is not None and (not math.isfinite(value) or value <= 0):
                 raise InvalidOptionError(f"{name} must be a finite number > 0 (got {value!r})")
+        if self.server_rate and self.server_queries / self.server_rate > MAX_SERVER_SECONDS:
+            # 1e-9 requests/s showed "at 0.0 requests/s" and waited for ever
+            raise InvalidOptionError(f"--rate {self.server_rate:g} requests/s would take "
+                                     f"{self.server_queries / self.server_rate:,.0f} s for --queries "
+                                     f"{self.server_queries}; the server scenario runs at most {MAX_SERVER_SECONDS} s")
         from ..data.domains import DOMAINS
 
         unknown_domains = [d for d in self.domains if d not in DOMAINS]

@@ -62,7 +62,7 @@ class ClusterOptions:
         if scaled and (self.min_replicas is None or self.max_replicas is None or self.min_replicas > self.max_replicas):
             raise InvalidOptionError("autoscaling needs --min-replicas <= --max-replicas, both given")
         if self.cpus_per_replica is not None and not 0 < self.cpus_per_replica <= 256:
-            raise InvalidOptionError(f"--cpus-per-replica must be > 0 (got {self.cpus_per_replica!r})")
+            raise InvalidOptionError(f"--cpus-per-replica must be > 0 and at most 256 (got {self.cpus_per_replica:g})")
 
     @property
     def most_replicas(self) -> int:

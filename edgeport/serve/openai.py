@@ -48,6 +48,9 @@ def _options(request: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
         raise ProtocolError("'stop' must be a string or a list of strings")
     max_tokens, max_completion = request.get("max_tokens"), request.get("max_completion_tokens")
+    for key, value in (("max_tokens", max_tokens), ("max_completion_tokens", max_completion)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ProtocolError(f"'{key}' must be a whole number >= 1 (got {value!r})")     # not the sampler's name
     if max_tokens is not None and max_completion is not None and max_tokens != max_completion:
         raise ProtocolError(f"'max_tokens' ({max_tokens}) and 'max_completion_tokens' ({max_completion}) disagree; "
                             "give one")
@@ -84,6 +87,9 @@ def _completion_prompts(body: dict[str, Any]) -> list:
     raise ProtocolError("'prompt' must be a string, a list of strings, a list of token ids, or a list of those")
 
 
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 def _chat_messages(body: dict[str, Any]) -> list[dict]:
     """``messages``, with content given as a list of text parts joined into one string."""
     messages = body.get("messages")
@@ -92,9 +98,12 @@ def _chat_messages(body: dict[str, Any]) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise ProtocolError(shape)
     plain = []
-    for message in messages:
+    for index, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise ProtocolError(shape)
+        if message["role"] not in CHAT_ROLES:
+            raise ProtocolError(f"'messages[{index}].role' is {message['role']!r}; OpenAI's roles are "
+                                f"{', '.join(CHAT_ROLES)}")
         content = message.get("content")
         if isinstance(content, list):
             if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
