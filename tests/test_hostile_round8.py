@@ -286,3 +286,58 @@ def test_a_server_run_that_would_never_end_is_refused(cli, onnx_artifacts):
     result = cli("bench", "run", onnx_artifacts["classifier"].path, "--scenario", "server", "--rate", "1e-9",
                  "--queries", "1")
     assert_fails(result, InvalidOptionError.exit_code, "--rate 1e-09 requests/s would take", "at most 3600 s")
+
+
+# ------------------------------------------------------------------------ quantize and verify; the re-check
+
+def test_an_artifact_verified_against_itself_meets_min_cosine_one(cli, onnx_artifacts):
+    """The float64 cosine of two equal rows read 0.9999999999999998 < 1."""
+    artifact = onnx_artifacts["encoder"].path
+    result = cli("verify", artifact, "--reference", artifact, "--min-cosine", "1")
+    assert result.exit_code == 0, result.output
+
+
+def test_verify_data_that_does_not_fit_is_bad_data_naming_its_file(cli, onnx_artifacts, tmp_path):
+    from edgeport.errors import CalibrationDataError
+
+    artifact = onnx_artifacts["encoder"]
+    longest = artifact.manifest.inputs[0].max_shape[1]
+    ids = np.full((1, longest + 1), 3, dtype=np.int64)
+    feeds = {s["name"]: (ids if s["name"] == "input_ids" else np.ones_like(ids) if s["name"] == "attention_mask"
+                         else np.zeros_like(ids)) for s in artifact.manifest.graph["inputs"]}
+    np.savez(tmp_path / "long.npz", **feeds)
+    result = cli("verify", artifact.path, "--reference", artifact.path, "--data", tmp_path / "long.npz")
+    assert_fails(result, CalibrationDataError.exit_code, "long.npz' does not fit the reference model")
+
+
+def test_an_error_quoting_a_line_break_stays_one_line(cli, tmp_path):
+    result = cli("verify", tmp_path / "no\nexist", "--reference", tmp_path)
+    assert result.output.count("\n") == 1 and "no\\nexist" in result.output, result.output
+
+
+def test_sharded_pickle_weights_are_checked_shard_by_shard(cli, tiny_bert, tmp_path):
+    (tiny_bert / "model.safetensors").unlink()
+    (tiny_bert / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"a": "shard-1.bin"}}))
+    (tiny_bert / "shard-1.bin").write_bytes(b"")
+    result = cli("export", "onnx", tiny_bert, "-o", tmp_path / "out", "--allow-pickle")
+    assert_fails(result, SourceError.exit_code, "shard-1.bin' is empty", absent=tmp_path / "out")
+    (tiny_bert / "shard-1.bin").unlink()
+    result = cli("export", "onnx", tiny_bert, "-o", tmp_path / "out", "--allow-pickle")
+    assert_fails(result, SourceError.exit_code, "names the shard 'shard-1.bin', which is missing")
+
+
+def test_a_token_file_saved_with_a_bom_gives_the_token_inside(tmp_path):
+    from edgeport.serve import ServeOptions
+
+    (tmp_path / "token").write_bytes("\ufeffsecret123\n".encode())
+    assert ServeOptions(auth_token_file=str(tmp_path / "token")).token() == "secret123"
+    (tmp_path / "token").write_bytes("\ufeff".encode())
+    with pytest.raises(InvalidOptionError, match="is empty"):
+        ServeOptions(auth_token_file=str(tmp_path / "token")).token()
+
+
+@pytest.mark.slow
+def test_an_executorch_sequence_bound_the_special_tokens_fill_is_refused(cli, tiny_bert, tmp_path):
+    pytest.importorskip("executorch")
+    result = cli("export", "executorch", tiny_bert, "-o", tmp_path / "pte", "--sequence-length", "2")
+    assert_fails(result, InvalidOptionError.exit_code, "adds 2 special tokens", absent=tmp_path / "pte")

@@ -34,6 +34,12 @@ def _interrupt_on_sigterm() -> None:
         pass
 
 
+def _one_line(message: str) -> str:
+    """An error is one line, whatever it quotes: a path or a text holding a line break is shown
+    with the break escaped (a file named 'no\\nexist' split the message in two)."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 class EdgeportGroup(click.Group):
     def invoke(self, ctx: click.Context):
         _interrupt_on_sigterm()
@@ -43,19 +49,19 @@ class EdgeportGroup(click.Group):
             if ctx.find_root().params.get("debug"):
                 raise
             where = exc.ctx.command_path if exc.ctx else ctx.command_path
-            click.echo(f"error: {exc.format_message()} (see '{where} -h')", err=True)
+            click.echo(_one_line(f"error: {exc.format_message()} (see '{where} -h')"), err=True)
             ctx.exit(exc.exit_code)
         except EdgeportError as exc:
             if ctx.find_root().params.get("debug"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            click.echo(_one_line(f"error: {exc}"), err=True)
             ctx.exit(exc.exit_code)
         except OSError as exc:
             # The machine's limits, not a bug (no permission, a full disk): one line naming the file.
             if exc.errno not in _MACHINE_LIMITS or ctx.find_root().params.get("debug"):
                 raise
             where = f"'{exc.filename}': " if exc.filename else ""
-            click.echo(f"error: {where}{_MACHINE_LIMITS[exc.errno]}", err=True)
+            click.echo(_one_line(f"error: {where}{_MACHINE_LIMITS[exc.errno]}"), err=True)
             ctx.exit(EdgeportError.exit_code)
         except KeyboardInterrupt:
             if ctx.find_root().params.get("debug"):

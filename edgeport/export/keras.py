@@ -45,7 +45,7 @@ def check_keras_file(source: Path) -> None:
         raise SourceError(f"'{source}' is a folder; give the .keras file")
     if not source.is_file():
         raise SourceError(f"Keras model '{source}' does not exist")
-    if source.suffix == ".h5":
+    if source.suffix.lower() == ".h5":
         raise SourceError(f"'{source}' is a legacy HDF5 Keras model, which needs TensorFlow's Keras 2 to load; "
                           "re-save it in Keras 3 format (model.save('model.keras')) and export that")
     if not zipfile.is_zipfile(source):

@@ -100,9 +100,12 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
                 "arbitrary code. Convert them to safetensors, or pass --allow-pickle if you trust the file"
             )
         files = [folder / p for p in pickled]
-        for file in files:
-            if not file.name.endswith(".json"):
-                check_pickle(file, SourceError)
+        index = folder / "pytorch_model.bin.index.json"
+        shards = [folder / s for s in _index_shards(index)] if index.is_file() else []
+        for file in [f for f in files if not f.name.endswith(".json")] + shards:
+            if not file.is_file():
+                raise SourceError(f"{index} names the shard '{file.name}', which is missing")
+            check_pickle(file, SourceError)
         return files
     for file in files:
         check_safetensors(file)
@@ -153,6 +156,7 @@ def check_pickle(path: Path, error: type[EdgeportError] = SourceError) -> None:
     an empty, truncated or foreign file is named here instead of failing inside transformers or
     peft (an empty one escaped as a bare EOFError)."""
     import pickle
+    import warnings
     import zipfile
 
     import torch
@@ -160,7 +164,9 @@ def check_pickle(path: Path, error: type[EdgeportError] = SourceError) -> None:
     if path.stat().st_size == 0:
         raise error(f"weights file '{path}' is empty; re-save or re-download it")
     try:
-        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        with warnings.catch_warnings():        # torch warns of old pickle protocols before it refuses them
+            warnings.simplefilter("ignore")
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         # transformers loads with weights_only too: what fails here would fail there
         raise error(f"'{path}' is not PyTorch weights (or holds more than tensors, which the weights-only loader "

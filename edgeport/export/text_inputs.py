@@ -131,6 +131,24 @@ def sentence_transformers_processing(folder: Path) -> dict[str, Any]:
     return processing
 
 
+def special_tokens_added(tokenizer_file: Path) -> int:
+    """How many special tokens ``tokenizer_file`` adds to every text ([CLS] and [SEP]: 2)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return len(tokenizer.encode("").ids)
+
+
+def check_room_for_text(length: int, specials: int, asked: int) -> None:
+    """A sequence bound the special tokens fill: the tokenizer cannot truncate below them (every
+    ONNX route failed on lengths; an ExecuTorch program embedded every text alike)."""
+    if length <= specials:
+        raise InvalidOptionError(f"--sequence-length {asked} leaves no room for text: this tokenizer adds "
+                                 f"{specials} special tokens to every text; give at least {specials + 1}")
+
+
 def text_setup(folder: Path, model, config, task: str, needs: FamilyNeeds, static: bool, sequence_length: int,
                work: Path, quiet) -> TextSetup:
     tokenizer = load_tokenizer(folder, quiet)
@@ -162,11 +180,7 @@ def text_setup(folder: Path, model, config, task: str, needs: FamilyNeeds, stati
             setup.notes.append(f"static shapes at {max_length} tokens, not {sequence_length}: the model takes no "
                                "more (its positions or tokenizer)")
         max_length = min(max_length, sequence_length)
-        specials = int(tokenizer.num_special_tokens_to_add())
-        if max_length <= specials:
-            # the tokenizer cannot truncate below its own special tokens: every route failed on lengths
-            raise InvalidOptionError(f"--sequence-length {sequence_length} leaves no room for text: this tokenizer "
-                                     f"adds {specials} special tokens to every text; give at least {specials + 1}")
+        check_room_for_text(max_length, int(tokenizer.num_special_tokens_to_add()), sequence_length)
     if task != "feature-extraction":
         processing.pop("pooling", None)
         processing.pop("normalize", None)

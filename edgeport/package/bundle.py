@@ -93,7 +93,7 @@ def bundle_bytes(artifact: Artifact, name: str, target: str = "portable", sign: 
         raise InvalidOptionError(f"--target must be one of {', '.join(BUNDLE_TARGETS)} (got '{target}')")
     if target == "ort-mobile" and not format_of(artifact).mobile_convertible:
         raise InvalidOptionError(f"--target ort-mobile converts ONNX graphs to ONNX Runtime's mobile format; "
-                                 f"'{artifact.path}' holds a {format_of(artifact).description}")
+                                 f"'{artifact.path}' holds {format_of(artifact).a_description}")
     files: dict[str, bytes] = {}
     for member in sorted(artifact.manifest.files):
         files[f"{ARTIFACT_DIR}/{member}"] = artifact.member(member).read_bytes()

@@ -128,6 +128,8 @@ def _rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         cos = np.where(den > 0, num / np.where(den > 0, den, 1), np.where(np.abs(a - b).sum(1) == 0, 1.0, 0.0))
+    # identical rows are exactly 1 (the float64 sum read 0.9999999999999998, failing --min-cosine 1)
+    cos = np.where((a == b).all(axis=1), 1.0, np.clip(cos, -1.0, 1.0))
     return np.where(np.isfinite(cos), cos, -1.0)     # a NaN output is as far as it gets
 
 

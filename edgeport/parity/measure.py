@@ -13,7 +13,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..data import ExampleSet, examples_for, shared_text_length
-from ..errors import InvalidOptionError, ParityError
+from ..errors import CalibrationDataError, InvalidOptionError, ModelInputError, ParityError
 from ..runtime.formats import make_runner
 from ..runtime.onnxrt import QUIET_CPU, run_all
 from ..runtime.runner import Runner
@@ -169,7 +169,13 @@ def verify(candidate: str | Artifact, reference: str | Artifact, data: str | Non
         budget.check_task(reference.task)
     examples = examples_for(reference, data, role="eval", limit=limit, longest=shared_text_length(candidate, reference))
     with make_runner(reference, QUIET_CPU) as reference_runner:
-        expected = reference_outputs(reference_runner, examples)
+        try:
+            expected = reference_outputs(reference_runner, examples)
+        except ModelInputError as exc:
+            if data is None:
+                raise
+            # the user's file, as quantize --data says it (10), naming the file
+            raise CalibrationDataError(f"'{data}' does not fit the reference model: {exc}") from exc
     thresholds = budget.thresholds() if budget is not None and budget.given else recorded_thresholds(candidate)
     with make_runner(candidate, QUIET_CPU) as candidate_runner:
         return measure(candidate_runner, expected, examples, reference.task,
@@ -215,7 +221,7 @@ def _text_lines(data: str) -> list[str]:
     if path.suffix != ".txt":
         raise InvalidOptionError(f"--data for causal LMs is a .txt file of prompts, one a line (got '{data}')")
     try:
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidOptionError(f"cannot read --data '{data}': {exc}") from exc
     if not lines:

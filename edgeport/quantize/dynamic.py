@@ -151,8 +151,8 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
             raise ParityError(
                 f"the budget cannot be met even with {len(result.kept)} of {len(ranking)} candidate nodes kept in "
                 f"higher precision{' and the outlier split' if result.split else ''} (search: {frontier['stopped']}); "
-                f"best reached with {len(result.kept)} kept: " + "; ".join(result.report.failures)
-                + f". Figures: {result.report.summary()}")
+                f"where it ended: " + "; ".join(result.report.failures) + f" ({_best_seen(frontier)}). "
+                f"Figures: {result.report.summary()}")
         return result
 
     def precision(self, job: EncoderJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
@@ -175,3 +175,10 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
         if job.options.optimize:
             return job.details["optimized graph"]
         return job.details.get("structure", {}).get("chosen", PLAIN)
+
+
+def _best_seen(frontier: dict) -> str:
+    """The search steps toward speed, so where it ended need not be its best score (keeping
+    every node scored worse than keeping none on a tiny classifier): name both."""
+    best = max(frontier["steps"], key=lambda step: step["score"])
+    return f"its best score, {best['score']:.6f}, was '{best['candidate']}'"

@@ -86,7 +86,7 @@ class QuantizeOptions:
                                      f"(got '{self.calibration_method}')")
         if self.smooth_alpha is not None and not (isinstance(self.smooth_alpha, (int, float)) and
                                                   math.isfinite(self.smooth_alpha) and 0 < self.smooth_alpha < 1):
-            raise InvalidOptionError("--smooth-alpha must be between 0 and 1")
+            raise InvalidOptionError("--smooth-alpha must be between 0 and 1, both excluded (--no-smooth turns it off)")
         if self.block_size not in (16, 32, 64, 128, 256):      # what ONNX Runtime's MatMulNBits kernels take
             raise InvalidOptionError(f"--block-size must be 16, 32, 64, 128 or 256 (got {self.block_size!r})")
         if self.accuracy_level not in (0, 1, 2, 3, 4):

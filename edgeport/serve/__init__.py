@@ -87,7 +87,7 @@ class ServeOptions:
             raise InvalidOptionError("give --auth-token or --auth-token-file, not both")
         if self.auth_token_file is not None:
             try:
-                token = Path(self.auth_token_file).read_text(encoding="utf-8").strip()
+                token = Path(self.auth_token_file).read_text(encoding="utf-8-sig").strip()   # Notepad's BOM
             except (OSError, UnicodeDecodeError) as exc:
                 raise InvalidOptionError(f"--auth-token-file '{self.auth_token_file}' cannot be read: "
                                          f"{getattr(exc, 'strerror', None) or exc}") from exc

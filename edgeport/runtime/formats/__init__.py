@@ -60,10 +60,15 @@ class GraphFormat:
     def kind(self) -> str:
         return self.bench_kind or self.name
 
+    @property
+    def a_description(self) -> str:
+        """"an ONNX graph (ONNX Runtime)", "a TensorRT engine (...)": the description in a sentence."""
+        return ("an " if self.description[0] in "AEIOU" else "a ") + self.description
+
     def check_device(self, device: str) -> None:
         """An explicit device this format cannot run on is an error, never a silent fallback."""
         if device != "auto" and device not in self.devices:
-            raise DeviceError(f"an {self.description} runs on {' or '.join(self.devices)} only, not on '{device}'; "
+            raise DeviceError(f"{self.a_description} runs on {' or '.join(self.devices)} only, not on '{device}'; "
                               f"give --device {self.devices[0]} (or auto)")
 
     def graph_files(self, artifact: "Artifact") -> list[str]:
@@ -120,7 +125,7 @@ def make_generator(artifact: "Artifact", settings: "SessionSettings", adapters: 
     """The generator (``runtime.generation.GenerativeModel``) of a causal-LM artifact."""
     graph_format = format_of(artifact)
     if not graph_format.generative:
-        raise ArtifactError(f"'{artifact.path}' holds a {graph_format.description}, which does not generate text")
+        raise ArtifactError(f"'{artifact.path}' holds {graph_format.a_description}, which does not generate text")
     return graph_format.generator(artifact, settings, adapters)
 
 
