@@ -341,3 +341,30 @@ def test_an_executorch_sequence_bound_the_special_tokens_fill_is_refused(cli, ti
     pytest.importorskip("executorch")
     result = cli("export", "executorch", tiny_bert, "-o", tmp_path / "pte", "--sequence-length", "2")
     assert_fails(result, InvalidOptionError.exit_code, "adds 2 special tokens", absent=tmp_path / "pte")
+
+
+def test_calibration_data_nothing_would_read_is_refused(cli, onnx_artifacts, tmp_path):
+    """It was read, checked and recorded in the manifest, and never used."""
+    (tmp_path / "calib.txt").write_text("one sentence\nanother sentence\n")
+    encoder = onnx_artifacts["encoder"].path
+    for mode, off in (("int8-dynamic", ("--no-worst-case-guard", "--no-smooth")), ("fp16", ("--no-fp16-fallback",))):
+        result = cli("quantize", encoder, "-o", tmp_path / mode, "--mode", mode, *off, "--calib", tmp_path / "calib.txt")
+        assert_fails(result, InvalidOptionError.exit_code, "--calib", off[0], absent=tmp_path / mode)
+
+
+def test_a_folder_of_images_of_several_sizes_is_resized_image_by_image(tmp_path):
+    from PIL import Image
+
+    from edgeport.data.readers import _read_image_folder
+    from edgeport.runtime.processing import ImageProcessor
+
+    (tmp_path / "photos").mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (30, 40)), ("b.png", (64, 64))):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(tmp_path / "photos" / name)
+    images = _read_image_folder(tmp_path / "photos", ModelInputError)
+    processor = ImageProcessor((32, 32), 3, [0.5] * 3, [0.5] * 3)
+    pixels = processor(images, layout="NCHW")
+    assert pixels.shape == (2, 3, 32, 32)
+    for row, image in enumerate(images):                          # as if each had been given alone
+        np.testing.assert_allclose(pixels[row], processor(image[None], layout="NCHW")[0], atol=1e-6)

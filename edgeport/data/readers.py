@@ -129,7 +129,7 @@ def _read_npz(path: Path, error) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _read_image_folder(path: Path, error) -> np.ndarray:
+def _read_image_folder(path: Path, error) -> np.ndarray | list[np.ndarray]:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise error(f"folder '{path}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -140,9 +140,9 @@ def _read_image_folder(path: Path, error) -> np.ndarray:
     arrays = []
     for file in files:
         arrays.append(_read_image(file, Image, error))
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise error(f"images in '{path}' differ in size {sorted(shapes)}; resize them to one size")
+    if len({a.shape for a in arrays}) > 1:
+        # photos of several sizes: each is resized to the model's own size when it is processed
+        return [a.transpose(2, 0, 1) for a in arrays]
     return np.stack(arrays).transpose(0, 3, 1, 2)
 
 

@@ -54,6 +54,15 @@ class QuantizeOptions:
     force: bool = False
     given: frozenset = frozenset()         # the options the user wrote (CLI): those the mode ignores are refused
 
+    def _check_calibration_is_used(self) -> None:
+        """--calib where nothing would read it: it was checked, recorded, and ignored."""
+        if self.mode == "fp16" and not self.fp16_fallback:
+            raise InvalidOptionError("--calib finds the nodes fp16 keeps in FP32 (values past its range), which "
+                                     "--no-fp16-fallback turns off; drop one of them")
+        if self.mode == "int8-dynamic" and not self.worst_case_guard and not self.smooth and not self.budget().given:
+            raise InvalidOptionError("--calib feeds int8-dynamic's worst-case guard and activation smoothing, which "
+                                     "--no-worst-case-guard and --no-smooth turn off; drop --calib or one of them")
+
     def budget(self) -> ParityBudget:
         """The parity budget the user gave (thresholds checked: finite, in range)."""
         return ParityBudget(self.min_cosine, self.max_abs_error, self.min_top1_agreement, self.min_p01_cosine)
@@ -87,6 +96,8 @@ class QuantizeOptions:
         if self.smooth_alpha is not None and not (isinstance(self.smooth_alpha, (int, float)) and
                                                   math.isfinite(self.smooth_alpha) and 0 < self.smooth_alpha < 1):
             raise InvalidOptionError("--smooth-alpha must be between 0 and 1, both excluded (--no-smooth turns it off)")
+        if self.calib is not None:
+            self._check_calibration_is_used()
         if self.block_size not in (16, 32, 64, 128, 256):      # what ONNX Runtime's MatMulNBits kernels take
             raise InvalidOptionError(f"--block-size must be 16, 32, 64, 128 or 256 (got {self.block_size!r})")
         if self.accuracy_level not in (0, 1, 2, 3, 4):

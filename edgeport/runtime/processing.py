@@ -4,7 +4,7 @@ image resizing and normalisation.  numpy and tokenizers only (part of the light 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -162,6 +162,11 @@ class ImageProcessor:
 
     def __call__(self, images, layout: str | None = None) -> np.ndarray:
         layout = layout or self.layout
+        if _ragged(images):
+            # images of several sizes (a folder of photos): each resized on its own, to the model's size
+            fixed = replace(self, dynamic_size=False)
+            return np.concatenate([fixed(np.asarray(image)[None] if np.ndim(image) == 3 else image, layout)
+                                   for image in images])
         try:
             array = np.asarray(images)
         except (ValueError, TypeError) as exc:
@@ -188,3 +193,10 @@ class ImageProcessor:
         std = np.asarray(self.std, dtype=np.float32).reshape(1, -1, 1, 1)
         normalized = (nchw - mean) / std
         return np.ascontiguousarray(normalized if self.layout == "NCHW" else normalized.transpose(0, 2, 3, 1))
+
+
+def _ragged(images) -> bool:
+    """A list of images that differ in shape, which no single array holds."""
+    return isinstance(images, (list, tuple)) and len(images) > 1 and \
+        all(isinstance(image, np.ndarray) for image in images) and len({image.shape for image in images}) > 1
+

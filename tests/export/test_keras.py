@@ -121,6 +121,10 @@ def test_custom_layers_and_open_input_sizes_are_refused_and_odd_pixels_export(cl
         assert result.exit_code == 0, result.output
         assert len(json.loads(result.output)["predictions"][0]["probabilities"]) == 3
     assert Artifact.load(tmp_path / "bands").manifest.processing["image"]["channels"] == 5
+    Image.fromarray(np.zeros((12, 10), np.uint8)).save(tmp_path / "grey" / "b.png")      # photos of two sizes
+    result = cli("run", tmp_path / "float16", "--input", tmp_path / "grey")
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)["predictions"]) == 2
     shutil.copyfile(tmp_path / "float16.keras", tmp_path / "SHOUTED.KERAS")        # Keras reads lower case only
     assert cli("export", "onnx", tmp_path / "SHOUTED.KERAS", "-o", tmp_path / "shouted").exit_code == 0
     result = cli("export", "onnx", tmp_path / "unbuilt.keras", "-o", tmp_path / "out")
