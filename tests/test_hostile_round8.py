@@ -348,7 +348,8 @@ def test_calibration_data_nothing_would_read_is_refused(cli, onnx_artifacts, tmp
     (tmp_path / "calib.txt").write_text("one sentence\nanother sentence\n")
     encoder = onnx_artifacts["encoder"].path
     for mode, off in (("int8-dynamic", ("--no-worst-case-guard", "--no-smooth")), ("fp16", ("--no-fp16-fallback",))):
-        result = cli("quantize", encoder, "-o", tmp_path / mode, "--mode", mode, *off, "--calib", tmp_path / "calib.txt")
+        result = cli("quantize", encoder, "-o", tmp_path / mode, "--mode", mode, *off,
+                     "--calib", tmp_path / "calib.txt")
         assert_fails(result, InvalidOptionError.exit_code, "--calib", off[0], absent=tmp_path / mode)
 
 
