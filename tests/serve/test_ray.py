@@ -14,6 +14,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,18 +251,32 @@ def test_sigterm_to_the_whole_process_group_stops_cleanly(onnx_artifacts):
     assert _ray_temp_dirs() <= temp_dirs
 
 
-def test_a_cluster_whose_serve_listens_elsewhere_is_named_and_its_own_address_serves_again(minilm_bundle):
+@contextmanager
+def _head_node(log: Path):
+    """A Ray cluster of our own (``ray start --head --block``), torn down by its process group:
+    ``ray stop`` would stop every Ray process on the machine, another test's cluster too."""
+    gcs = free_port()
+    with open(log, "w") as out:
+        process = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head", "--block",
+                                    "--port", str(gcs), "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                                    "--include-dashboard=false"], stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while "Ray runtime started" not in log.read_text() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert "Ray runtime started" in log.read_text(), log.read_text()[-2000:]
+        yield f"127.0.0.1:{gcs}"
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_a_cluster_whose_serve_listens_elsewhere_is_named_and_its_own_address_serves_again(minilm_bundle, tmp_path):
     """--address: Serve keeps the proxy address of its first run on a cluster and Ray only logs
     that a new one is ignored; edgeport printed a URL nothing served, and refused the cluster's own
     port as taken (its proxy, on this host, holds it)."""
-    ray = os.path.join(os.path.dirname(sys.executable), "ray")
-    gcs = free_port()
-    started = subprocess.run([ray, "start", "--head", "--port", str(gcs), "--node-ip-address", "127.0.0.1",
-                              "--num-cpus", "2", "--include-dashboard=false"], capture_output=True, text=True,
-                             timeout=180)
-    assert started.returncode == 0, started.stderr[-2000:]
-    address = f"127.0.0.1:{gcs}"
-    try:
+    with _head_node(tmp_path / "head.log") as address:
         with ray_server(minilm_bundle, "--address", address) as (base, _):
             first = int(base.rsplit(":", 1)[1])
         elsewhere = subprocess.run([sys.executable, "-m", "edgeport.cli", "serve", str(minilm_bundle), "--engine",
@@ -272,6 +288,3 @@ def test_a_cluster_whose_serve_listens_elsewhere_is_named_and_its_own_address_se
         assert [line for line in elsewhere.stderr.splitlines() if line.startswith("error:")], elsewhere.stderr
         with ray_server(minilm_bundle, "--address", address, port=first) as (base, _):
             assert request(f"{base}/v2/health/ready", timeout=10)[0] == 200
-    finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
-
