@@ -13,7 +13,9 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import CalibrationDataError, ModelInputError
+from ..manifest import TensorSpec
 from ..runtime.processing import ImageProcessor, TextProcessor
+from ..runtime.runner import check_values
 from .bundled import digits_images, sentences_per_split, stdlib_sentences
 from .readers import read_examples
 
@@ -245,13 +247,11 @@ def _check_feeds(data: dict[str, np.ndarray], specs: dict, path) -> dict[str, np
         ):
             raise CalibrationDataError(f"'{path}': '{name}' has shape {list(value.shape)}, the model takes "
                                        f"{spec['shape']} ({expected})")
-        if value.dtype.kind == "f" and not np.isfinite(value).all():
-            raise CalibrationDataError(f"'{path}': '{name}' holds NaN or infinite values")
-        low, high = spec.get("range", (None, None))
-        if value.size and low is not None and (value.min() < low or value.max() > high):
-            # said here, naming the file, not by the runtime once measuring had begun
-            bad = value.min() if value.min() < low else value.max()
-            raise CalibrationDataError(f"'{path}': '{name}' holds {bad}, outside the model's range {low}..{high}")
+        try:
+            if value.size:      # the runtime's own limits, said here naming the file, before any measuring
+                check_values(name, value, TensorSpec.from_manifest(spec))
+        except ModelInputError as exc:
+            raise CalibrationDataError(f"'{path}': {exc}") from exc
         feeds[name] = value
     mask = feeds.get("attention_mask")
     if mask is not None and mask.ndim == 2:

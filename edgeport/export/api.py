@@ -20,9 +20,11 @@ def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, opti
         if weights:
             raise InvalidOptionError("--weight weighs the --adapter folders merged first; give --adapter too")
         return exporter(source, out, options, progress=progress)
-    if is_keras_file(source) or is_callable_source(str(source)):
-        raise InvalidOptionError("--adapter merges peft adapters into a Hugging Face model folder; a "
-                                 f"{'Keras file' if is_keras_file(source) else 'module:callable source'} takes none")
+    other = "Keras file" if is_keras_file(source) else "module:callable source" if is_callable_source(str(source)) \
+        else None
+    if other:
+        raise InvalidOptionError(f"--adapter merges peft adapters into a Hugging Face model folder; a {other} "
+                                 "takes none")
     from .lora import MergeOptions, merge
 
     inputs = () if is_callable_source(str(source)) else (source, *adapters)

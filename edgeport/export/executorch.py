@@ -44,7 +44,7 @@ from ..vocabulary import BATCH, DEFAULT_ATOL, DEFAULT_RTOL, SEQUENCE
 from .prepare import CallableSource, ExportJob, HfSource, run_module
 from .quiet import quiet_torch_loggers, quiet_torch_onnx
 from .source import is_callable_source, parse_input_spec, recorded_source
-from .text_inputs import check_room_for_text, special_tokens_added
+from .text_inputs import check_room_for_text
 
 QUANTIZE_MODES = ("int8",)
 DEFAULT_MAX_BATCH = 8
@@ -191,7 +191,7 @@ def _bounds(job: ExportJob, options: ExecuTorchOptions) -> dict[str, tuple[int, 
                                      "this model has; give at most that")
         longest = options.sequence_length or min(int(job.processing.get("max_length") or 512), positions or 512)
         if options.sequence_length and "tokenizer.json" in job.copy_files:
-            check_room_for_text(longest, special_tokens_added(job.copy_files["tokenizer.json"]), longest)
+            check_room_for_text(longest, job.copy_files["tokenizer.json"], longest)
         bounds[SEQUENCE] = (1, longest)
     elif options.sequence_length is not None:
         raise InvalidOptionError(f"--sequence-length bounds a text model's sequence; this model's inputs "

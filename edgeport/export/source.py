@@ -102,9 +102,10 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
         files = [folder / p for p in pickled]
         index = folder / "pytorch_model.bin.index.json"
         shards = [folder / s for s in _index_shards(index)] if index.is_file() else []
-        for file in [f for f in files if not f.name.endswith(".json")] + shards:
-            if not file.is_file():
-                raise SourceError(f"{index} names the shard '{file.name}', which is missing")
+        missing = [shard.name for shard in shards if not shard.is_file()]
+        if missing:
+            raise SourceError(f"{index} names the shard '{missing[0]}', which is missing")
+        for file in [f for f in files if f != index] + shards:
             check_pickle(file, SourceError)
         return files
     for file in files:

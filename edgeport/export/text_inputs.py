@@ -131,19 +131,15 @@ def sentence_transformers_processing(folder: Path) -> dict[str, Any]:
     return processing
 
 
-def special_tokens_added(tokenizer_file: Path) -> int:
-    """How many special tokens ``tokenizer_file`` adds to every text ([CLS] and [SEP]: 2)."""
+def check_room_for_text(length: int, tokenizer_file: Path, asked: int) -> None:
+    """A sequence bound the special tokens fill: the tokenizer cannot truncate below them (every
+    ONNX route failed on lengths; an ExecuTorch program embedded every text alike)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    return len(tokenizer.encode("").ids)
-
-
-def check_room_for_text(length: int, specials: int, asked: int) -> None:
-    """A sequence bound the special tokens fill: the tokenizer cannot truncate below them (every
-    ONNX route failed on lengths; an ExecuTorch program embedded every text alike)."""
+    specials = len(tokenizer.encode("").ids)          # [CLS] and [SEP]: 2
     if length <= specials:
         raise InvalidOptionError(f"--sequence-length {asked} leaves no room for text: this tokenizer adds "
                                  f"{specials} special tokens to every text; give at least {specials + 1}")
@@ -180,7 +176,6 @@ def text_setup(folder: Path, model, config, task: str, needs: FamilyNeeds, stati
             setup.notes.append(f"static shapes at {max_length} tokens, not {sequence_length}: the model takes no "
                                "more (its positions or tokenizer)")
         max_length = min(max_length, sequence_length)
-        check_room_for_text(max_length, int(tokenizer.num_special_tokens_to_add()), sequence_length)
     if task != "feature-extraction":
         processing.pop("pooling", None)
         processing.pop("normalize", None)
@@ -194,6 +189,8 @@ def text_setup(folder: Path, model, config, task: str, needs: FamilyNeeds, stati
     # Validate with exactly the tokenizer.json the artifact will carry (saved in the export's work folder).
     staged = work / "tokenizer.json"
     tokenizer.backend_tokenizer.save(str(staged))
+    if static:
+        check_room_for_text(max_length, staged, sequence_length)
     setup.copy_files["tokenizer.json"] = staged
     setup.processor = TextProcessor(staged, int(max_length), names, pad_token, processing["pad_id"])
     return setup

@@ -171,6 +171,12 @@ def _check_limits(name: str, value: np.ndarray, spec: TensorSpec) -> None:
             if limit is not None and got > limit:
                 raise ModelInputError(f"input '{name}' has size {got} on axis {axis}; the model supports at most "
                                       f"{limit} there (its position embeddings end at {limit})")
+    check_values(name, value, spec)
+
+
+def check_values(name: str, value: np.ndarray, spec: TensorSpec) -> None:
+    """Finite values within the range the manifest declares for an input (also checked where feeds
+    files are read, so that a bad file is named before any measuring)."""
     if value.dtype.kind == "f" and not np.isfinite(value).all():
         raise ModelInputError(f"input '{name}' holds NaN or infinite values")
     if spec.value_range is not None:
