@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import ArtifactError
 from .schema import problems
-from .vocabulary import GRAPH_FORMATS, PRECISIONS, TARGETS, TASKS
+from .vocabulary import GRAPH_FORMATS, MAX_IMAGE_CHANNELS, PRECISIONS, TARGETS, TASKS
 
 MANIFEST_NAME = "edgeport.json"
 GOLDEN_NAME = "golden.npz"
@@ -76,7 +76,7 @@ _IMAGE = {
     "properties": {
         "size": {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "integer", "minimum": 1}},
         # multispectral models take more than RGBA's four; a greyscale image is repeated to fill them
-        "channels": {"type": "integer", "minimum": 1, "maximum": 1024},
+        "channels": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_CHANNELS},
         "mean": {"type": "array", "items": {"type": "number"}},
         "std": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}},
         "layout": {"enum": ["NCHW", "NHWC"]},

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelInputError
+from .errors import InvalidOptionError, ModelInputError
 from .runtime import load
 from .runtime.runner import in_calls_of
 from .vocabulary import DEFAULT_MAX_NEW_TOKENS
@@ -37,7 +37,7 @@ def jsonable(value: Any) -> Any:
 def run_artifact(path, texts: list[str], input_file: str | None, device: str = "auto", threads: int | None = None,
                  batch_size: int = 8, trusted_key: str | None = None) -> dict[str, Any]:
     """Run an artifact (or bundle) on ``texts`` or on the examples in ``input_file``."""
-    from .data import raw_images, read_examples
+    from .data import as_model_dtype, raw_images, read_examples
 
     model = load(path, device=device, threads=threads, trusted_key=trusted_key)
     with model:
@@ -51,7 +51,11 @@ def run_artifact(path, texts: list[str], input_file: str | None, device: str = "
         if kind == "feeds" and raw_images(data, model.processing) is not None:
             result["predictions"] = jsonable(model.predict(raw_images(data, model.processing), batch_size=batch_size))
         elif kind == "feeds":
-            result["outputs"] = jsonable(in_calls_of(model.run, batch_size)(data))
+            wanted, feeds = {spec.name: spec.dtype for spec in model.inputs}, {}
+            for name, value in data.items():      # cast as verify and quantize read them; the runner names the rest
+                cast = as_model_dtype(value, wanted[name]) if name in wanted else None
+                feeds[name] = value if cast is None else cast
+            result["outputs"] = jsonable(in_calls_of(model.run, batch_size)(feeds))
         elif kind == "images" and not model.takes_images():
             raise ModelInputError(f"'{input_file}' is a folder of images and this {model.task} model takes no images; "
                                   + ("give --text or a .txt / .jsonl file" if model.takes_text() else
@@ -75,6 +79,10 @@ def stream_generation(path, prompts: list[str], max_new_tokens: int | None = Non
             raise ModelInputError(f"'{path}' is a {model.task} model; --prompt is for causal language models "
                                   "(task text-generation): use --text or --input")
         new_tokens = DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens     # 0 is refused, not "default"
+        if new_tokens >= model.context_length:      # past any prompt's room: the option, not the prompt (as bench says)
+            raise InvalidOptionError(f"--max-new-tokens {new_tokens} is past the model's context of "
+                                     f"{model.context_length} tokens with any prompt; give at most "
+                                     f"{model.context_length - 1}")
         streams = [model.stream(prompt, new_tokens, temperature, top_k, top_p, seed, adapter=adapter)
                    for prompt in prompts]          # every prompt checked before the first is printed
         for index, (prompt, pieces) in enumerate(zip(prompts, streams)):

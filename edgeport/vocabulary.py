@@ -46,6 +46,7 @@ PLATFORMS = ("linux/arm64",)
 # ------------------------------------------------------------------ defaults (the library resolves them; the CLI passes None)
 
 DEFAULT_OPSET = 17
+MAX_IMAGE_CHANNELS = 1024                # spectral stacks; wider 4-D inputs are tensors, not images
 DEFAULT_ATOL = 1e-4
 DEFAULT_RTOL = 1e-3
 DEFAULT_SEQUENCE_LENGTH = 128            # for --static-shapes

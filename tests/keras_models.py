@@ -8,8 +8,8 @@ once per process, at import; the test process must not be tied to it).
                                                  labels.npy and keras_logits.npy, and calib.npz
     python tests/keras_models.py custom OUT_DIR  a model with a custom layer whose code only this
                                                  script has: custom.keras; and open_size.keras,
-                                                 float16.keras, bands.keras, unbuilt.keras,
-                                                 lambda.keras
+                                                 float16.keras, bands.keras, wide.keras,
+                                                 unbuilt.keras, lambda.keras
 """
 
 from __future__ import annotations
@@ -72,6 +72,9 @@ def custom(out: Path) -> None:
     keras.Sequential([keras.Input((8, 8, 3), dtype="float16"), keras.layers.Flatten(),
                       keras.layers.Dense(3)]).save(out / "float16.keras")
     keras.Sequential([keras.Input((8, 8, 5)), keras.layers.Flatten(), keras.layers.Dense(3)]).save(out / "bands.keras")
+    # Wider than any image edgeport pre-processes: a tensor, fed as it is.
+    keras.Sequential([keras.Input((2, 2, 1100)), keras.layers.Flatten(), keras.layers.Dense(3)]).save(
+        out / "wide.keras")
     # Never built (no Input, never called), and a Lambda, whose code Keras' safe mode will not run.
     keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(3)]).save(out / "unbuilt.keras")
     keras.Sequential([keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2),

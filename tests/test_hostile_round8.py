@@ -17,7 +17,7 @@ from helpers import assert_fails
 
 
 @pytest.mark.parametrize("option, value", [("--max-new-tokens", "0"), ("--top-k", "0"), ("--top-p", "1.5"),
-                                           ("--temperature", "0")])
+                                           ("--temperature", "0"), ("--top-p", "nan"), ("--temperature", "inf")])
 def test_run_names_a_bad_generation_option_as_the_user_wrote_it(cli, onnx_artifacts, option, value):
     """It named the Python argument (top_k, max_new_tokens) of the sampler that refused it."""
     result = cli("run", onnx_artifacts["encoder"].path, "--prompt", "Return the", option, value)

@@ -8,7 +8,7 @@ import click
 from .. import vocabulary as v
 from ..errors import InvalidOptionError, refuse_unused
 from . import main
-from .common import TRUSTED_KEY_HELP, emit_json, say, show_artifact
+from .common import TRUSTED_KEY_HELP, FiniteFloatRange, emit_json, say, show_artifact
 
 
 @main.command("inspect")
@@ -82,10 +82,10 @@ def verify_command(candidate, reference, data, limit, min_cosine, max_abs_error,
               help=".npz of feeds (one array per input), .txt of texts (one a line), or an image folder.")
 @click.option("--prompt", "prompts", multiple=True, help="Causal LMs: a prompt to continue (repeatable).")
 @click.option("--max-new-tokens", type=click.IntRange(min=1), help="Causal LMs: tokens to generate (default 32).")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
+@click.option("--temperature", type=FiniteFloatRange(min=0, min_open=True),
               help="Causal LMs: sample at this temperature (default: greedy).")
 @click.option("--top-k", type=click.IntRange(min=1))
-@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True))
+@click.option("--top-p", type=FiniteFloatRange(min=0, max=1, min_open=True))
 @click.option("--seed", type=int)
 @click.option("--adapter", help="Causal LMs: the runtime adapter to generate with.")
 @click.option("--device", type=click.Choice(v.DEVICES), default="auto", show_default=True)

@@ -11,6 +11,17 @@ import click
 TRUSTED_KEY_HELP = "Refuse a bundle unless it is signed by this public key (PEM; see package --sign)."
 
 
+class FiniteFloatRange(click.FloatRange):
+    """A float range that refuses nan and infinity: every comparison with nan is false, so
+    click's range let ``--top-p nan`` through to the sampler."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number or number in (float("inf"), float("-inf")):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
 def given(**values):
     """Only the options the user gave: None means "the library's default"."""
     return {k: value for k, value in values.items() if value is not None}

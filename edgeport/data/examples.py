@@ -228,6 +228,19 @@ def _default_examples(artifact, role: str, limit: int):
     return "feeds", data, "the golden inputs recorded at export", hash_values(list(data.values()))
 
 
+def as_model_dtype(value: np.ndarray, want: np.dtype) -> np.ndarray | None:
+    """``value`` in the dtype the model takes where the cast keeps its meaning: within a kind
+    (float32 data for a float16 model, int32 ids for int64, int64 for int32 while every value
+    fits); None otherwise.  A float past float16's range becomes inf, which the runtime names."""
+    if value.dtype == want:
+        return value
+    if value.dtype.kind != want.kind and not {value.dtype.kind, want.kind} <= set("iu"):
+        return None
+    with np.errstate(over="ignore"):
+        converted = value.astype(want)
+    return converted if want.kind == "f" or np.array_equal(converted, value) else None
+
+
 def _check_feeds(data: dict[str, np.ndarray], specs: dict, path) -> dict[str, np.ndarray]:
     expected = "; ".join(f"{n}: {s['dtype']} {s['shape']}" for n, s in specs.items())
     if set(data) != set(specs):
@@ -235,12 +248,13 @@ def _check_feeds(data: dict[str, np.ndarray], specs: dict, path) -> dict[str, np
             f"'{path}' has arrays {sorted(data)} but the model's inputs are {sorted(specs)} ({expected})")
     feeds = {}
     for name, spec in specs.items():
-        value = np.asarray(data[name])
-        want = np.dtype(spec["dtype"])
-        if value.dtype != want:
-            if value.dtype.kind != want.kind and not (value.dtype.kind in "iu" and want.kind in "iu"):
-                raise CalibrationDataError(f"'{path}': '{name}' is {value.dtype.name}, the model takes {want.name}")
-            value = value.astype(want)
+        value, want = np.asarray(data[name]), np.dtype(spec["dtype"])
+        cast = as_model_dtype(value, want)
+        if cast is None:
+            raise CalibrationDataError(f"'{path}': '{name}' is {value.dtype.name}, the model takes {want.name}"
+                                       + (" (and its values do not fit)" if {value.dtype.kind, want.kind} <= set("iu")
+                                          else ""))
+        value = cast
         if value.ndim != len(spec["shape"]) or any(
             isinstance(d, int) and d > 0 and got != d for axis, (got, d) in enumerate(zip(value.shape, spec["shape"]))
             if axis > 0

@@ -123,9 +123,9 @@ def _read_npz(path: Path, error) -> dict[str, np.ndarray]:
             raise error(f"'{path}': '{name}' is a single number; arrays need the batch on axis 0")
         if value.dtype.kind not in "biuf":
             raise error(f"'{path}': '{name}' holds {value.dtype}, not numbers")
-    lengths = {len(v) for v in feeds.values()}
-    if len(lengths) > 1:
-        raise error(f"'{path}': arrays differ in batch size {sorted(lengths)}")
+    if len({len(v) for v in feeds.values()}) > 1:
+        sizes = ", ".join(f"'{name}' {len(value)}" for name, value in feeds.items())
+        raise error(f"'{path}': arrays differ in batch size ({sizes}); every array needs the same rows on axis 0")
     return feeds
 
 

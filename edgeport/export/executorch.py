@@ -538,11 +538,9 @@ def _write(out, source: str, job: ExportJob, options: ExecuTorchOptions, bounds,
         manifest = Manifest(task=job.task, processing=processing, graph=graph, precision=precision,
                             parity={"export": parity.to_dict()})
         if Path(source).is_dir():
-            from .lora import read_merge_record
+            from .lora import read_merge_records
 
-            record = read_merge_record(Path(source))
-            if record:
-                manifest.lineage.append(record)
+            manifest.lineage.extend(read_merge_records(Path(source)))
         manifest.add_lineage(
             "export",
             parameters={"source": recorded_source(source),

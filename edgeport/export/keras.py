@@ -33,7 +33,7 @@ from ..outputs import ARTIFACT, check_output, staged_output
 from ..parity import compare_outputs
 from ..processes import python_module
 from ..runtime.onnxrt import OnnxRuntimeRunner
-from ..vocabulary import BATCH
+from ..vocabulary import BATCH, MAX_IMAGE_CHANNELS
 from .source import recorded_source
 
 
@@ -91,7 +91,8 @@ class KerasIO:
 
 def keras_io(info: dict) -> KerasIO:
     shape = info["input_shape"]
-    image = len(shape) == 4 and info["input_dtype"].startswith("float")
+    # A 4-D float input is an image of up to MAX_IMAGE_CHANNELS bands; wider, a tensor fed as it is.
+    image = len(shape) == 4 and info["input_dtype"].startswith("float") and (shape[3] or 0) <= MAX_IMAGE_CHANNELS
     classes = info["output_shape"][-1] if len(info["output_shape"]) == 2 else None
     classifier = bool(image and classes and classes > 1)
     processing = {}

@@ -248,15 +248,13 @@ def _verify(candidate: Candidate, reference: Reference, options, config: dict):
 def _write(out, folder: Path, candidate: Candidate, manifest: Manifest, parity, reference: Reference, options,
            config: dict, weights: list[Path], attempts: list[dict], runtime_adapters) -> Artifact:
     from ..artifact import sha256_file
-    from .lora import read_merge_record
+    from .lora import read_merge_records
 
     with staged_output(out, options.force, (folder, *(runtime_adapters or {}).values()), ARTIFACT) as staging:
         for item in candidate.folder.iterdir():
             if item.name != "edgeport.json":
                 (shutil.copytree if item.is_dir() else shutil.copyfile)(item, staging / item.name)
-        record = read_merge_record(folder)
-        if record:
-            manifest.lineage.append(record)
+        manifest.lineage.extend(read_merge_records(folder))
         manifest.add_lineage("export", parameters={
             "source": recorded_source(folder), "task": "text-generation", "precision": options.precision,
             "route": candidate.route,

@@ -2,7 +2,8 @@
 into the base weights, verified against the unmerged PeftModel on the same inputs.
 
 The result is a plain Hugging Face folder that loads without peft; its provenance is in
-``edgeport-merge.json``, which ``export`` carries into the artifact's lineage.
+``edgeport-merge.json``, which ``export`` carries into the artifact's lineage (a merged folder
+merged again: every merge's entry, oldest first).
 """
 
 from __future__ import annotations
@@ -233,6 +234,7 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
     check_output(out, options.force, (base, *options.adapters), MERGED_MODEL)
     config_dict = read_config(base)
     base_weights = weight_files(base, options.allow_pickle)
+    earlier = read_merge_records(base)          # a merged folder merged again keeps its history
     adapters = [read_adapter(a, options.allow_pickle) for a in options.adapters]
     for adapter in adapters:
         if adapter.peft_type in _PROMPT_LEARNING:
@@ -318,7 +320,8 @@ def merge(base: str | os.PathLike, out: str | os.PathLike, options: MergeOptions
                 shutil.copyfile(source, folder / name)
             elif source.is_dir():
                 shutil.copytree(source, folder / name)
-        (folder / MERGE_RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        records = earlier + [record] if earlier else record          # one merge: its entry alone
+        (folder / MERGE_RECORD).write_text(json.dumps(records, indent=2) + "\n", encoding="utf-8")
     say(f"merged: max abs {parity.max_abs_err:.3g} against the PeftModel (float32); changed the base by max abs "
         f"{change.max_abs_err:.3g} (cosine {change.mean_cosine:.6f})"
         + (f"; written as {dtype}: max abs {written.max_abs_err:.3g}, min cosine {written.min_cosine:.6f} against "
@@ -343,10 +346,11 @@ def _save(merged, folder: Path, out) -> None:
 
 
 def _check_complete(peft_model, adapter: AdapterInfo, name: str) -> None:
-    """Refuse an adapter whose file lacks tensors its config asks for: peft fills them with
-    fresh values (random A, zero B) and only warns, and the merge check, run against that same
-    PeftModel, would pass a model the adapter never described.  An empty file, a missing
-    layer, or a config of another method (IA3, AdaLoRA) over LoRA weights all end here."""
+    """Refuse an adapter whose file lacks tensors its config asks for, or holds tensors it does
+    not name: peft fills the missing ones with fresh values (random A, zero B) and only warns,
+    drops the others without a word, and the merge check, run against that same PeftModel,
+    would pass a model the adapter never described.  An empty file, a missing layer, or a
+    config of another method (IA3, AdaLoRA) over LoRA weights all end here."""
     from peft.utils import get_peft_model_state_dict
 
     expected = set(get_peft_model_state_dict(peft_model, adapter_name=name))
@@ -364,6 +368,11 @@ def _check_complete(peft_model, adapter: AdapterInfo, name: str) -> None:
         raise AdapterError(f"adapter '{adapter.path}' lacks {len(missing)} of the {len(expected)} tensors its "
                            f"adapter_config.json ({adapter.peft_type}) asks for, e.g. {', '.join(missing[:2])}: peft "
                            "would fill them with fresh values; re-save the adapter with peft (save_pretrained)")
+    extra = sorted(present - expected)
+    if extra:       # peft drops them without a word: the merge would not be the adapter that was trained
+        raise AdapterError(f"adapter '{adapter.path}' holds {len(extra)} tensors its adapter_config.json "
+                           f"({adapter.peft_type}) does not name, e.g. {', '.join(extra[:2])}: peft would drop them; "
+                           "name their modules in target_modules, or re-save the adapter with peft (save_pretrained)")
 
 
 def _apply_adapters(model, adapters: list[AdapterInfo], options: MergeOptions, base: Path):
@@ -395,20 +404,23 @@ _PROMPT_LEARNING = {"PROMPT_TUNING", "MULTITASK_PROMPT_TUNING", "P_TUNING", "PRE
                     "CARTRIDGE"}
 
 
-def read_merge_record(folder: Path) -> dict | None:
-    """The merge's lineage entry carried by a merged folder; refused when it is malformed,
-    since it would go into the exported artifact's manifest."""
+def read_merge_records(folder: Path) -> list[dict]:
+    """The merges' lineage entries a merged folder carries, oldest first (a merged folder merged
+    again carries every one); refused when one is malformed, since they go into the exported
+    artifact's manifest."""
     from ..manifest import MANIFEST_SCHEMA
     from ..schema import problems
 
     record = Path(folder) / MERGE_RECORD
     if not record.is_file():
-        return None
+        return []
     try:
         data = json.loads(record.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SourceError(f"{record} is not valid JSON ({exc}); merge again or delete it") from exc
-    found = problems(data, MANIFEST_SCHEMA["properties"]["lineage"]["items"], MERGE_RECORD)
-    if found:
-        raise SourceError(f"{record} is malformed: {'; '.join(found[:3])}; merge again or delete it")
-    return data
+    entries = data if isinstance(data, list) and data else [data]     # one merge: its entry, as a list's only item
+    for entry in entries:
+        found = problems(entry, MANIFEST_SCHEMA["properties"]["lineage"]["items"], MERGE_RECORD)
+        if found:
+            raise SourceError(f"{record} is malformed: {'; '.join(found[:3])}; merge again or delete it")
+    return entries

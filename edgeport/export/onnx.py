@@ -356,11 +356,9 @@ def _write_artifact(out, job: ExportJob, options: ExportOptions, source: str, re
                             precision={"mode": "fp32", "kept_fp32_nodes": [], "calibration": None},
                             parity={"export": result.parity.to_dict()} if result.parity else {})
         if not is_callable_source(source):
-            from .lora import read_merge_record
+            from .lora import read_merge_records
 
-            record = read_merge_record(Path(source))
-            if record:
-                manifest.lineage.append(record)
+            manifest.lineage.extend(read_merge_records(Path(source)))
         manifest.add_lineage(
             "export",
             parameters={"source": recorded_source(source),

@@ -392,6 +392,8 @@ class CallableSource:
                         output_names=names, input_axes=input_axes, output_axes={}, trace_inputs=trace,
                         validation_batches=validation, validation_data="seeded random inputs built from the --input specs",
                         sources={"factory": self.source})
+        job.notes += [f"--input {s.name} is bfloat16: the graph takes float32 (numpy, and so the runtime, has no "
+                      "bfloat16)" for s in self.specs if s.dtype == "bfloat16"]
         job.output_axes = ({n: {} for n in names} if static else
                            output_axes(module, job.input_names, names, input_axes,
                                        (trace, self._batch(rng, TRACE_BATCH + 1, static))))
@@ -416,4 +418,8 @@ class CallableSource:
         if bad or not outputs:
             raise UnsupportedModelError(f"{self.source}() returns {', '.join(bad) or 'nothing'}; the model must return "
                                         "a tensor or a tuple of tensors")
+        scalars = [str(i) for i, o in enumerate(outputs) if o.dim() == 0]
+        if scalars:     # the checks compare outputs batch by batch, along axis 0
+            raise UnsupportedModelError(f"{self.source}() returns a single number (a 0-d tensor) as output "
+                                        f"{', '.join(scalars)}; return one value per input row (keep the batch axis)")
         return outputs

@@ -94,6 +94,9 @@ def weight_files(folder: Path, allow_pickle: bool) -> list[Path]:
         pickled = [p for p in PICKLE_WEIGHTS if (folder / p).is_file()]
         if not pickled:
             raise SourceError(f"'{folder}' has no weights: expected model.safetensors (or a sharded index)")
+        if not any(name.startswith("pytorch_model.bin") for name in pickled):      # --allow-pickle would not help
+            raise SourceError(f"'{folder}' holds {pickled[0]}, which transformers does not read as a model folder's "
+                              "weights: save its state dict as model.safetensors (or name it pytorch_model.bin)")
         if not allow_pickle:
             raise UnsafeFileError(
                 f"'{folder}' only has pickle weights ({', '.join(pickled)}); loading pickle can run "

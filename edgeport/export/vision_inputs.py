@@ -14,7 +14,7 @@ import numpy as np
 from ..data import digits_images
 from ..errors import SourceError
 from ..runtime.processing import ImageProcessor
-from ..vocabulary import BATCH, HEIGHT, WIDTH
+from ..vocabulary import BATCH, HEIGHT, MAX_IMAGE_CHANNELS, WIDTH
 
 TRACE_BATCH = 2
 
@@ -77,6 +77,9 @@ def _size_from(value) -> tuple[int, int] | None:
 
 def vision_setup(folder: Path, model, config) -> VisionSetup:
     channels = int(getattr(config, "num_channels", 3) or 3)
+    if channels > MAX_IMAGE_CHANNELS:
+        raise SourceError(f"the model's images have {channels} channels (config num_channels); edgeport's image "
+                          f"processing takes at most {MAX_IMAGE_CHANNELS}")
     mean, std = [0.5] * channels, [0.5] * channels
     size = _size_from(getattr(config, "image_size", None))
     copy_files = {}

@@ -31,6 +31,7 @@ class VariantResult:
     artifact: str | None = None
     passed: bool = False
     failure: str | None = None
+    regressed: bool = False         # passed its gates, then fell behind gates.previous_report
     parity: dict = field(default_factory=dict)
     size_bytes: int | None = None
     p50_ms: float | None = None
@@ -409,7 +410,7 @@ def _run(recipe: Recipe, shipment: Shipment, dry_run: bool) -> ShipResult:
         return result
     if bench:
         result.bench_json, result.bench_html = (str(p) for p in bench)
-        result.failures += _regressions(recipe, bench[0])
+        result.failures += _regressions(recipe, bench[0], passed)
     result.failures += shipment.platforms(passed)
     _speed_and_size(result, recipe, bench[0] if bench else None)
     result.seconds = time.perf_counter() - start
@@ -422,13 +423,17 @@ def _inputs(recipe: Recipe) -> tuple:
     return tuple(sources + list(recipe.adapters))
 
 
-def _regressions(recipe: Recipe, bench_json: Path) -> list[str]:
+def _regressions(recipe: Recipe, bench_json: Path, benched: list[VariantResult]) -> list[str]:
+    """What fell behind ``gates.previous_report``; the variants that did are marked ``regressed``."""
     if not recipe.previous_report:
         return []
     from ..bench.compare import compare, load_report, parse_percent
 
     comparison = compare(load_report(recipe.previous_report), load_report(bench_json),
                          parse_percent(recipe.max_regression), DEFAULT_MAX_PARITY_DROP)
+    behind = {d.variant for d in comparison.deltas if d.regressed} | set(comparison.failed_parity)
+    for variant in benched:               # the bench names a variant by its artifact's folder
+        variant.regressed = Path(variant.artifact).name in behind
     try:
         comparison.raise_for_failure()
     except RegressionError as exc:

@@ -11,14 +11,14 @@ def _figure(value, spec: str) -> str:
 
 
 def format_summary(result: ShipResult) -> str:
-    header = (f"{'variant':<14} {'precision':<17} {'gate':<7} {'mean cos':>9} {'min cos':>9} {'size MB':>8} "
+    header = (f"{'variant':<14} {'precision':<17} {'gate':<9} {'mean cos':>9} {'min cos':>9} {'size MB':>8} "
               f"{'of PyTorch':>10} {'p50 ms':>8} {'vs PyTorch':>10}  bundle")
     lines = [header, "-" * len(header)]
     for v in result.variants:
         figures = v.parity.get("sentence_embedding") or next(iter(v.parity.get("outputs", {}).values()), {})
-        gate = "passed" if v.passed else "FAILED"
+        gate = "regressed" if v.regressed else "passed" if v.passed else "FAILED"
         size = v.size_bytes / 1e6 if v.size_bytes else None
-        lines.append(f"{v.name:<14} {v.precision:<17} {gate:<7} {_figure(figures.get('mean_cosine'), '.5f'):>9} "
+        lines.append(f"{v.name:<14} {v.precision:<17} {gate:<9} {_figure(figures.get('mean_cosine'), '.5f'):>9} "
                      f"{_figure(figures.get('min_cosine'), '.5f'):>9} {_figure(size, '.1f'):>8} "
                      f"{_figure(v.size_vs_pytorch, '.0%'):>10} {_figure(v.p50_ms, '.2f'):>8} "
                      f"{(_figure(v.speedup_vs_pytorch, '.2f') + 'x') if v.speedup_vs_pytorch else '-':>10}  "

@@ -121,6 +121,11 @@ def test_custom_layers_and_open_input_sizes_are_refused_and_odd_pixels_export(cl
         assert result.exit_code == 0, result.output
         assert len(json.loads(result.output)["predictions"][0]["probabilities"]) == 3
     assert Artifact.load(tmp_path / "bands").manifest.processing["image"]["channels"] == 5
+    # float32 feeds for the float16 model: cast, as verify and quantize read them (run refused them)
+    np.savez(tmp_path / "feeds.npz", images=np.zeros((2, 8, 8, 3), np.float32))
+    result = cli("run", tmp_path / "float16", "--input", tmp_path / "feeds.npz")
+    assert result.exit_code == 0, result.output
+    assert np.asarray(json.loads(result.output)["outputs"]["logits"]).shape == (2, 3)
     Image.fromarray(np.zeros((12, 10), np.uint8)).save(tmp_path / "grey" / "b.png")      # photos of two sizes
     result = cli("run", tmp_path / "float16", "--input", tmp_path / "grey")
     assert result.exit_code == 0, result.output
@@ -131,6 +136,11 @@ def test_custom_layers_and_open_input_sizes_are_refused_and_odd_pixels_export(cl
     assert_fails(result, 3, "saved before it was built", "keras.Input", absent=tmp_path / "out")
     result = cli("export", "onnx", tmp_path / "lambda.keras", "-o", tmp_path / "out")
     assert_fails(result, 3, "holds a Lambda layer", "register_keras_serializable", absent=tmp_path / "out")
+    # 1100 bands: past what the manifest's image processing takes (refused as "an invalid
+    # manifest" edgeport made), so a tensor fed as it is.
+    assert cli("export", "onnx", tmp_path / "wide.keras", "-o", tmp_path / "wide").exit_code == 0
+    wide = Artifact.load(tmp_path / "wide")
+    assert "image" not in wide.manifest.processing and tuple(wide.manifest.inputs[0].shape[1:]) == (2, 2, 1100)
 
 
 def test_savedmodel_folders_and_damaged_files_are_refused(cli, tmp_path, keras_cnn):

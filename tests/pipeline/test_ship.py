@@ -93,6 +93,8 @@ def test_adapters_are_merged_and_a_regression_fails_the_run(cli, tmp_path, tiny_
                      bench={"scenarios": ["single-stream"], "rounds": 1, "min_duration": 0.02})
     result = cli("ship", second)
     assert result.exit_code == RegressionError.exit_code, result.output
+    table_row = next(line for line in result.output.splitlines() if line.startswith("fp32 "))
+    assert " regressed " in table_row and " passed " not in table_row, result.output      # not "passed" above FAILED
     assert "[cached] merge" in result.output and "[cached] export" in result.output and "[run] bench" in result.output
 
 
