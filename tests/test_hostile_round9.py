@@ -53,8 +53,8 @@ def test_a_callable_returning_a_single_number_is_named(cli, tmp_path, monkeypatc
 
     (tmp_path / "summing_r9.py").write_text(
         "import torch\n\n\nclass Summing(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
-        "        self.linear = torch.nn.Linear(4, 2)\n\n    def forward(self, x):\n        return self.linear(x).sum()\n"
-        "\n\ndef make():\n    return Summing()\n")
+        "        self.linear = torch.nn.Linear(4, 2)\n\n    def forward(self, x):\n"
+        "        return self.linear(x).sum()\n\n\ndef make():\n    return Summing()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     result = cli("export", "onnx", "summing_r9:make", "--input", "x:2x4:float32", "-o", tmp_path / "out")
     assert_fails(result, UnsupportedModelError.exit_code, "a single number (a 0-d tensor) as output 0",
