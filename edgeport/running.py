@@ -37,7 +37,7 @@ def jsonable(value: Any) -> Any:
 def run_artifact(path, texts: list[str], input_file: str | None, device: str = "auto", threads: int | None = None,
                  batch_size: int = 8, trusted_key: str | None = None) -> dict[str, Any]:
     """Run an artifact (or bundle) on ``texts`` or on the examples in ``input_file``."""
-    from .data import as_model_dtype, raw_images, read_examples
+    from .data import in_model_dtype, raw_images, read_examples
 
     model = load(path, device=device, threads=threads, trusted_key=trusted_key)
     with model:
@@ -51,10 +51,9 @@ def run_artifact(path, texts: list[str], input_file: str | None, device: str = "
         if kind == "feeds" and raw_images(data, model.processing) is not None:
             result["predictions"] = jsonable(model.predict(raw_images(data, model.processing), batch_size=batch_size))
         elif kind == "feeds":
-            wanted, feeds = {spec.name: spec.dtype for spec in model.inputs}, {}
-            for name, value in data.items():      # cast as verify and quantize read them; the runner names the rest
-                cast = as_model_dtype(value, wanted[name]) if name in wanted else None
-                feeds[name] = value if cast is None else cast
+            wanted = {spec.name: spec.dtype for spec in model.inputs}      # cast as verify and quantize read them
+            feeds = {name: in_model_dtype(name, value, wanted[name], input_file, ModelInputError) if name in wanted
+                     else value for name, value in data.items()}        # an unknown name: the runner says which
             result["outputs"] = jsonable(in_calls_of(model.run, batch_size)(feeds))
         elif kind == "images" and not model.takes_images():
             raise ModelInputError(f"'{input_file}' is a folder of images and this {model.task} model takes no images; "

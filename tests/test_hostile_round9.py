@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgeport.errors import CalibrationDataError, SourceError
 from helpers import assert_fails
@@ -59,6 +60,16 @@ def test_a_callable_returning_a_single_number_is_named(cli, tmp_path, monkeypatc
     result = cli("export", "onnx", "summing_r9:make", "--input", "x:2x4:float32", "-o", tmp_path / "out")
     assert_fails(result, UnsupportedModelError.exit_code, "a single number (a 0-d tensor) as output 0",
                  "keep the batch axis", absent=tmp_path / "out")
+    # Summed over the batch and kept 1-d: exported, and run joined each batch's sums as rows.
+    (tmp_path / "batch_sums_r9.py").write_text(
+        "import torch\n\n\nclass BatchSums(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.linear = torch.nn.Linear(4, 2)\n\n    def forward(self, x):\n"
+        "        return self.linear(x).sum(0)\n\n\ndef make():\n    return BatchSums()\n")
+    for static in ((), ("--static-shapes",)):
+        result = cli("export", "onnx", "batch_sums_r9:make", "--input", "x:4x4:float32", "-o", tmp_path / "out",
+                     *static)
+        assert_fails(result, UnsupportedModelError.exit_code, "returns output 'output' [2] for",
+                     "one row per input row on axis 0", absent=tmp_path / "out")
 
 
 def test_run_names_max_new_tokens_past_any_prompts_room_as_an_option(cli, lms):
@@ -91,6 +102,13 @@ def test_a_merged_folder_merged_again_keeps_every_merge_in_the_lineage(cli, tiny
     lineage = Artifact.load(tmp_path / "onnx").manifest.lineage
     assert [e["stage"] for e in lineage] == ["merge", "merge", "export"]
     assert lineage[0]["parameters"]["base"] == str(base.resolve())
+    record = tmp_path / "twice" / "edgeport-merge.json"          # only merges come into the lineage this way
+    for edited, phrase in (([records[0], {**records[1], "stage": "export"}], "of stage 'export', not 'merge'"),
+                           ([], "holds no merge entry")):
+        record.write_text(json.dumps(edited))
+        result = cli("export", "onnx", tmp_path / "twice", "-o", tmp_path / "again")
+        assert_fails(result, SourceError.exit_code, "edgeport-merge.json is malformed", phrase,
+                     absent=tmp_path / "again")
 
 
 def test_run_casts_integer_feeds_to_the_models_width(cli, onnx_artifacts, tmp_path):
@@ -104,13 +122,13 @@ def test_a_bfloat16_input_says_the_graph_takes_float32(cli, tmp_path, monkeypatc
     from edgeport.artifact import Artifact
 
     (tmp_path / "linear_r9.py").write_text("import torch\n\n\ndef make():\n    torch.manual_seed(0)\n"
-                                           "    return torch.nn.Linear(4, 2)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+                                           "    return torch.nn.Linear(4, 2).to(torch.bfloat16)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))          # a bfloat16 module was fed float32 and failed
     result = cli("export", "onnx", "linear_r9:make", "--input", "x:2x4:bfloat16", "-o", tmp_path / "out")
     assert result.exit_code == 0, result.output
     artifact = Artifact.load(tmp_path / "out")
     assert artifact.manifest.inputs[0].dtype.name == "float32"
-    assert "x is bfloat16: the graph takes float32" in " ".join(artifact.manifest.lineage[-1]["notes"])
+    assert "the module ran in float32" in " ".join(artifact.manifest.lineage[-1]["notes"])
 
 
 def test_adapter_tensors_its_config_does_not_name_are_refused(cli, tiny_models, tmp_path):
@@ -132,10 +150,17 @@ def test_adapter_tensors_its_config_does_not_name_are_refused(cli, tiny_models, 
 
 
 def test_feeds_are_cast_only_where_the_values_survive():
-    """int64 ids past int32 wrapped around into valid-looking ids when cast for an int32 model."""
-    from edgeport.data import as_model_dtype
+    """int64 ids past int32 wrapped around into valid-looking ids when cast for an int32 model;
+    70000 cast to float16 was named as 'NaN or infinite values' the file did not hold."""
+    from edgeport.data import in_model_dtype
 
-    assert as_model_dtype(np.array([1, 2], np.int64), np.dtype(np.int32)).dtype == np.int32
-    assert as_model_dtype(np.array([2 ** 33], np.int64), np.dtype(np.int32)) is None
-    assert as_model_dtype(np.array([1.5], np.float32), np.dtype(np.int64)) is None
-    assert np.isinf(as_model_dtype(np.array([1e6], np.float32), np.dtype(np.float16))).all()   # the runtime names it
+    def cast(value, dtype):
+        return in_model_dtype("x", value, np.dtype(dtype), "f.npz", CalibrationDataError)
+
+    assert cast(np.array([1, 2], np.int64), np.int32).dtype == np.int32
+    assert cast(np.array([1.5, np.nan], np.float64), np.float16).dtype == np.float16     # NaN: the runtime names it
+    for value, dtype, phrase in ((np.array([2 ** 33]), np.int32, "int64, the model takes int32 and its values do not"),
+                                 (np.array([7e4], np.float32), np.float16, "float32, the model takes float16 and its"),
+                                 (np.array([1.5], np.float32), np.int64, "float32, the model takes int64")):
+        with pytest.raises(CalibrationDataError, match=phrase):
+            cast(value, dtype)

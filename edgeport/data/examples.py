@@ -228,17 +228,24 @@ def _default_examples(artifact, role: str, limit: int):
     return "feeds", data, "the golden inputs recorded at export", hash_values(list(data.values()))
 
 
-def as_model_dtype(value: np.ndarray, want: np.dtype) -> np.ndarray | None:
-    """``value`` in the dtype the model takes where the cast keeps its meaning: within a kind
-    (float32 data for a float16 model, int32 ids for int64, int64 for int32 while every value
-    fits); None otherwise.  A float past float16's range becomes inf, which the runtime names."""
+def in_model_dtype(name: str, value: np.ndarray, want: np.dtype, path, error) -> np.ndarray:
+    """A feeds file's array in the dtype the model takes, cast within its kind as long as the
+    values survive (float32 data for a float16 model, int32 ids for int64, int64 for int32 while
+    every value fits); otherwise ``error``, naming the file."""
     if value.dtype == want:
         return value
-    if value.dtype.kind != want.kind and not {value.dtype.kind, want.kind} <= set("iu"):
-        return None
-    with np.errstate(over="ignore"):
-        converted = value.astype(want)
-    return converted if want.kind == "f" or np.array_equal(converted, value) else None
+    same_kind = value.dtype.kind == want.kind or {value.dtype.kind, want.kind} <= set("iu")
+    if same_kind:
+        with np.errstate(over="ignore", invalid="ignore"):
+            converted = value.astype(want)
+        if want.kind == "f":        # finite values must stay finite (70000 is inf in float16)
+            fits = bool((np.isfinite(converted) | ~np.isfinite(value)).all())
+        else:
+            fits = np.array_equal(converted, value)
+        if fits:
+            return converted
+    raise error(f"'{path}': '{name}' is {value.dtype.name}, the model takes {want.name}"
+                + (" and its values do not fit" if same_kind else ""))
 
 
 def _check_feeds(data: dict[str, np.ndarray], specs: dict, path) -> dict[str, np.ndarray]:
@@ -248,13 +255,7 @@ def _check_feeds(data: dict[str, np.ndarray], specs: dict, path) -> dict[str, np
             f"'{path}' has arrays {sorted(data)} but the model's inputs are {sorted(specs)} ({expected})")
     feeds = {}
     for name, spec in specs.items():
-        value, want = np.asarray(data[name]), np.dtype(spec["dtype"])
-        cast = as_model_dtype(value, want)
-        if cast is None:
-            raise CalibrationDataError(f"'{path}': '{name}' is {value.dtype.name}, the model takes {want.name}"
-                                       + (" (and its values do not fit)" if {value.dtype.kind, want.kind} <= set("iu")
-                                          else ""))
-        value = cast
+        value = in_model_dtype(name, np.asarray(data[name]), np.dtype(spec["dtype"]), path, CalibrationDataError)
         if value.ndim != len(spec["shape"]) or any(
             isinstance(d, int) and d > 0 and got != d for axis, (got, d) in enumerate(zip(value.shape, spec["shape"]))
             if axis > 0

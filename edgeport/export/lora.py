@@ -372,7 +372,8 @@ def _check_complete(peft_model, adapter: AdapterInfo, name: str) -> None:
     if extra:       # peft drops them without a word: the merge would not be the adapter that was trained
         raise AdapterError(f"adapter '{adapter.path}' holds {len(extra)} tensors its adapter_config.json "
                            f"({adapter.peft_type}) does not name, e.g. {', '.join(extra[:2])}: peft would drop them; "
-                           "name their modules in target_modules, or re-save the adapter with peft (save_pretrained)")
+                           "the config must name them (target_modules, modules_to_save, bias, use_dora...), or "
+                           "re-save the adapter with peft (save_pretrained)")
 
 
 def _apply_adapters(model, adapters: list[AdapterInfo], options: MergeOptions, base: Path):
@@ -418,9 +419,12 @@ def read_merge_records(folder: Path) -> list[dict]:
         data = json.loads(record.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SourceError(f"{record} is not valid JSON ({exc}); merge again or delete it") from exc
-    entries = data if isinstance(data, list) and data else [data]     # one merge: its entry, as a list's only item
-    for entry in entries:
-        found = problems(entry, MANIFEST_SCHEMA["properties"]["lineage"]["items"], MERGE_RECORD)
+    entries = data if isinstance(data, list) else [data]        # one merge: its entry alone
+    for entry in entries or [None]:
+        found = problems(entry, MANIFEST_SCHEMA["properties"]["lineage"]["items"], MERGE_RECORD) if entry else \
+            ["it holds no merge entry"]
+        if not found and entry["stage"] != "merge":
+            found = [f"an entry of stage '{entry['stage']}', not 'merge'"]
         if found:
             raise SourceError(f"{record} is malformed: {'; '.join(found[:3])}; merge again or delete it")
     return entries

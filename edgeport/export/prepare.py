@@ -339,6 +339,9 @@ class CallableSource:
         self.model_type = "custom"
         self.task = "custom"
         self.module = load_callable(source)
+        self.bfloat16 = [s.name for s in specs if s.dtype == "bfloat16"]
+        if self.bfloat16:       # numpy has no bfloat16: the graph takes float32, so the module runs in it
+            self.module = self.module.float()           # bfloat16 weights widen to float32 exactly
         self.requested_outputs = list(output_names or [])
         if len(set(self.requested_outputs)) != len(self.requested_outputs):
             raise InvalidOptionError(f"--output-name names must differ (got {', '.join(self.requested_outputs)})")
@@ -392,11 +395,18 @@ class CallableSource:
                         output_names=names, input_axes=input_axes, output_axes={}, trace_inputs=trace,
                         validation_batches=validation, validation_data="seeded random inputs built from the --input specs",
                         sources={"factory": self.source})
-        job.notes += [f"--input {s.name} is bfloat16: the graph takes float32 (numpy, and so the runtime, has no "
-                      "bfloat16)" for s in self.specs if s.dtype == "bfloat16"]
+        if self.bfloat16:
+            job.notes.append(f"--input {', '.join(self.bfloat16)} bfloat16: the graph takes float32 and the module ran "
+                             "in float32 (numpy, and so the runtime, has no bfloat16; bfloat16 weights widen exactly)")
         job.output_axes = ({n: {} for n in names} if static else
                            output_axes(module, job.input_names, names, input_axes,
                                        (trace, self._batch(rng, TRACE_BATCH + 1, static))))
+        rows = len(next(iter(trace.values())))
+        unbatched = [f"'{n}' {list(o.shape)}" for n, o in zip(names, outputs)
+                     if o.shape[0] != rows or (not static and job.output_axes[n].get(0) != BATCH)]
+        if unbatched:       # the runtime runs rows in batches and joins the outputs along axis 0
+            raise UnsupportedModelError(f"{self.source}() returns output {', '.join(unbatched)} for {rows} input rows: "
+                                        "every output needs one row per input row on axis 0 (keep the batch axis)")
         return job
 
     def _sample_outputs(self, trace: dict[str, np.ndarray]) -> list:
