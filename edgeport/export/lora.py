@@ -420,9 +420,10 @@ def read_merge_records(folder: Path) -> list[dict]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SourceError(f"{record} is not valid JSON ({exc}); merge again or delete it") from exc
     entries = data if isinstance(data, list) else [data]        # one merge: its entry alone
-    for entry in entries or [None]:
-        found = problems(entry, MANIFEST_SCHEMA["properties"]["lineage"]["items"], MERGE_RECORD) if entry else \
-            ["it holds no merge entry"]
+    if not entries:
+        raise SourceError(f"{record} is malformed: it holds no merge entry; merge again or delete it")
+    for entry in entries:
+        found = problems(entry, MANIFEST_SCHEMA["properties"]["lineage"]["items"], MERGE_RECORD)
         if not found and entry["stage"] != "merge":
             found = [f"an entry of stage '{entry['stage']}', not 'merge'"]
         if found:

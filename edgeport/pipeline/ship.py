@@ -343,6 +343,8 @@ def _task(artifact: Path) -> str | None:
 
 
 def _speed_and_size(result: ShipResult, recipe: Recipe, bench_json: Path | None) -> None:
+    from ..bench.runner import folder_name            # how the bench names a variant
+
     source_bytes = sum(p.stat().st_size for p in recipe.source_model.glob("*.safetensors"))
     report = json.loads(bench_json.read_text()) if bench_json and bench_json.is_file() else {}
     rows = report.get("results", [])
@@ -352,7 +354,7 @@ def _speed_and_size(result: ShipResult, recipe: Recipe, bench_json: Path | None)
     torch_rows = {v.get("name") for v in report.get("variants", []) if v.get("kind") == "torch"}
     torch_row = next((row for name, row in single.items() if name in torch_rows), None)
     for variant in result.variants:
-        row = single.get(Path(variant.artifact).name if variant.artifact else None)
+        row = single.get(folder_name(Path(variant.artifact)) if variant.artifact else None)
         variant.p50_ms = row["latency"]["p50_ms"] if row else None
         if torch_row and row:
             variant.speedup_vs_pytorch = _speedup(row, torch_row)
@@ -428,12 +430,13 @@ def _regressions(recipe: Recipe, bench_json: Path, benched: list[VariantResult])
     if not recipe.previous_report:
         return []
     from ..bench.compare import compare, load_report, parse_percent
+    from ..bench.runner import folder_name            # how the bench names a variant
 
     comparison = compare(load_report(recipe.previous_report), load_report(bench_json),
                          parse_percent(recipe.max_regression), DEFAULT_MAX_PARITY_DROP)
     behind = {d.variant for d in comparison.deltas if d.regressed} | set(comparison.failed_parity)
-    for variant in benched:               # the bench names a variant by its artifact's folder
-        variant.regressed = Path(variant.artifact).name in behind
+    for variant in benched:
+        variant.regressed = folder_name(Path(variant.artifact)) in behind
     try:
         comparison.raise_for_failure()
     except RegressionError as exc:

@@ -199,4 +199,3 @@ def _ragged(images) -> bool:
     """A list of images that differ in shape, which no single array holds."""
     return isinstance(images, (list, tuple)) and len(images) > 1 and \
         all(isinstance(image, np.ndarray) for image in images) and len({image.shape for image in images}) > 1
-
