@@ -49,7 +49,12 @@ class EdgeportGroup(click.Group):
             if ctx.find_root().params.get("debug"):
                 raise
             where = exc.ctx.command_path if exc.ctx else ctx.command_path
-            click.echo(_one_line(f"error: {exc.format_message()} (see '{where} -h')"), err=True)
+            message = exc.format_message()
+            if isinstance(exc, click.MissingParameter):
+                # click lists a missing choice's values a line each ("Choose from:\n\tfp16,\n\tint4"),
+                # which the escape below printed as literal "\n\t": a list on one line reads right.
+                message = " ".join(message.split())
+            click.echo(_one_line(f"error: {message} (see '{where} -h')"), err=True)
             ctx.exit(exc.exit_code)
         except EdgeportError as exc:
             if ctx.find_root().params.get("debug"):

@@ -14,10 +14,18 @@ benchmarks/quantize_minilm.py):
     2        off                 1.91x  2.34x             2.32x  2.38x
     2        on                  2.25x  2.56x             2.54x  2.59x
 
+On an AMD EPYC (Zen 3, AVX2 without VNNI, 2 cores, spinning off), the default recipe with
+its outlier split on each graph, `edgeport bench run --scenario sweep`, sequence 128: plain
+1.34x and fused 1.56x at batch 1, 1.37x and 1.46x at batch 8; the quantize-time timing on
+that host read fused 1.09x (0.88-1.40) and 1.12x (0.88-1.25), intervals a noisy 2-core VM
+rarely closes in a few seconds.
+
 So both are quantized as they come (nothing kept in FP32, no split) and timed side by side
 at batch 1 on this host's threads, spinning off (as the INT8-against-FP32 check is), in
-interleaved rounds; fused attention is taken only when its whole 95% interval is faster,
-otherwise the graph as exported.  The manifest records both timings and the interval.  For
+interleaved rounds.  The faster over its whole 95% interval is taken; where the interval
+does not settle it, the faster median (both graphs go through the same accuracy check
+afterwards, so the choice is one of speed only, and waiting for proof cost the AVX2 host
+above its faster graph).  The manifest records both timings and the interval.  For
 another machine's target nothing can be timed here: fused attention is taken, ONNX
 Runtime's own path for BERT on CPU and the faster at batch 1 on the host measured, with the
 plain graph as the fallback if it fails.
@@ -93,17 +101,26 @@ def _timed(job: EncoderJob, plain: _Ready, fused: _Ready) -> Path:
     feeds = job.evaluation.first_example()
     measured = measure_models({PLAIN: plain.quantized, FUSED_ATTENTION: fused.quantized}, feeds)
     speed = paired_speedup(measured, PLAIN, FUSED_ATTENTION, feeds)
-    low, high = speed["ci95"]
-    chosen = fused if low > 1.0 else plain
-    figures = f"{speed['speedup']:.2f}x ({low:.2f}-{high:.2f})"
-    why = (f"fused attention ran {figures} the plain graph here: faster over its whole 95% interval"
-           if chosen is fused else
-           f"fused attention ran {figures} the plain graph here: not faster over its whole 95% interval, so the "
-           "graph as exported")
+    take_fused, why = fused_or_plain(speed["speedup"], speed["ci95"])
+    chosen = fused if take_fused else plain
     record = _record(True, chosen, [plain, fused], why, measured)
     record.update({"fused_speedup": speed["speedup"], "ci95": speed["ci95"], "method": speed["method"],
                    "threads": speed["threads"], "spinning": speed["spinning"], "feeds": speed["feeds"]})
     return _take(job, chosen, record, [plain, fused])
+
+
+def fused_or_plain(speedup: float, ci95: list[float]) -> tuple[bool, str]:
+    """Whether to take fused attention, which ran ``speedup`` times the plain graph (paired
+    95% interval ``ci95``), and why: the faster over its whole interval, else the faster median."""
+    low, high = ci95
+    take_fused = speedup > 1.0
+    figures = f"fused attention ran {speedup:.2f}x ({low:.2f}-{high:.2f}) the plain graph here"
+    if low > 1.0:
+        return take_fused, f"{figures}: faster over its whole 95% interval"
+    if high < 1.0:
+        return take_fused, f"{figures}: slower over its whole 95% interval, so the graph as exported"
+    taken = FUSED_ATTENTION if take_fused else PLAIN
+    return take_fused, f"{figures}: the interval does not settle it, so the one with the faster median: {taken}"
 
 
 def _ready(job: EncoderJob, candidate: Structure, build: Callable[[Path], Path],
