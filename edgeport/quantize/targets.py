@@ -3,9 +3,13 @@ chosen from the host's instruction sets (edgeport.speed.host) unless ``--target`
 another machine.
 
 Settings follow ONNX Runtime's quantization guide and what was measured here: x86 without
-VNNI can saturate in its u8*s8 multiply-add, so weights use 7 bits there (reduce_range),
-which costs accuracy (measured 0.68 cosine on MiniLM); VNNI, AMX and ARM64 need no such
-guard.  Activations are unsigned and weights signed (U8S8) on every CPU: ONNX Runtime's
+VNNI can saturate in its u8*s8 multiply-add, so weights use 7 bits there (reduce_range).
+On an AMD EPYC (Zen 3, AVX2, no VNNI; benchmarks/int8_formats.py) u8*s8 with full-range
+weights was off the exact product by up to 181281 on full-range operands, 7-bit weights
+were exact at 0.96-1.07x its speed, u8*u8 exact at 0.78-0.95x, s8*s8 0.14-0.20x; the
+default recipe with 7-bit weights held 0.9971 / 0.9937 (worst mean / min cosine) on MiniLM
+there (the stock recipe with reduce_range was measured earlier at 0.68).  VNNI, AMX and
+ARM64 need no such guard.  Activations are unsigned and weights signed (U8S8) on every CPU: ONNX Runtime's
 MLAS has a signed-by-signed kernel only with AVX-VNNI-INT8, and without it S8S8 ran at
 0.25-0.40x the U8S8 speed on the Xeon measured (AMX: u8*s8 GEMMs at 3.5 TOP/s, s8*s8 at
 0.04-0.07).  AMX is used by MLAS for u8*s8 on its own; its preset only records it.
