@@ -9,11 +9,11 @@ weights was off the exact product by up to 181281 on full-range operands, 7-bit 
 were exact at 0.96-1.07x its speed, u8*u8 exact at 0.78-0.95x, s8*s8 0.14-0.20x; the
 default recipe with 7-bit weights held 0.9971 / 0.9937 (worst mean / min cosine) on MiniLM
 there (the stock recipe with reduce_range was measured earlier at 0.68).  VNNI, AMX and
-ARM64 need no such guard.  Activations are unsigned and weights signed (U8S8) on every CPU: ONNX Runtime's
-MLAS has a signed-by-signed kernel only with AVX-VNNI-INT8, and without it S8S8 ran at
-0.25-0.40x the U8S8 speed on the Xeon measured (AMX: u8*s8 GEMMs at 3.5 TOP/s, s8*s8 at
-0.04-0.07).  AMX is used by MLAS for u8*s8 on its own; its preset only records it.
-TensorRT wants symmetric int8 QDQ for both activations and weights.
+ARM64 need no such guard.  Activations are unsigned and weights signed (U8S8) on every
+CPU: ONNX Runtime's MLAS has a signed-by-signed kernel only with AVX-VNNI-INT8, and without
+it S8S8 ran at 0.25-0.40x the U8S8 speed on the Xeon measured (AMX: u8*s8 GEMMs at 3.5
+TOP/s, s8*s8 at 0.04-0.07).  AMX is used by MLAS for u8*s8 on its own; its preset only
+records it.  TensorRT wants symmetric int8 QDQ for both activations and weights.
 """
 
 from __future__ import annotations
