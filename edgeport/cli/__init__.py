@@ -54,6 +54,9 @@ class EdgeportGroup(click.Group):
                 # click lists a missing choice's values a line each ("Choose from:\n\tfp16,\n\tint4"),
                 # which the escape below printed as literal "\n\t": a list on one line reads right.
                 message = " ".join(message.split())
+            if isinstance(exc, click.NoSuchOption) and exc.option_name == "--debug":     # put where users put it
+                command = where.split(" ", 1)[1] if " " in where else ""
+                message = f"'--debug' goes before the command: edgeport --debug {command} ..."
             click.echo(_one_line(f"error: {message} (see '{where} -h')"), err=True)
             ctx.exit(exc.exit_code)
         except EdgeportError as exc:

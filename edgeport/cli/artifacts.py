@@ -116,6 +116,8 @@ def run_command(ctx, artifact, texts, input_file, prompts, max_new_tokens, tempe
         return
     if bool(texts) == bool(input_file):
         raise InvalidOptionError("give either --text (one or more), --input FILE or --prompt")
+    if any(not text.strip() for text in texts):      # as a text file's blank lines, which are skipped
+        raise InvalidOptionError("--text is empty; give the text to run")
     given = [option for option, value in generation.items() if value is not None]
     if given:
         raise InvalidOptionError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to causal LMs' "

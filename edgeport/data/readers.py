@@ -45,6 +45,9 @@ def read_examples(path: str | Path, limit: int | None = None, error: type[Edgepo
             kind, data = "feeds", _read_npz(path, error)
         elif path.suffix.lower() == ".jsonl":
             kind, data = _read_jsonl(path, error)
+        elif path.suffix.lower() == ".npy":            # one array has no input names to feed by
+            raise error(f"'{path}' is a single .npy array; save the inputs with numpy.savez as an .npz, one "
+                        "array per input name")
         else:
             kind, data = "text", _read_text(path, error)
     except PermissionError as exc:
@@ -63,7 +66,8 @@ def _read_text(path: Path, error) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
-        raise error(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); give one example per line") from exc
+        raise error(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); give text one example a line, "
+                    "or arrays as an .npz with one array per input") from exc
     return [line.strip() for line in lines if line.strip()]
 
 

@@ -126,7 +126,8 @@ def _export(source: str, out, options: ExecuTorchOptions, progress, extra_inputs
     require("executorch", "executorch")
     with tempfile.TemporaryDirectory(prefix="edgeport-executorch-") as work_dir:
         if callable_source:
-            model = CallableSource(source_text, [parse_input_spec(s) for s in options.inputs], options.output_names)
+            model = CallableSource(source_text, [parse_input_spec(s) for s in options.inputs], options.output_names,
+                                   options.task)
         else:
             model = HfSource(Path(source_text), options.task, options.allow_pickle, 128, Path(work_dir))
         variants = model.variants(False)

@@ -121,7 +121,8 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: Expo
     with tempfile.TemporaryDirectory(prefix="edgeport-export-") as work_dir:
         work = Path(work_dir)
         if callable_source:
-            model = CallableSource(source_text, [parse_input_spec(s) for s in options.inputs], options.output_names)
+            model = CallableSource(source_text, [parse_input_spec(s) for s in options.inputs], options.output_names,
+                                   options.task)
         else:
             model = HfSource(Path(source_text), options.task, options.allow_pickle, options.sequence_length, work)
         plan = _plan(options, model.variants(options.static_shapes))

@@ -327,7 +327,10 @@ def _shapes(feeds: dict[str, np.ndarray]) -> str:
 class CallableSource:
     """A ``module:callable`` factory returning a torch.nn.Module, with ``--input`` specs."""
 
-    def __init__(self, source: str, specs: list[InputSpec], output_names: list[str] | None):
+    def __init__(self, source: str, specs: list[InputSpec], output_names: list[str] | None, task: str | None = None):
+        if task:
+            raise InvalidOptionError(f"--task is for model folders; '{source}' is a module:callable source, exported "
+                                     "as task 'custom' with its outputs as the callable returns them")
         if not specs:
             raise InvalidOptionError(f"'{source}' is a module:callable source: give its inputs with "
                                      "--input name:shape:dtype (e.g. --input images:1x3x32x32:float32)")
@@ -418,8 +421,11 @@ class CallableSource:
             with torch.no_grad():
                 sample = self.module(*[torch.from_numpy(v) for v in trace.values()])
         except Exception as exc:  # the user's forward: anything it raises means the specs do not fit it
-            raise SourceError(f"{self.source}() fails on inputs of the --input shapes "
-                              f"({_shapes(trace)}): {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            given = ", ".join(f"{s.name} {list(s.shape)}" for s in self.specs)
+            ran = _shapes(trace)
+            at = "" if ran == given else f", run at batch {len(next(iter(trace.values())))} ({ran})"
+            raise SourceError(f"{self.source}() fails on inputs of the --input shapes ({given}{at}): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                               ". Check the names, shapes and dtypes given with --input") from exc
         if isinstance(sample, dict):
             raise UnsupportedModelError(f"{self.source}() returns a dict; return a tensor or a tuple of tensors")

@@ -110,7 +110,8 @@ class ParityReport:
             result["sentence_embedding"] = self.embedding.to_dict()
         return result
 
-    def summary(self) -> str:
+    def summary(self, separator: str = "\n") -> str:
+        """One line per output, joined by ``separator`` (an error message passes '; ')."""
         lines = []
         for out in self.all_outputs():
             text = (f"{out.name}: max abs {out.max_abs_err:.3g}, max rel {out.max_rel_err:.3g}, "
@@ -118,7 +119,7 @@ class ParityReport:
             if out.top1_agreement is not None:
                 text += f", top-1 agreement {out.top1_agreement:.4f}"
             lines.append(text)
-        return "\n".join(lines)
+        return separator.join(lines)
 
 
 def _rowwise_cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -94,9 +94,12 @@ def check_same_model(candidate: Artifact, reference: Artifact, what: str = "the 
     def outputs(artifact):
         return {spec["name"]: spec.get("shape") or [] for spec in artifact.manifest.graph.get("outputs", [])}
 
+    def listed(pairs):
+        return ", ".join(f"{name} ({dtype})" for name, dtype in pairs) or "no inputs"
+
     if inputs(candidate) != inputs(reference):
-        raise ParityError(f"{what} takes {inputs(candidate)} but the reference takes {inputs(reference)}: "
-                          "they are not the same model")
+        raise ParityError(f"{what} takes {listed(inputs(candidate))} but the reference takes "
+                          f"{listed(inputs(reference))}: they are not the same model")
     if candidate.task != reference.task:
         raise ParityError(f"{what} is a {candidate.task} model, the reference a {reference.task} model")
     theirs, ours = outputs(candidate), outputs(reference)

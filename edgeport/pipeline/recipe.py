@@ -211,6 +211,8 @@ def _refuse_ignored_sections(data: dict, where: str) -> None:
 
 
 def from_dict(data: Any, where: str, base: Path, output: str | None = None) -> Recipe:
+    if data is None:
+        raise RecipeError(f"{where}: the recipe is empty; README's 'ship' section shows one to start from")
     found = problems(data, RECIPE_SCHEMA)
     if found:
         raise RecipeError(f"{where}: " + "; ".join(found[:5]))
@@ -272,8 +274,9 @@ def _check_files(recipe: Recipe, data: dict) -> None:
     where = recipe.where
     for index, adapter in enumerate(recipe.adapters):
         if not Path(adapter).is_dir():
-            raise RecipeError(f"{where}: 'source.adapters[{index}]' '{data['source']['adapters'][index]}' "
-                              f"{'is a file, not an adapter folder' if Path(adapter).exists() else 'does not exist'}")
+            given = data['source']['adapters'][index]
+            problem = "is a file, not an adapter folder" if Path(adapter).exists() else _missing(given, adapter)
+            raise RecipeError(f"{where}: 'source.adapters[{index}]' '{given}' {problem}")
     for index, variant in enumerate(recipe.variants):
         given = data["variants"][index].get("calibration")
         if variant.calibration and variant.calibration.startswith("bundled:") and \
@@ -281,13 +284,22 @@ def _check_files(recipe: Recipe, data: dict) -> None:
             raise RecipeError(f"{where}: 'variants[{index}].calibration' '{given}' is not bundled data; bundled: "
                               f"{BUNDLED_DOCSTRINGS}")
         if variant.calibration and variant.calibration != BUNDLED_DOCSTRINGS and not Path(variant.calibration).exists():
-            raise RecipeError(f"{where}: 'variants[{index}].calibration' '{given}' does not exist")
+            missing = _missing(given, variant.calibration)
+            raise RecipeError(f"{where}: 'variants[{index}].calibration' '{given}' {missing}")
     if recipe.previous_report:
         report, output = Path(recipe.previous_report).resolve(), recipe.output.resolve()
         if report == output or output in report.parents:
             raise RecipeError(f"{where}: 'gates.previous_report' '{recipe.previous_report}' lies in the output "
                               f"'{recipe.output}', which this run rewrites (its bench.json first): copy the report "
                               "out of it and point the gate at the copy")
+
+
+def _missing(given: str, resolved: str) -> str:
+    """'does not exist', saying where a relative path was looked for (the recipe's folder, not
+    the working directory)."""
+    if Path(given).is_absolute():
+        return "does not exist"
+    return f"does not exist (looked for as {resolved}: relative paths are read from the recipe's folder)"
 
 
 def source_task(recipe: Recipe) -> str:

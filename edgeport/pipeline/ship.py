@@ -31,6 +31,7 @@ class VariantResult:
     artifact: str | None = None
     passed: bool = False
     failure: str | None = None
+    failure_kind: type[EdgeportError] = ParityError     # what its failure exits as (not in the summary)
     regressed: bool = False         # passed its gates, then fell behind gates.previous_report
     parity: dict = field(default_factory=dict)
     size_bytes: int | None = None
@@ -52,19 +53,32 @@ class ShipResult:
     bench_warnings: list[str] = field(default_factory=list)     # busy machine, slow thread wake: how to read speeds
     triton: str | None = None
     failures: list[str] = field(default_factory=list)
+    failure_kinds: list[type[EdgeportError]] = field(default_factory=list)     # one per failure
     seconds: float = 0.0
     plan: list[tuple[str, bool]] = field(default_factory=list)     # (step, cached), what --dry-run reports
 
     def to_dict(self) -> dict:
         return {"recipe": self.recipe, "output": self.output, "seconds": round(self.seconds, 1),
-                "variants": [asdict(v) for v in self.variants], "bench_json": self.bench_json,
+                "variants": [_public(v) for v in self.variants], "bench_json": self.bench_json,
                 "bench_html": self.bench_html, "bench_warnings": self.bench_warnings, "triton": self.triton,
                 "failures": self.failures}
 
+    def add_failures(self, failures: list[str], kind: type[EdgeportError]) -> None:
+        self.failures += failures
+        self.failure_kinds += [kind] * len(failures)
+
     def raise_for_failure(self) -> None:
+        """One error for every failure, exiting as the first does: a gate missed (9), a regression
+        (16), or a step's own error (bad calibration data: 10)."""
         if self.failures:
-            error = RegressionError if all("regress" in f for f in self.failures) else ParityError
+            error = self.failure_kinds[0] if self.failure_kinds else ParityError
             raise error(f"{len(self.failures)} step(s) failed: " + "; ".join(self.failures))
+
+
+def _public(variant: VariantResult) -> dict:
+    record = asdict(variant)
+    del record["failure_kind"]
+    return record
 
 
 def _gate_failures(gates: dict, parity: dict, speed: dict | None = None) -> list[str]:
@@ -180,7 +194,7 @@ class Shipment:
             hit = self.step(f"quantize {variant.name}", key, out,
                             lambda: quantize(fp32, out, options, progress=self.say), dry_run)
         except EdgeportError as exc:
-            result.failure = f"{variant.name}: {exc}"
+            result.failure, result.failure_kind = f"{variant.name}: {exc}", type(exc)
             return result
         if hit:
             result.cached.append("quantize")
@@ -403,7 +417,8 @@ def _run(recipe: Recipe, shipment: Shipment, dry_run: bool) -> ShipResult:
     results = [shipment.variant(v, fp32, dry_run) for v in recipe.variants]
     result = ShipResult(recipe.where, str(recipe.output), results)
     passed = [r for r in results if r.passed]
-    result.failures = [r.failure for r in results if r.failure]
+    for failed in (r for r in results if r.failure):
+        result.add_failures([failed.failure], failed.failure_kind)
     bench = shipment.bench(passed, dry_run)
     result.triton = shipment.package(passed, dry_run)
     shipment.drop_stale_bundles([r for r in results if not r.passed], dry_run)
@@ -412,8 +427,8 @@ def _run(recipe: Recipe, shipment: Shipment, dry_run: bool) -> ShipResult:
         return result
     if bench:
         result.bench_json, result.bench_html = (str(p) for p in bench)
-        result.failures += _regressions(recipe, bench[0], passed)
-    result.failures += shipment.platforms(passed)
+        result.add_failures(_regressions(recipe, bench[0], passed), RegressionError)
+    result.add_failures(shipment.platforms(passed), ParityError)
     _speed_and_size(result, recipe, bench[0] if bench else None)
     result.seconds = time.perf_counter() - start
     (recipe.output / SUMMARY).write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")

@@ -30,7 +30,7 @@ from . import graph
 from .encoder import EncoderJob, EncoderRecipe
 from .int8 import (RankedByLocalError, int8_precision, save_prepared, smooth, smoothing_alpha,
                    transformer_fusions)
-from .outliers import Split, residual_sums, split_outlier_channels
+from .outliers import Split, residual_adds, residual_sums, split_outlier_channels
 from .recipes import register
 from .search import Option, speed_aware_search
 from .sensitivity import FallbackResult
@@ -84,7 +84,8 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
         graph.ensure_node_names(model)
         smooth(job, model, smoothing_alpha(job, self.mode), peaks)
         job.levers.append("per-channel weights" if job.per_channel else "per-tensor weights")
-        if not any(node.op_type == "SkipLayerNormalization" for node in model.graph.node):   # --optimize fuses them
+        # --optimize fuses them into SkipLayerNormalization; a model without them (a CNN) has none to make
+        if residual_adds(model):
             job.levers.append("residual sums (no SkipLayerNormalization)")
         return save_prepared(job, model, name)
 
@@ -101,12 +102,15 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        kept = list(exclude) + (split.branch_nodes if split else [])
         quantize_dynamic(
             str(prepared), str(dest),
             per_channel=job.per_channel,
             reduce_range=job.target.reduce_range,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(exclude) + (split.branch_nodes if split else []),
+            # quantize_dynamic rewrites each Gemm as '<name>_MatMul' (+ Add) before it reads the
+            # exclusions, so a Gemm kept in FP32 is excluded under both names.
+            nodes_to_exclude=kept + [f"{name}_MatMul" for name in kept],
             # Fused graphs (SkipLayerNormalization...) lack type info for some weights without
             # this; quantize_dynamic mutates the dict, so it is built fresh every call.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
@@ -152,7 +156,7 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
                 f"the budget cannot be met even with {len(result.kept)} of {len(ranking)} candidate nodes kept in "
                 f"higher precision{' and the outlier split' if result.split else ''} (search: {frontier['stopped']}); "
                 f"where it ended: " + "; ".join(result.report.failures) + f" ({_best_seen(frontier)}). "
-                f"Figures: {result.report.summary()}")
+                f"Figures: {result.report.summary('; ')}")
         return result
 
     def precision(self, job: EncoderJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
+import numpy as np
+
 from ..artifact import Artifact
 from ..data import ExampleSet, examples_for
 from ..errors import ArtifactError, CalibrationDataError, InvalidOptionError, ModelInputError, QuantizationError
@@ -209,14 +211,29 @@ def _reference(source: Artifact, calibration: ExampleSet, evaluation: ExampleSet
     the guard); mismatched data fails with its own message, not inside ORT's quantizer."""
     with OnnxRuntimeRunner(source.model_path, inputs=source.manifest.inputs) as reference:
         try:
-            reference.run(calibration.batches[0])
+            on_calibration = reference_outputs(reference, calibration)
         except ModelInputError as exc:
             raise CalibrationDataError(f"the calibration data does not fit the model: {exc}") from exc
         try:
             expected = reference_outputs(reference, evaluation)
         except ModelInputError as exc:
             raise CalibrationDataError(f"the evaluation data does not fit the model: {exc}") from exc
-        return expected, reference_outputs(reference, calibration) if guarded else None
+        _check_finite(on_calibration, "calibration", calibration)
+        _check_finite(expected, "evaluation", evaluation)
+        return expected, on_calibration if guarded else None
+
+
+def _check_finite(outputs: list[dict[str, np.ndarray]], role: str, examples: ExampleSet) -> None:
+    """Data on which the FP32 model itself overflows (values near float32's limit) can be neither
+    calibrated on (ONNX Runtime's calibrator failed with 'AssertionError: scale issue') nor
+    compared against: refused as data, naming the output."""
+    for batch in outputs:
+        for name, value in batch.items():
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+                raise CalibrationDataError(
+                    f"the {role} data ({examples.description}) makes the FP32 model's output '{name}' NaN or "
+                    "infinite: its values are out of the range the model computes in; give data like the "
+                    "model's real inputs")
 
 
 class LatencyProbe:

@@ -198,15 +198,22 @@ def residual_sums(model, joins: dict[str, str] | None = None) -> int:
     ``Sum`` (with the FP32 branch of a split as a third input where ``joins`` says), in place;
     returns how many."""
     joins = joins or {}
+    adds = residual_adds(model)
+    for node in adds:
+        node.op_type = "Sum"
+        if node.name in joins:
+            node.input.append(joins[node.name])
+    return len(adds)
+
+
+def residual_adds(model) -> list:
+    """The ``Add`` nodes of two activations whose only consumers are LayerNormalizations."""
     initializers = {i.name for i in model.graph.initializer}
     consumers = _consumers(model)
-    count = 0
+    found = []
     for node in model.graph.node:
         users = consumers.get(node.output[0], []) if node.output else []
         if node.op_type == "Add" and not any(i in initializers for i in node.input) and users and \
                 all(u.op_type == "LayerNormalization" for u in users):
-            node.op_type = "Sum"
-            if node.name in joins:
-                node.input.append(joins[node.name])
-            count += 1
-    return count
+            found.append(node)
+    return found

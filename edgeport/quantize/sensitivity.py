@@ -170,4 +170,4 @@ def keep_sensitive_nodes(ranking: list[tuple[str, float]], build: Callable[[list
     raise ParityError(
         f"the budget cannot be met even with {len(kept)} of {len(ranking)} candidate nodes kept in higher precision; "
         f"best reached with {len(best.kept)} kept: " + "; ".join(best.report.failures)
-        + f". Figures: {best.report.summary()}")
+        + f". Figures: {best.report.summary('; ')}")

@@ -63,6 +63,7 @@ def verdict(record: dict) -> str | None:
     if record.get("faster", True):
         return None
     low, high = record["ci95"]
-    return (f"this INT8 model is not measurably faster than FP32 on this host ({record['speedup']:.2f}x, 95% interval "
+    how = "slower than" if high < 1.0 else "not measurably faster than"
+    return (f"this INT8 model is {how} FP32 on this host ({record['speedup']:.2f}x, 95% interval "
             f"{low:.2f}-{high:.2f}, {record['feeds']}); the manifest records it, and 'ship' can refuse it with the "
             "gate min_speedup")

@@ -43,7 +43,7 @@ def check_source(source: Artifact, path, recipe: Recipe) -> None:
         others = modes_for(graph_format.name)
         hint = f"; for it use --mode {' or '.join(others)}" if others else "; quantize the ONNX artifact it came from"
         raise InvalidOptionError(f"--mode {recipe.mode} quantizes {recipe.purpose}, and '{path}' holds "
-                                 f"{graph_format.a_description}{hint}")
+                                 f"{graph_format.a_description} of a {source.task} model{hint}")
     mode = source.manifest.precision.get("mode", "fp32")
     if mode != "fp32":
         raise InvalidOptionError(f"'{path}' is already {mode}; quantize the FP32 artifact instead")
