@@ -21,21 +21,26 @@ def test_a_gemm_kept_in_fp32_by_the_search_is_left_unquantized(cli, digits_setup
     """quantize_dynamic rewrites a Gemm as '<name>_MatMul' before it reads its exclusions: the
     search 'kept' the digits CNN's Gemm head in FP32 while it stayed INT8, and a budget every
     kept node should meet failed at the unquantized score."""
+    from types import SimpleNamespace
+
     import onnx
 
-    _, fp32, _, _ = digits_setup
-    result = cli("quantize", fp32.path, "-o", tmp_path / "int8", "--mode", "int8-dynamic", "--min-cosine", "0.9999999")
-    assert result.exit_code == 0, result.output
-    out = onnx.load(str(tmp_path / "int8" / "model.onnx"))
     from edgeport.artifact import Artifact
+    from edgeport.quantize.dynamic import DynamicInt8
 
-    precision = Artifact.load(tmp_path / "int8").manifest.precision
+    _, fp32, _, _ = digits_setup
     gemms = [n.name for n in onnx.load(str(fp32.path / "model.onnx")).graph.node if n.op_type == "Gemm"]
-    assert gemms and set(gemms) <= set(precision["kept_fp32_nodes"])
-    quantized = {n.name for n in out.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")}
-    assert not any(name.startswith(gemm) for name in quantized for gemm in gemms), quantized
-    # No residual Add feeds a LayerNormalization in a CNN: the lever is not claimed.
-    assert not any("residual sums" in lever for lever in precision["levers"])
+    job = SimpleNamespace(per_channel=True, target=SimpleNamespace(reduce_range=False))   # what build reads
+    DynamicInt8().build(job, fp32.path / "model.onnx", tmp_path / "kept.onnx", gemms)
+    nodes = onnx.load(str(tmp_path / "kept.onnx")).graph.node
+    integer = [n.name for n in nodes if n.op_type in ("MatMulInteger", "ConvInteger")]
+    assert gemms and integer and not any(name.startswith(gemm) for name in integer for gemm in gemms), integer
+    assert [n.op_type for n in nodes if n.name.startswith(gemms[0])] == ["MatMul", "Add"]
+    # Through the command: no residual Add feeds a LayerNormalization in a CNN, so that lever is not claimed.
+    result = cli("quantize", fp32.path, "-o", tmp_path / "int8", "--mode", "int8-dynamic")
+    assert result.exit_code == 0, result.output
+    levers = Artifact.load(tmp_path / "int8").manifest.precision["levers"]
+    assert not any("residual sums" in lever for lever in levers), levers
 
 
 def test_a_budget_failure_on_a_model_with_two_reported_outputs_is_one_line(cli, onnx_artifacts, tmp_path):
@@ -118,3 +123,29 @@ def test_recipe_problems_say_what_they_are(cli, tmp_path):
     (tmp_path / "data" / "calib.txt").write_text("a sentence\n")     # beside the working directory, not the recipe
     result = cli("ship", tmp_path / "recipes" / "r.yaml", "--dry-run")
     assert_fails(result, 2, "'data/calib.txt' does not exist", "relative paths are read from the recipe's folder")
+
+
+def test_a_calibration_file_that_cannot_be_read_fails_the_dry_run(cli, tmp_path):
+    """--dry-run only checked that the file existed; the run then failed at that variant."""
+    (tmp_path / "latin.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    (tmp_path / "r.yaml").write_text(
+        "name: r\nsource: {model: 'bundled:all-MiniLM-L6-v2'}\nvariants:\n"
+        "  - {name: s, precision: int8-static, calibration: latin.txt}\n")
+    result = cli("ship", tmp_path / "r.yaml", "--dry-run")
+    assert_fails(result, CalibrationDataError.exit_code, "'variants[0].calibration'", "is not UTF-8 text")
+
+
+def test_a_budget_only_fp32_meets_is_refused_not_shipped_as_int8(cli, tmp_path):
+    """Once kept Gemms really stayed FP32, the search could keep all of them and write an FP32
+    model labelled int8-dynamic (exit 0); as int8-static, it keeps at most all but one."""
+    from edgeport.artifact import Artifact
+
+    fp32 = tmp_path / "fp32"
+    assert cli("export", "onnx", "factories.cnn:gemm_mlp", "-o", fp32, "--input", "x:1x16:float32").exit_code == 0
+    result = cli("quantize", fp32, "-o", tmp_path / "int8", "--mode", "int8-dynamic", "--min-cosine", "0.99999999")
+    assert_fails(result, ParityError.exit_code, "cannot be met even with 2 of 3 candidate nodes kept",
+                 absent=tmp_path / "int8")
+    loose = cli("quantize", fp32, "-o", tmp_path / "loose", "--mode", "int8-dynamic", "--min-cosine", "0.5")
+    assert loose.exit_code == 0, loose.output
+    levers = Artifact.load(tmp_path / "loose").manifest.precision["levers"]
+    assert not any("outlier split" in lever or "residual sums" in lever for lever in levers), levers

@@ -28,8 +28,8 @@ from .common import TerminalMeter, given, options_given, say, show_artifact
 @click.option("--no-smooth", is_flag=True, help="INT8 without activation smoothing.")
 @click.option("--attention", type=click.Choice(v.ATTENTION_GRAPHS), default="auto", show_default=True,
               help="int8-dynamic on BERT-like encoders: quantize the plain export or ONNX Runtime's fused attention "
-                   "(QAttention); auto times both here and takes fused only when measurably faster (another "
-                   "target: fused, untimed).")
+                   "(QAttention); auto times both here and takes the faster (over the 95% interval, else by median; "
+                   "another target: fused, untimed).")
 @click.option("--optimize/--no-optimize", default=False,
               help="int8-dynamic: every ONNX Runtime transformer fusion first, SkipLayerNormalization included "
                    "(off by default: measured slower than the residual sums).")

@@ -286,12 +286,26 @@ def _check_files(recipe: Recipe, data: dict) -> None:
         if variant.calibration and variant.calibration != BUNDLED_DOCSTRINGS and not Path(variant.calibration).exists():
             missing = _missing(given, variant.calibration)
             raise RecipeError(f"{where}: 'variants[{index}].calibration' '{given}' {missing}")
+        if variant.calibration and Path(variant.calibration).is_file():
+            _check_readable(variant.calibration, f"{where}: 'variants[{index}].calibration'")
     if recipe.previous_report:
         report, output = Path(recipe.previous_report).resolve(), recipe.output.resolve()
         if report == output or output in report.parents:
             raise RecipeError(f"{where}: 'gates.previous_report' '{recipe.previous_report}' lies in the output "
                               f"'{recipe.output}', which this run rewrites (its bench.json first): copy the report "
                               "out of it and point the gate at the copy")
+
+
+def _check_readable(path: str, key: str) -> None:
+    """A calibration file that cannot be read (not UTF-8, not an .npz, empty) is refused when the
+    recipe is read, by --dry-run too, not when its variant's turn comes (exit 10, as quantize)."""
+    from ..data.readers import read_examples
+    from ..errors import CalibrationDataError
+
+    try:
+        read_examples(path, limit=1)
+    except CalibrationDataError as exc:
+        raise CalibrationDataError(f"{key}: {exc}") from exc
 
 
 def _missing(given: str, resolved: str) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from ..artifact import Artifact
 from ..data import ExampleSet, examples_for
 from ..errors import ArtifactError, CalibrationDataError, InvalidOptionError, ModelInputError, QuantizationError
-from ..parity import ParityBudget, ParityReport, compare_outputs, measure, reference_outputs
+from ..parity import ParityBudget, ParityReport, compare_outputs, measure
 from ..runtime.onnxrt import QUIET_CPU, OnnxRuntimeRunner, SessionSettings
 from . import graph
 from .options import QuantizeOptions
@@ -210,30 +210,30 @@ def _reference(source: Artifact, calibration: ExampleSet, evaluation: ExampleSet
     """The input artifact's outputs on the evaluation data (and on the calibration data for
     the guard); mismatched data fails with its own message, not inside ORT's quantizer."""
     with OnnxRuntimeRunner(source.model_path, inputs=source.manifest.inputs) as reference:
-        try:
-            on_calibration = reference_outputs(reference, calibration)
-        except ModelInputError as exc:
-            raise CalibrationDataError(f"the calibration data does not fit the model: {exc}") from exc
-        try:
-            expected = reference_outputs(reference, evaluation)
-        except ModelInputError as exc:
-            raise CalibrationDataError(f"the evaluation data does not fit the model: {exc}") from exc
-        _check_finite(on_calibration, "calibration", calibration)
-        _check_finite(expected, "evaluation", evaluation)
+        on_calibration = []
+        for batch in calibration.batches:     # every batch checked; kept only for the guard (memory)
+            outputs = _finite_outputs(reference, batch, "calibration", calibration)
+            if guarded:
+                on_calibration.append(outputs)
+        expected = [_finite_outputs(reference, batch, "evaluation", evaluation) for batch in evaluation.batches]
         return expected, on_calibration if guarded else None
 
 
-def _check_finite(outputs: list[dict[str, np.ndarray]], role: str, examples: ExampleSet) -> None:
-    """Data on which the FP32 model itself overflows (values near float32's limit) can be neither
-    calibrated on (ONNX Runtime's calibrator failed with 'AssertionError: scale issue') nor
-    compared against: refused as data, naming the output."""
-    for batch in outputs:
-        for name, value in batch.items():
-            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-                raise CalibrationDataError(
-                    f"the {role} data ({examples.description}) makes the FP32 model's output '{name}' NaN or "
-                    "infinite: its values are out of the range the model computes in; give data like the "
-                    "model's real inputs")
+def _finite_outputs(reference, batch: dict[str, np.ndarray], role: str, examples: ExampleSet) -> dict:
+    """The reference's outputs on one batch.  Data that does not fit the model, or on which the
+    FP32 model's own outputs are NaN or infinite (values near float32's limit overflow it; ONNX
+    Runtime's calibrator then failed with 'AssertionError: scale issue'), is refused as data."""
+    try:
+        outputs = reference.run_in_rows(batch)
+    except ModelInputError as exc:
+        raise CalibrationDataError(f"the {role} data does not fit the model: {exc}") from exc
+    for name, value in outputs.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise CalibrationDataError(
+                f"the FP32 model's output '{name}' is NaN or infinite on the {role} data ({examples.description}): "
+                "non-finite outputs can be neither calibrated on nor compared; give data on which the model's "
+                "outputs are finite (inputs like its real ones)")
+    return outputs
 
 
 class LatencyProbe:

@@ -114,13 +114,15 @@ def fused_or_plain(speedup: float, ci95: list[float]) -> tuple[bool, str]:
     95% interval ``ci95``), and why: the faster over its whole interval, else the faster median."""
     low, high = ci95
     take_fused = speedup > 1.0
-    figures = f"fused attention ran {speedup:.2f}x ({low:.2f}-{high:.2f}) the plain graph here"
+    shown = f"{speedup:.2f}" if f"{speedup:.2f}" != "1.00" else f"{speedup:.4f}"     # 1.004 is not 'ran 1.00x'
+    figures = f"fused attention ran {shown}x ({low:.2f}-{high:.2f}) the plain graph here"
     if low > 1.0:
         return take_fused, f"{figures}: faster over its whole 95% interval"
     if high < 1.0:
         return take_fused, f"{figures}: slower over its whole 95% interval, so the graph as exported"
     taken = FUSED_ATTENTION if take_fused else PLAIN
-    return take_fused, f"{figures}: the interval does not settle it, so the one with the faster median: {taken}"
+    return take_fused, (f"{figures}: the interval does not settle it, so the one with the faster median of "
+                        f"per-round ratios: {taken}")
 
 
 def _ready(job: EncoderJob, candidate: Structure, build: Callable[[Path], Path],

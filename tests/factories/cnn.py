@@ -54,3 +54,9 @@ class ReturnsString(nn.Module):
 
 def returns_a_string():
     return ReturnsString()
+
+
+def gemm_mlp():
+    """Three Linear layers: a graph whose every quantizable node is a Gemm."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)).eval()

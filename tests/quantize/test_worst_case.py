@@ -30,7 +30,7 @@ def test_a_first_percentile_budget_is_honoured(tmp_path, tiny_models):
     fp32 = export_onnx(tiny_models("bert", "feature-extraction"), tmp_path / "fp32")
     plain = quantize(fp32.path, tmp_path / "plain", QuantizeOptions(mode="int8-dynamic", smooth=False))
     plain_p1 = plain.manifest.parity["quantize"]["sentence_embedding"]["p01_cosine"]
-    budget = 1 - (1 - plain_p1) / 5
+    budget = 1 - (1 - plain_p1) / 2      # attainable with some INT8 left: keeping every node is refused
     strict = quantize(fp32.path, tmp_path / "strict",
                       QuantizeOptions(mode="int8-dynamic", smooth=False, min_p01_cosine=budget))
     reached = strict.manifest.parity["quantize"]["sentence_embedding"]["p01_cosine"]
