@@ -119,10 +119,6 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
         residual_sums(model, split.joins if split else None)
         graph.save(model, dest)
 
-    def fallback_limit(self, candidates: int, max_kept: int | None) -> int | None:
-        # Keeping every candidate would leave nothing in INT8: an FP32 model labelled int8-dynamic.
-        return min(candidates - 1, max_kept if max_kept is not None else candidates)
-
     def candidates(self, job: EncoderJob, prepared: Path) -> list[str]:
         # Every node the quantizer would touch, fused ones (Attention, EmbedLayerNormalization) included.
         return [n.name for n in graph.weight_nodes(graph.load(prepared), graph.QUANTIZABLE_WEIGHT_OPS)]
@@ -150,8 +146,8 @@ class DynamicInt8(RankedByLocalError, EncoderRecipe):
         result, frontier = speed_aware_search(options, build_option, check, first, latency,
                                               self.fallback_limit(len(ranking), max_kept), job.say)
         job.details["search"] = frontier
-        if result.split and with_split()[1].record()["channels"]:     # a split that moved nothing is no lever
-            _, done = with_split()
+        done = with_split()[1] if result.split else None
+        if done is not None and done.record()["channels"]:     # a split that moved nothing is no lever
             job.notes.append(f"feed-forward outlier split: {done.record()}")
             job.levers.append(f"feed-forward outlier split ({done.record()['channels']} channels in FP32)")
         if result.kept:

@@ -119,6 +119,11 @@ class RankedByLocalError:
     def rank(self, job: EncoderJob, prepared: Path, build, evaluate) -> list[tuple[str, float]]:
         return rank_by_local_error(job, prepared, self.candidates(job, prepared))
 
+    def fallback_limit(self, candidates: int, max_kept: int | None) -> int | None:
+        # The candidates are every quantized node: keeping all of them would leave nothing in INT8,
+        # an FP32 model labelled int8.
+        return min(candidates - 1, max_kept if max_kept is not None else candidates)
+
 
 def int8_precision(job: EncoderJob, result: FallbackResult, operators: dict[str, int], quant_format: str,
                    activation_type: str, alpha: float | None, calibration: dict | None) -> dict[str, Any]:

@@ -131,10 +131,6 @@ class StaticInt8(RankedByLocalError, EncoderRecipe):
                            "OpTypesToExcludeOutputQuantization": list(FLOAT_OUTPUT_OPS)},
         )
 
-    def fallback_limit(self, candidates: int, max_kept: int | None) -> int | None:
-        # The candidates are every quantized node: keeping all of them leaves nothing in INT8.
-        return min(candidates - 1, max_kept if max_kept is not None else candidates)
-
     def candidates(self, job: EncoderJob, prepared: Path) -> list[str]:
         return [n.name for n in graph.weight_nodes(graph.load(prepared), QUANTIZED_OPS)]
 
