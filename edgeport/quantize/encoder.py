@@ -88,8 +88,8 @@ class EncoderRecipe(Recipe):
                                     max_kept=self.fallback_limit(len(ranking), max_kept), required=required,
                                     progress=job.say)
 
-    def finish(self, job: EncoderJob, result: FallbackResult, build: Callable[[list[str]], Path]) -> FallbackResult:
-        """Last checks on the chosen candidate (and a rebuild if the recipe needs one)."""
+    def finish(self, job: EncoderJob, result: FallbackResult) -> FallbackResult:
+        """Last checks on the chosen candidate."""
         return result
 
     def precision(self, job: EncoderJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
@@ -136,7 +136,7 @@ class EncoderRecipe(Recipe):
             elif calibration_expected is not None:
                 result = self._guard(job, prepared, build, evaluate, result, calibration_expected, latency)
         result.report.raise_for_failure(f"the {options.mode} model")
-        result = self.finish(job, result, build)
+        result = self.finish(job, result)
         parity = {"quantize": result.report.to_dict()}
         golden = _golden_parity(source, result.model_file, settings)
         if golden:

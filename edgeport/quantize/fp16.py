@@ -11,7 +11,7 @@ onnxconverter-common one produced a MiniLM ONNX Runtime refuses to load).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -166,29 +166,28 @@ class Fp16(EncoderRecipe):
     def build(self, job: EncoderJob, prepared: Path, dest: Path, exclude: list[str]) -> None:
         model, kept = convert_fp16(graph.load(prepared), job.calibration, job.options.keep_io_types,
                                    job.options.fp16_fallback, exclude)
-        job.details["fp16_kept"] = kept
+        job.details.setdefault("fp16_kept", {})[dest] = kept       # per candidate: the search builds several
         graph.save(model, dest)
 
     def candidates(self, job: EncoderJob, prepared: Path) -> list[str]:
         ops = ("MatMul", "Gemm", "Conv", "Add", "Mul", "Softmax", "LayerNormalization", "SkipLayerNormalization")
         return [n.name for n in graph.load(prepared).graph.node if n.op_type in ops]
 
-    def finish(self, job: EncoderJob, result: FallbackResult, build: Callable[[list[str]], Path]) -> FallbackResult:
-        # Rebuild the winner once more so the kept-node list matches the written model, then
-        # check it node by node: ONNX Runtime's CPU graph optimizations run some FP16 nodes in
-        # FP32, hiding overflows that a GPU would hit.
-        rebuilt = FallbackResult(build(result.kept), result.report, result.kept, result.steps, result.latency_ms)
-        culprit = first_nonfinite_node(graph.load(rebuilt.model_file), job.evaluation,
+    def finish(self, job: EncoderJob, result: FallbackResult) -> FallbackResult:
+        # Check the winner with graph optimizations off: ONNX Runtime's CPU optimizations run
+        # some FP16 nodes in FP32, hiding overflows that a GPU would hit.
+        culprit = first_nonfinite_node(graph.load(result.model_file), job.evaluation,
                                        graph.load(job.source.model_path))
         if culprit:
             raise ParityError(f"the fp16 model produces NaN or infinite values from node '{culprit}' on "
                               f"{job.evaluation.description} (seen with graph optimizations off, as a GPU runs it); "
                               "drop --no-fp16-fallback to keep overflowing nodes in FP32")
-        return rebuilt
+        return result
 
     def precision(self, job: EncoderJob, result: FallbackResult, operators: dict[str, int]) -> dict[str, Any]:
+        overflowing = job.details.get("fp16_kept", {}).get(result.model_file, [])
         precision = {"mode": self.mode, "target": job.target.name, "target_detected": job.target_detected,
-                     "kept_fp32_nodes": sorted(set(result.kept) | set(job.details.get("fp16_kept", []))),
+                     "kept_fp32_nodes": sorted(set(result.kept) | set(overflowing)),
                      "calibration": job.calibration.to_dict(), "operators": operators,
                      "keep_io_types": job.options.keep_io_types, "fp16_fallback": job.options.fp16_fallback,
                      "levers": ["overflowing nodes kept in FP32"] if job.options.fp16_fallback else []}
