@@ -47,7 +47,7 @@ def run_artifact(path, texts: list[str], input_file: str | None, device: str = "
         if texts:
             result["predictions"] = jsonable(model.predict(texts, batch_size=batch_size))
             return result
-        kind, data = read_examples(Path(input_file), error=ModelInputError)
+        kind, data = read_examples(Path(input_file), error=ModelInputError, one_per_line=True)
         if kind == "feeds" and raw_images(data, model.processing) is not None:
             result["predictions"] = jsonable(model.predict(raw_images(data, model.processing), batch_size=batch_size))
         elif kind == "feeds":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 from ..errors import InvalidOptionError, RegressionError
 from ..speed.wakeup import wake_footing_differs
@@ -170,6 +171,11 @@ def footing_notes(old: dict, new: dict) -> list[str]:
     if old.get("data") and new.get("data") and old["data"] != new["data"]:
         notes.append(f"the reports measured different data ('{old['data']}' / '{new['data']}'): latencies follow "
                      "the inputs' lengths")
+    # By folder name, as variants are matched: the same artifact given by another path is the same reference.
+    references = [PurePath(str(report.get("reference") or "")).name for report in (old, new)]
+    if all(references) and references[0] != references[1]:
+        notes.append(f"the reports measured parity and speed-ups against different references ('{references[0]}' "
+                     f"/ '{references[1]}'): their parity and speed-up deltas compare different things")
     wake = wake_footing_differs(old_machine.get("thread_wakeup"), new_machine.get("thread_wakeup"))
     return notes + ([wake] if wake else [])
 

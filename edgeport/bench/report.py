@@ -304,11 +304,15 @@ def _disturbance_warnings(state: dict, quiet: list[dict], uncertainty: float | N
     (``uncertainty``: the widest speed-up interval's half width; None with one variant)."""
     warnings = []
     ratios = f"ratios may be off by about ±{uncertainty:.0%} (the widest 95% interval) and " if uncertainty else ""
-    others = max([state["other_cpu_share"]] + [q["other_cpu_share"] for q in quiet])
-    if state["disturbed_rounds"] or others > DISTURBED_SHARE:
+    during = state["other_cpu_share"]
+    idle = max([q["other_cpu_share"] for q in quiet], default=0.0)      # sampled while the bench waited
+    if state["disturbed_rounds"] or max(during, idle) > DISTURBED_SHARE:
+        # The figure said to be "during these rounds" is the rounds' own; a busier idle sample is named apart.
+        around = f" and {idle:.0%} just before or after them" if round(idle, 2) > round(during, 2) else ""
         warnings.append(
-            f"other processes used {others:.0%} of the CPUs during these rounds ({state['disturbed_rounds']} of "
-            f"{state['rounds']} rounds disturbed); {ratios}absolute times {'by more' if ratios else 'may be off'}" + (
+            f"other processes used {during:.0%} of the CPUs during these rounds{around} "
+            f"({state['disturbed_rounds']} of {state['rounds']} rounds disturbed); "
+            f"{ratios}absolute times {'by more' if ratios else 'may be off'}" + (
                 "; speed-ups are from on-CPU time (what each call cost when it ran: preemption stretches long "
                 "calls more than short ones), latencies from the wall clock"
                 if any("on-CPU" in (r.get("speedup") or {}).get("method", "") for r in results) else ""))

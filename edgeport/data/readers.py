@@ -21,7 +21,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 MAX_IMAGE_PIXELS = 64_000_000        # 8000 x 8000: larger is a decompression bomb, not a photo
 
 
-def read_examples(path: str | Path, limit: int | None = None, error: type[EdgeportError] = CalibrationDataError):
+def read_examples(path: str | Path, limit: int | None = None, error: type[EdgeportError] = CalibrationDataError,
+                  one_per_line: bool = False):
     """Read examples for calibration, evaluation or ``run``.
 
     Returns ``("text", [str, ...])``, ``("images", float32 array [N, C, H, W])`` or
@@ -32,6 +33,9 @@ def read_examples(path: str | Path, limit: int | None = None, error: type[Edgepo
       model input (arrays of numbers), which become feeds;
     - ``.npz``: one array per model input name, batch on axis 0;
     - a folder of images (needs Pillow).
+
+    ``one_per_line`` (``run``, whose outputs follow the file's lines): a blank line before
+    the last example is refused, since skipping it would shift every output after it.
     """
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise error(f"the example limit must be a whole number >= 1 (got {limit!r})")
@@ -44,12 +48,12 @@ def read_examples(path: str | Path, limit: int | None = None, error: type[Edgepo
         elif path.suffix.lower() == ".npz":            # DATA.NPZ is one too
             kind, data = "feeds", _read_npz(path, error)
         elif path.suffix.lower() == ".jsonl":
-            kind, data = _read_jsonl(path, error)
+            kind, data = _read_jsonl(path, error, one_per_line)
         elif path.suffix.lower() == ".npy":            # one array has no input names to feed by
             raise error(f"'{path}' is a single .npy array; save the inputs with numpy.savez as an .npz, one "
                         "array per input name")
         else:
-            kind, data = "text", _read_text(path, error)
+            kind, data = "text", _read_text(path, error, one_per_line)
     except PermissionError as exc:
         raise error(f"cannot read '{path}': permission denied") from exc
     except IsADirectoryError as exc:
@@ -62,20 +66,35 @@ def read_examples(path: str | Path, limit: int | None = None, error: type[Edgepo
     return kind, data
 
 
-def _read_text(path: Path, error) -> list[str]:
+def _read_text(path: Path, error, one_per_line: bool = False) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise error(f"'{path}' is not UTF-8 text ({exc.reason} at byte {exc.start}); give text one example a line, "
                     "or arrays as an .npz with one array per input") from exc
+    if one_per_line:
+        _refuse_blank_lines(path, lines, error)
     return [line.strip() for line in lines if line.strip()]
 
 
-def _read_jsonl(path: Path, error):
+def _refuse_blank_lines(path: Path, lines: list[str], error) -> None:
+    """Blank lines after the last example are only the file's end; one before it is refused."""
+    last = max((number for number, line in enumerate(lines, 1) if line.strip()), default=0)
+    blank = [number for number, line in enumerate(lines[:last], 1) if not line.strip()]
+    if blank:
+        shown = ", ".join(str(n) for n in blank[:5]) + (" ..." if len(blank) > 5 else "")
+        which = f"line {shown} is" if len(blank) == 1 else f"lines {shown} are"
+        raise error(f"{path}: {which} blank; run gives one output a line, in order, and skipping a blank line "
+                    "would shift every output after it: remove it, or put the text it stands for on it")
+
+
+def _read_jsonl(path: Path, error, one_per_line: bool = False):
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError as exc:
         raise error(f"'{path}' is not UTF-8 ({exc.reason} at byte {exc.start}); JSON lines must be UTF-8") from exc
+    if one_per_line:
+        _refuse_blank_lines(path, lines, error)
     texts, feeds = [], {}
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -106,6 +125,9 @@ def _read_jsonl(path: Path, error):
             array = np.asarray(values)
         except ValueError as exc:
             raise error(f"{path}: records of '{key}' have different shapes ({exc})") from exc
+        if array.dtype.kind == "U":          # text under another name: the reader only knows "text"
+            raise error(f"{path}: '{key}' holds text; name the field \"text\" (one object a line: "
+                        "{\"text\": \"...\"}), or give each model input as arrays of numbers")
         if array.dtype.kind not in "biuf":
             raise error(f"{path}: '{key}' must hold numbers in rectangular arrays")
         arrays[key] = array

@@ -61,6 +61,8 @@ class KServeOptions:
         for option, value in (("--cpu", self.cpu), ("--memory", self.memory)):
             if not QUANTITY.match(str(value)):
                 raise InvalidOptionError(f"{option} '{value}' is not a Kubernetes quantity (e.g. 500m, 2, 4Gi)")
+            if not re.search(r"[1-9]", str(value)):     # a limit of 0: a pod that can never run the model
+                raise InvalidOptionError(f"{option} '{value}' is zero; each replica needs some (e.g. 500m, 2, 4Gi)")
         for option, value in (("--min-replicas", self.min_replicas), ("--max-replicas", self.max_replicas)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InvalidOptionError(f"{option} must be a whole number >= 0 (got {value!r})")

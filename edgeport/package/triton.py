@@ -214,7 +214,8 @@ def package_triton_models(models: dict[str, str], out, options: TritonOptions = 
     artifacts = {name: Artifact.load(path) for name, path in models.items()}
     for name in artifacts:
         if not name.replace("-", "").replace("_", "").isalnum():
-            raise InvalidOptionError(f"model name '{name}' must be letters, digits, '-' and '_'")
+            raise InvalidOptionError(f"model name '{name}' (the artifact folder's name) must be letters, digits, "
+                                     "'-' and '_'; give one with --name")
     with staged_output(out, force, tuple(models.values()), TRITON_REPOSITORY) as repo:
         for name, artifact in artifacts.items():
             write_model(repo, artifact, name, options)
