@@ -190,18 +190,6 @@ def artifact_variant(artifact: Artifact, threads: int | None, taken, device: str
     return Variant(name, model.runner, info)
 
 
-def _warm_up(artifacts: list[Artifact], threads: int | None, options: BenchOptions) -> None:
-    """One untimed load per kind of artifact (ONNX, engine, program) before the timed ones: the
-    process's one-time costs (importing the runtime, its first session: 100-150 ms for ONNX
-    Runtime here) belong to no variant, and charged to the first one they made its session
-    time twice the same model's loaded second."""
-    first_of_kind = {format_of(artifact).kind: artifact for artifact in reversed(artifacts)}
-    for artifact in first_of_kind.values():
-        device = options.device if options.device in format_of(artifact).devices else "auto"
-        with load(artifact.path, device=device, threads=threads, check_files=False, spinning=options.spinning):
-            pass
-
-
 def _batches_beyond(variant: Variant, options: BenchOptions) -> str | None:
     """Why the batch sizes (or sweep lengths) asked for cannot be timed on ``variant``: more
     than its engine takes in one call, said before anything is measured; None when they can."""
@@ -330,7 +318,6 @@ def run_bench(paths: list[str], options: BenchOptions, extra: list[Variant] = ()
                                  f"{inputs.max_length} tokens; give --sequence-lengths within 2..{inputs.max_length}")
     labels = read_bench_labels(reference, options, inputs.examples.count)
     threads, _ = options.thread_count()
-    _warm_up(artifacts, threads, options)
     variants: list[Variant] = []
     for artifact in artifacts:
         variant = artifact_variant(artifact, threads, {v.name for v in variants}, options.device, options.spinning)
