@@ -131,16 +131,13 @@ def test_a_failed_memory_probe_is_a_warning_not_a_silent_dash():
 
 
 @pytest.mark.slow
-def test_ctrl_c_while_quantize_times_its_result_exits_130_with_nothing_written(tiny_models, tmp_path_factory, tmp_path):
+def test_ctrl_c_while_quantize_times_its_result_exits_130_with_nothing_written(minilm_onnx, tmp_path):
     import signal
     import subprocess
     import sys
 
-    from edgeport.export.onnx import export_onnx
-
-    fp32 = export_onnx(tiny_models("bert", "feature-extraction"), tmp_path_factory.mktemp("fp32") / "bert")
     out = tmp_path / "int8"
-    process = subprocess.Popen([sys.executable, "-m", "edgeport", "quantize", str(fp32.path), "-o", str(out),
+    process = subprocess.Popen([sys.executable, "-m", "edgeport", "quantize", str(minilm_onnx.path), "-o", str(out),
                                 "--mode", "int8-dynamic"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in process.stderr:                  # progress goes to stderr, one line a step
