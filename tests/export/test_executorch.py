@@ -238,6 +238,7 @@ def test_more_rows_than_the_bound_run_in_chunks_wherever_rows_are_not_the_users_
         assert request(f"{base}/v2/models/pte")[1]["platform"] == "executorch"
 
 
+@pytest.mark.slow
 def test_a_shorter_sequence_bound_truncates_text_where_the_program_ends(tiny_models, tmp_path, cli):
     """A tiny BERT with MiniLM's tokenizer: what is checked is where text is cut, not the
     weights (lowering MiniLM once more took 90 s of the suite)."""
