@@ -56,10 +56,11 @@ def sign_folder(folder: Path, private_key: Path, signature: Path) -> None:
         if password is not None and "password" in str(exc).lower():
             raise InvalidOptionError(f"--sign: the password in ${PASSWORD_VARIABLE} does not open '{private_key}'"
                                      ) from None
-        # An AttributeError is model_signing asking a key of another kind (RSA, Ed25519) for its curve.
-        detail = ("it holds another kind of key (RSA or Ed25519?); make one with `openssl ecparam -name prime256v1 "
-                  "-genkey -noout -out key.pem`" if isinstance(exc, AttributeError)
-                  else str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if isinstance(exc, AttributeError):     # model_signing asking a key of another kind for its curve
+            detail = ("it holds another kind of key (RSA or Ed25519?); make one with `openssl ecparam -name "
+                      "prime256v1 -genkey -noout -out key.pem`")
+        else:
+            detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidOptionError(f"--sign: '{private_key}' is not a PEM elliptic-curve private key (P-256, P-384 or "
                                  f"P-521) it can use: {detail}") from None
     config.set_hashing_config(hashing_config()).sign(folder, signature)
