@@ -35,14 +35,18 @@ def jsonable(value: Any) -> Any:
 
 
 def run_artifact(path, texts: list[str], input_file: str | None, device: str = "auto", threads: int | None = None,
-                 batch_size: int = 8, trusted_key: str | None = None) -> dict[str, Any]:
-    """Run an artifact (or bundle) on ``texts`` or on the examples in ``input_file``."""
+                 batch_size: int = 8, trusted_key: str | None = None, note=None) -> dict[str, Any]:
+    """Run an artifact (or bundle) on ``texts`` or on the examples in ``input_file``.  ``note``:
+    where to say that ``batch_size`` does not apply (a model whose rows run alone)."""
     from .data import in_model_dtype, raw_images, read_examples
 
     model = load(path, device=device, threads=threads, trusted_key=trusted_key)
     with model:
         if model.task == "text-generation":
             raise ModelInputError(f"'{path}' is a causal language model: give --prompt, not --text or --input")
+        if note is not None and getattr(model, "rows_alone", False) and batch_size > 1:
+            note(f"note: --batch-size {batch_size} does not apply: this model quantizes its activations per call "
+                 "(dynamic INT8), so every row runs alone and its result depends on its input only")
         result: dict[str, Any] = {"task": model.task, "provider": model.provider}
         if texts:
             result["predictions"] = jsonable(model.predict(texts, batch_size=batch_size))

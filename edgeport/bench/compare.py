@@ -87,6 +87,9 @@ def parse_percent(text: str) -> float:
         raise InvalidOptionError(f"'{text}' is not a percentage (e.g. 5%)") from None
     if not math.isfinite(value) or value < 0:
         raise InvalidOptionError(f"a regression threshold must be a finite percentage >= 0 (got '{text}')")
+    if 0 < value < 1 and not text.endswith("%"):     # 0.05 meant as a fraction would allow 0.05%
+        raise InvalidOptionError(f"'{text}' has no % sign and would read as {text}%: write '{text}%' if that is "
+                                 f"meant, or '{value * 100:g}%' for a fraction of {text}")
     return value / 100.0
 
 

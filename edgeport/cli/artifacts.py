@@ -126,4 +126,6 @@ def run_command(ctx, artifact, texts, input_file, prompts, max_new_tokens, tempe
         raise InvalidOptionError(f"--batch-size must be a whole number >= 1 (got {batch_size})")
     from ..running import run_artifact
 
-    emit_json(run_artifact(artifact, list(texts), input_file, device, threads, batch_size, trusted_key))
+    given_batch = ctx.get_parameter_source("batch_size") != click.core.ParameterSource.DEFAULT
+    emit_json(run_artifact(artifact, list(texts), input_file, device, threads, batch_size, trusted_key,
+                           note=say if given_batch else None))

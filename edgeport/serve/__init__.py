@@ -185,6 +185,16 @@ def check_golden(model, path) -> None:
                             "compute what it was verified to compute, so it is not served")
 
 
+class _TerminatedWhileStarting(KeyboardInterrupt):
+    """SIGTERM while the model loads: a KeyboardInterrupt, so that what loads cleans up as for
+    Ctrl-C, told apart so that the stop exits 0 (systemd and Kubernetes stop a starting server
+    as they stop a serving one)."""
+
+
+def _stop_starting(signum, frame):
+    raise _TerminatedWhileStarting
+
+
 def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
     """Serve until interrupted; SIGTERM / Ctrl-C finish the accepted requests first."""
     require("uvicorn", "serve")
@@ -193,11 +203,18 @@ def serve(path, options: ServeOptions = ServeOptions(), warn=print) -> None:
 
     options.check()
     listener = listening_socket(options.host, options.port)
+    previous = signal.signal(signal.SIGTERM, _stop_starting)
     try:
         app, name, token = make_app(path, options)
+    except _TerminatedWhileStarting:        # a service manager's stop: exits 0, as SIGTERM does once serving
+        listener.close()
+        warn("stopped by SIGTERM while starting; nothing was served")
+        return
     except BaseException:
         listener.close()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     rows_alone = getattr(app.server.model, "rows_alone", False)
     for message in startup_warnings(options, token) + serving_notes(rows_alone, options):
         warn(message)

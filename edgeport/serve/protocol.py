@@ -135,7 +135,8 @@ def _tensor(item: Any, index: int, binary: bytes, offset: int) -> tuple[np.ndarr
         # numpy reads [101, true] as integers: a boolean among numbers is looked for itself
         kind = "b" if dtype.kind != "b" and _holds_bool(data) else given.dtype.kind
         if given.size and kind not in _KINDS[dtype.kind]:
-            raise ProtocolError(f"input '{name}': data holds {_NAMES.get(kind, 'other')} values, not {datatype}")
+            what = "NaN or infinite" if kind == "f" and not np.isfinite(given).all() else _NAMES.get(kind, "other")
+            raise ProtocolError(f"input '{name}': data holds {what} values, not {datatype}")
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError, OverflowError) as exc:
         raise ProtocolError(f"input '{name}': data is not {datatype}: {exc}") from None

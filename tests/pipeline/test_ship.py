@@ -237,15 +237,22 @@ def test_ctrl_c_in_the_bench_step_stops_the_run_and_caches_nothing(tmp_path, tin
     recipe = _recipe(tmp_path, tiny_models("bert", "feature-extraction"),
                      variants=[{"name": "fp32", "precision": "fp32"}],
                      bench={"scenarios": ["single-stream", "offline"], "rounds": 50, "min_duration": 1})
+    # PYTHONFAULTHANDLER: where it once hung past its Ctrl-C (one CI run, not reproduced), SIGABRT
+    # makes it print every thread's stack, which the failure then shows.
     process = subprocess.Popen([sys.executable, "-m", "edgeport.cli", "ship", recipe], stderr=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                               stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"})
     try:
         deadline, seen = time.time() + 120, ""
         while time.time() < deadline and "[run] bench" not in seen:
             seen += process.stderr.readline()
         time.sleep(3)                                   # well into the measurement
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 130
+        try:
+            assert process.wait(timeout=60) == 130
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            pytest.fail("still running 60 s after Ctrl-C; its stacks:\n" + process.communicate(timeout=30)[1][-6000:])
     finally:
         process.kill()
     out = tmp_path / "out"
