@@ -40,7 +40,8 @@ class Artifact:
         if not path.is_dir():
             if path.name.endswith((".tar.gz", ".tgz")):      # run, serve and inspect open bundles; this does not
                 raise ArtifactError(f"'{path}' is a bundle, and this command takes an artifact folder: give the "
-                                    "folder it was packaged from, or the 'artifact' folder inside what 'tar -xzf' unpacks")
+                                    "folder it was packaged from, or the 'artifact' folder inside what 'tar -xzf' "
+                                    "unpacks")
             raise ArtifactError(f"'{path}' is a file, not an artifact folder")
         manifest_path = path / MANIFEST_NAME
         if not manifest_path.is_file():
