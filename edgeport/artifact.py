@@ -36,6 +36,8 @@ class Artifact:
             raise ArtifactError("no artifact path given")
         path = Path(path)
         if not path.exists():
+            if path.name.endswith((".tar.gz", ".tgz")):
+                raise ArtifactError(f"no bundle at '{path}': the file does not exist")
             raise ArtifactError(f"no artifact at '{path}': the folder does not exist")
         if not path.is_dir():
             if path.name.endswith((".tar.gz", ".tgz")):      # run, serve and inspect open bundles; this does not

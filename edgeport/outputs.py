@@ -17,6 +17,7 @@ The rules, the same for every command that writes:
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from typing import Callable, Iterable, Iterator
 
 from .errors import InvalidOptionError, OutputExistsError
 from .manifest import MANIFEST_NAME, sha256_file
+from .workdirs import staging_file, staging_folder
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,28 @@ JSON_REPORT = OutputKind("edgeport bench report (JSON)", False,
 HTML_REPORT = OutputKind("edgeport HTML report", False, _html_report, _broken_seal)
 
 
+# What to do instead of replacing an output that is not edgeport's as written: "choose another
+# -o" for a command; ship, whose stages write where it says, sets its own (see instead_say).
+_INSTEAD: contextvars.ContextVar[str | None] = contextvars.ContextVar("instead", default=None)
+
+
+@contextlib.contextmanager
+def instead_say(hint: str) -> Iterator[None]:
+    """Within the block, a refused replacement ends with ``hint`` instead of naming the
+    stage's own option (which the user of ``ship`` never typed)."""
+    token = _INSTEAD.set(hint)
+    try:
+        yield
+    finally:
+        _INSTEAD.reset(token)
+
+
+def _inside_an_artifact(target: Path) -> Path | None:
+    """The artifact folder ``target`` would lie in: a folder written there is a file the
+    artifact does not list, and every later --force onto it is refused."""
+    return next((parent for parent in target.parents if (parent / MANIFEST_NAME).is_file()), None)
+
+
 def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.PathLike] = (),
                  kind: OutputKind = ARTIFACT, option: str = "-o") -> Path:
     """Refuse an output that would lose data or cannot be written; return it as a Path."""
@@ -266,10 +290,15 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
                         else "lies inside")
             raise InvalidOptionError(f"{option} '{out}' {relation} the input '{source}'; write the result "
                                      "somewhere outside the input, it would be overwritten or deleted")
+    host = _inside_an_artifact(target) if kind.is_folder else None
+    if host is not None:
+        raise InvalidOptionError(f"{option} '{out}' lies inside the artifact '{host}'; write it beside the "
+                                 "artifact, not in it (the artifact would hold a folder its manifest does not list)")
     if out.exists() and kind.is_folder != out.is_dir():
         # said first: "pass --force" would only lead to this
         raise InvalidOptionError(f"'{out}' exists and is a {'folder' if out.is_dir() else 'file'}; "
                                  f"{option} must name a {'folder' if kind.is_folder else 'file'}")
+    instead = _INSTEAD.get() or f"choose another {option}"
     if out.is_symlink() or out.exists():
         if not force:
             raise OutputExistsError(f"'{out}' already exists; choose another {option} or pass --force to replace it")
@@ -277,15 +306,15 @@ def check_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os.
             pass  # a dangling link: replacing it loses nothing
         elif (strangers := _foreign(out, kind)) is None:
             raise OutputExistsError(f"'{out}' exists and is not {_a(kind.noun)}; --force only replaces edgeport's own "
-                                    "outputs. Remove it yourself or choose another " + option)
+                                    f"outputs. Remove it yourself or {instead}")
         elif strangers and not kind.is_folder:
             raise OutputExistsError(f"'{out}' was edited since edgeport wrote it; --force only replaces edgeport's "
-                                    f"own outputs as written. Move it or choose another {option}")
+                                    f"own outputs as written. Move it or {instead}")
         elif strangers:
             raise OutputExistsError(f"'{out}' holds files edgeport did not write there or that changed since it "
                                     f"did ({', '.join(strangers[:5])}"
                                     f"{', ...' if len(strangers) > 5 else ''}); --force only replaces edgeport's own "
-                                    f"outputs. Move them out or choose another {option}")
+                                    f"outputs. Move them out or {instead}")
     _check_writable(out, option)
     return out
 
@@ -400,12 +429,8 @@ def staged_output(out: str | os.PathLike, force: bool, inputs: Iterable[str | os
     parent = out.absolute().parent
     created = make_folders(parent)
     try:
-        if kind.is_folder:
-            staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
-        else:
-            handle, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent)
-            os.close(handle)
-            staging = Path(name)
+        # named for this process: what a killed one staged beside the output goes with the next run
+        staging = (staging_folder if kind.is_folder else staging_file)(f".{out.name}.", ".tmp", parent)
     except BaseException:
         remove_created_folders(created)
         raise

@@ -100,3 +100,65 @@ def test_sigterm_while_serve_starts_exits_0_with_nothing_served(minilm_onnx):
     assert process.returncode == 0, err
     assert "stopped by SIGTERM while starting; nothing was served" in err and "error:" not in err, err
     assert "serving '" not in err
+
+
+def test_an_output_inside_another_artifact_is_refused(cli, onnx_artifacts, tmp_path):
+    """``quantize A -o B/sub`` wrote an artifact inside the artifact B, whose every later
+    --force was then refused (B held a folder its manifest does not list)."""
+    import shutil
+
+    host = tmp_path / "host"
+    shutil.copytree(onnx_artifacts["classifier"].path, host)
+    assert_fails(cli("quantize", onnx_artifacts["classifier"].path, "-o", host / "sub", "--mode", "fp16"),
+                 InvalidOptionError.exit_code, f"lies inside the artifact '{host}'", absent=host / "sub")
+    assert_fails(cli("inspect", tmp_path / "missing.tar.gz"), ArtifactError.exit_code,
+                 "no bundle at", "the file does not exist")
+
+
+def test_what_a_killed_process_left_goes_with_the_next_run(onnx_artifacts, minilm_onnx, tmp_path, monkeypatch):
+    """kill -9 (or the OOM killer) skips every cleanup: a bundle's partial extraction (tens of MB
+    for MiniLM) and a quantize's work folder stayed for good.  A folder is removed when its
+    name says this host and its process is gone; never another host's, never a live one's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from edgeport.package.bundle import package_bundle
+    from edgeport.runtime.bundle import cache_root, open_bundle
+    from edgeport.workdirs import owned_prefix
+
+    pid_max = int(open("/proc/sys/kernel/pid_max").read())
+    dead_mark = owned_prefix("").replace(f"{os.getpid()}-", f"{pid_max + 1}-")   # no process has that id
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache = cache_root()
+    dead = cache / f".extracting.{dead_mark}k1ll3d_x.tmp"
+    (dead / "artifact").mkdir(parents=True)
+    (dead / "artifact" / "model.onnx").write_bytes(b"partial")
+    alive = cache / f".extracting.{dead_mark.replace(str(pid_max + 1), '1')}5t1ll_on.tmp"   # pid 1 runs
+    elsewhere = cache / f".extracting.{pid_max + 1}-0ther0st.4n0ther_.tmp"                 # another host's
+    alive.mkdir()
+    elsewhere.mkdir()
+    artifact = open_bundle(package_bundle(onnx_artifacts["encoder"].path, tmp_path / "enc.tar.gz"))
+    assert (artifact.path / "model.onnx").is_file()
+    assert not dead.exists() and alive.is_dir() and elsewhere.is_dir()
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = {**os.environ, "TMPDIR": str(temp)}
+    killed = subprocess.Popen([sys.executable, "-m", "edgeport.cli", "quantize", str(minilm_onnx.path),   # ~25 s
+                               "-o", str(tmp_path / "q1"), "--mode", "fp16"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(temp.glob("edgeport-quantize-*")) and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    left = list(temp.glob("edgeport-quantize-*"))
+    assert left and killed.returncode == -signal.SIGKILL          # killed while it worked: its folder stayed
+    again = subprocess.run([sys.executable, "-m", "edgeport.cli", "quantize", str(onnx_artifacts["encoder"].path),
+                            "-o", str(tmp_path / "q2"), "--mode", "fp16"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert not any(folder.exists() for folder in left) and not list(temp.glob("edgeport-quantize-*"))

@@ -14,7 +14,7 @@ ROOT = Path(edgeport.__file__).parent
 
 # Lowest first.  A unit may import its own package and any unit of a lower layer.
 LAYERS = [
-    {"errors", "vocabulary", "schema", "processes"},
+    {"errors", "vocabulary", "schema", "processes", "workdirs"},
     {"manifest", "golden"},
     {"artifact", "outputs"},
     {"runtime"},

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +32,7 @@ from ..outputs import ARTIFACT, OutputKind, check_output, staged_output
 from ..quantize.graph import MULTIPLYING_OPS
 from ..vocabulary import DEFAULT_WORKSPACE_MB
 from .profiles import Profile, derive_profile
+from ..workdirs import work_folder
 
 VIAS = ("tensorrt", "onnxruntime")
 # Operators ONNX Runtime's own passes produce that TensorRT's ONNX parser does not take.
@@ -195,7 +195,7 @@ def export_tensorrt(source, out, options: TensorRTOptions, progress: Callable[[s
         else:             # first: what this route needs (onnxruntime-gpu) before what both need
             _require_ort_tensorrt()
         environment = engine_environment()           # no GPU or no TensorRT: stop before any work
-    with tempfile.TemporaryDirectory(prefix="edgeport-trt-") as work_dir:
+    with work_folder("edgeport-trt-") as work_dir:
         origin = built_from = Artifact.load(source)
         if plan.quantize_first:
             built_from = _quantize_first(source, Path(work_dir) / "quantized", options, say)

@@ -138,7 +138,7 @@ def adapter_file(base: Path, adapter: Path, precision: str, slots: dict[str, lis
 def export_runtime_adapter(artifact_path, adapter: str, out, force: bool = False, progress=None) -> Path:
     """``edgeport export adapter``: an .onnx_adapter for a causal-LM artifact exported with LoRA
     slots, from a peft adapter trained on the same base (the artifact's source folder)."""
-    import tempfile
+    from ..workdirs import work_folder
 
     from ..artifact import Artifact
     from ..errors import InvalidOptionError
@@ -154,7 +154,7 @@ def export_runtime_adapter(artifact_path, adapter: str, out, force: bool = False
         raise InvalidOptionError(f"the base model '{base}' that '{artifact_path}' was exported from is not there; "
                                  "an adapter file is built from the same base")
     with staged_output(out, force, (artifact_path, adapter), ADAPTER_FILE) as staging:
-        with tempfile.TemporaryDirectory(prefix="edgeport-adapter-") as work_dir:
+        with work_folder("edgeport-adapter-") as work_dir:
             work = Path(work_dir)
             if progress:
                 progress(f"building adapter '{Path(adapter).name}' against {base}...")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 from ..artifact import Artifact
 from ..errors import InvalidOptionError
 from ..outputs import ARTIFACT, check_output
 from .onnx import ExportOptions, export_onnx
 from .source import is_callable_source, is_keras_file
+from ..workdirs import work_folder
 
 
 def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, options: ExportOptions,
@@ -29,7 +29,7 @@ def export_with_adapters(source: str | os.PathLike, out: str | os.PathLike, opti
 
     inputs = () if is_callable_source(str(source)) else (source, *adapters)
     check_output(out, options.force, inputs, ARTIFACT)
-    with tempfile.TemporaryDirectory(prefix="edgeport-merged-") as work:
+    with work_folder("edgeport-merged-") as work:
         merged = merge(source, f"{work}/merged", MergeOptions(list(adapters), list(weights),
                                                                allow_pickle=options.allow_pickle), progress=progress)
         return exporter(merged, out, options, progress=progress, extra_inputs=(source, *adapters))

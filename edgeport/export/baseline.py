@@ -4,7 +4,6 @@ bench by the CLI; the bench never imports export."""
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from ..artifact import Artifact
 from ..errors import AcceleratorUnavailableError, InvalidOptionError, require
 from ..runtime.runner import Runner
 from .prepare import HfSource
+from ..workdirs import work_folder
 
 
 def _no_folder(source: str | None, reference: Artifact) -> str:
@@ -48,7 +48,7 @@ class TorchRunner(Runner):
             raise InvalidOptionError(_no_folder(source, reference))
         if device == "cuda" and not torch.cuda.is_available():
             raise AcceleratorUnavailableError("--baseline-device cuda: PyTorch sees no CUDA device on this machine")
-        self._work = tempfile.TemporaryDirectory(prefix="edgeport-baseline-")
+        self._work = work_folder("edgeport-baseline-")
         model = HfSource(Path(source), export.get("task"), False, 128, Path(self._work.name))
         variant = model.variants(False)[0]
         job = model.job(variant)

@@ -26,7 +26,6 @@ What was measured here (ExecuTorch 1.5.1, torch 2.13), and what it decided:
 from __future__ import annotations
 
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from .prepare import CallableSource, ExportJob, HfSource, run_module
 from .quiet import quiet_torch_loggers, quiet_torch_onnx
 from .source import is_callable_source, parse_input_spec, recorded_source
 from .text_inputs import check_room_for_text
+from ..workdirs import work_folder
 
 QUANTIZE_MODES = ("int8",)
 DEFAULT_MAX_BATCH = 8
@@ -124,7 +124,7 @@ def _export(source: str, out, options: ExecuTorchOptions, progress, extra_inputs
     check_output(out, options.force, protected, ARTIFACT)
     require("torch", "export")
     require("executorch", "executorch")
-    with tempfile.TemporaryDirectory(prefix="edgeport-executorch-") as work_dir:
+    with work_folder("edgeport-executorch-") as work_dir:
         if callable_source:
             model = CallableSource(source_text, [parse_input_spec(s) for s in options.inputs], options.output_names,
                                    options.task)

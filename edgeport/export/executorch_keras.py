@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from ..errors import MissingDependencyError, SourceError, require
 from ..outputs import ARTIFACT, check_output
 from .keras import check_keras_file, keras_io, keras_side
 from .prepare import ExportJob
+from ..workdirs import work_folder
 
 
 def export_keras_executorch(source: Path, out, options, say) -> Artifact:
@@ -33,7 +33,7 @@ def export_keras_executorch(source: Path, out, options, say) -> Artifact:
     require("executorch", "executorch")
     settings = {k: v for k, v in dataclasses.asdict(options).items()
                 if k in ("quantize", "max_batch", "min_cosine", "min_top1_agreement")}
-    with tempfile.TemporaryDirectory(prefix="edgeport-keras-et-") as work_dir:
+    with work_folder("edgeport-keras-et-") as work_dir:
         work = Path(work_dir)
         say("loading with Keras (torch backend), capturing and lowering to XNNPACK...")
         info, samples = keras_side(source, work, "executorch", settings)

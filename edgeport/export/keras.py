@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import subprocess
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from ..processes import python_module
 from ..runtime.onnxrt import OnnxRuntimeRunner
 from ..vocabulary import BATCH, MAX_IMAGE_CHANNELS
 from .source import recorded_source
+from ..workdirs import work_folder
 
 
 def check_keras_file(source: Path) -> None:
@@ -155,7 +155,7 @@ def export_keras(source, out, options, progress=None) -> Artifact:
         raise MissingDependencyError("exporting a Keras model needs 'keras', which is not installed; "
                                      "install it with: pip install 'edgeport[keras]'")
     require("onnx", "export")
-    with tempfile.TemporaryDirectory(prefix="edgeport-keras-") as work_dir:
+    with work_folder("edgeport-keras-") as work_dir:
         work = Path(work_dir)
         say("loading and exporting with Keras (torch backend)...")
         info, samples = keras_side(source, work)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from ..vocabulary import DEFAULT_ATOL, DEFAULT_OPSET, DEFAULT_RTOL
 from .lm_builder import PRECISIONS, build_with_genai, builder_family
 from .lm_reference import PERPLEXITY_TEXTS, PROMPTS, Reference
 from .source import load_hf_config, read_config, recorded_source, weight_files
+from ..workdirs import work_folder
 
 ROUTES = ("auto", "genai", "onnx")
 DECODER_EXPORTERS = {"auto": ("dynamo", "torchscript"), "dynamo": ("dynamo",), "torchscript": ("torchscript",)}
@@ -114,7 +114,7 @@ def export_causal_lm(folder: Path, out, options, progress=None, runtime_adapters
     if reference.unapplied:
         say(f"note: {unapplied_note(reference.unapplied)}")
     built_but_differed = []                  # per route tried: built, and its tokens differed
-    with tempfile.TemporaryDirectory(prefix="edgeport-llm-") as work_dir:
+    with work_folder("edgeport-llm-") as work_dir:
         for route, exporter in routes:
             label = "genai-builder" if route == "genai" else f"onnx-{exporter}"
             try:

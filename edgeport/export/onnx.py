@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from .prepare import CallableSource, ExportJob, HfSource, run_module
 from .quiet import quiet_torch_onnx
 from .registry import check_task, detect_task
 from .source import is_callable_source, is_keras_file, parse_input_spec, read_config, recorded_source
+from ..workdirs import work_folder
 
 ROUTES = ("torchscript", "dynamo", "static")
 
@@ -118,7 +118,7 @@ def export_onnx(source: str | os.PathLike, out: str | os.PathLike, options: Expo
         raise InvalidOptionError("--runtime-adapter is for causal LMs (task text-generation); merge encoder "
                                  "adapters with --adapter")
     _refuse_builder_precision(options)
-    with tempfile.TemporaryDirectory(prefix="edgeport-export-") as work_dir:
+    with work_folder("edgeport-export-") as work_dir:
         work = Path(work_dir)
         if callable_source:
             model = CallableSource(source_text, [parse_input_spec(s) for s in options.inputs], options.output_names,

@@ -19,7 +19,6 @@ import io
 import json
 import subprocess
 import tarfile
-import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from ..runtime.formats import format_of
 from ..runtime.bundle import (ARTIFACT_DIR, BUNDLE_FORMAT, BUNDLE_META, BUNDLE_VERSION, CHECKSUMS, REQUIREMENTS,
                               SIGNATURE, format_checksums, sha256_of)
 from ..processes import python_module
+from ..workdirs import work_folder
 
 BUNDLE_TARGETS = ("portable", "ort-mobile")
 
@@ -98,7 +98,7 @@ def bundle_bytes(artifact: Artifact, name: str, target: str = "portable", sign: 
     for member in sorted(artifact.manifest.files):
         files[f"{ARTIFACT_DIR}/{member}"] = artifact.member(member).read_bytes()
     files[f"{ARTIFACT_DIR}/edgeport.json"] = (artifact.path / "edgeport.json").read_bytes()
-    with tempfile.TemporaryDirectory(prefix="edgeport-bundle-") as work:
+    with work_folder("edgeport-bundle-") as work:
         if target == "ort-mobile":
             for member, path in _mobile_files(artifact, Path(work)).items():
                 files[member] = path.read_bytes()
@@ -152,7 +152,7 @@ def _signature(files: dict[str, bytes], name: str, private_key: str) -> bytes:
     """model-signing's signature over the bundle's members as a reader extracts them."""
     from ..runtime.signing import sign_folder
 
-    with tempfile.TemporaryDirectory(prefix="edgeport-sign-") as work:
+    with work_folder("edgeport-sign-") as work:
         folder = Path(work) / name
         for member, payload in files.items():
             (folder / member).parent.mkdir(parents=True, exist_ok=True)

@@ -52,6 +52,15 @@ class StepCache:
         except (OSError, ValueError, AttributeError):
             return False
 
+    def wrote(self, step: str, output: Path) -> bool:
+        """Whether ``output`` is, byte for byte, what ``step`` last wrote (not a file of the
+        user's put in its place)."""
+        try:
+            record = json.loads(self._record(step).read_text(encoding="utf-8"))
+            return record.get("digest") == folder_digest(output)
+        except (OSError, ValueError, AttributeError):
+            return False
+
     def store(self, step: str, key: str, output: Path) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         record = {"key": key, "output": str(output), "digest": folder_digest(output)}

@@ -362,11 +362,15 @@ def check_feasible(recipe: Recipe) -> None:
                               "gate to the INT8 variants only)")
     if recipe.previous_report:
         from ..bench.compare import load_report
+        from ..outputs import edited_since_written
 
         try:
             load_report(recipe.previous_report)
         except EdgeportError as exc:
             raise RecipeError(f"{recipe.where}: 'gates.previous_report': {exc}") from exc
+        if edited_since_written(recipe.previous_report):       # as bench compare refuses it
+            raise RecipeError(f"{recipe.where}: 'gates.previous_report': {recipe.previous_report} changed since "
+                              "bench wrote it (the seal no longer matches); gate against a report as bench wrote it")
     from ..bench.compare import parse_percent
 
     try:

@@ -7,6 +7,7 @@ module only sequences them and writes the summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -14,8 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 from ..artifact import Artifact
-from ..errors import EdgeportError, ParityError, RegressionError, StoppedByUser
-from ..outputs import SHIP_FOLDER, check_output, make_folders, remove_created_folders
+from ..errors import (EdgeportError, OutputExistsError, ParityError, RegressionError, SourceError,
+                      StoppedByUser)
+from ..outputs import SHIP_FOLDER, check_output, instead_say, make_folders, remove_created_folders
 from ..vocabulary import DEFAULT_BATCH_SIZES, DEFAULT_MAX_PARITY_DROP, DEFAULT_MIN_DURATION_S, DEFAULT_ROUNDS
 from .cache import StepCache, folder_digest
 from .recipe import BUNDLED_DOCSTRINGS, Recipe, Variant
@@ -123,9 +125,11 @@ class Shipment:
         self.plan: list[tuple[str, bool]] = []      # (step, cached) for --dry-run
         self.finished: list[str] = []               # steps whose output is complete (run or cached)
 
-    def step(self, name: str, key: str, output: Path, run: Callable[[], None], dry_run: bool) -> bool:
-        """Run ``run`` unless cached; returns whether it was a cache hit."""
-        cached = self.cache.hit(name, key, output)
+    def step(self, name: str, key: str, output: Path, run: Callable[[], None], dry_run: bool,
+             still_valid: Callable[[], bool] = lambda: True) -> bool:
+        """Run ``run`` unless cached; returns whether it was a cache hit.  ``still_valid``: what
+        the cache record cannot tell (a step's second file, what an output was made from)."""
+        cached = self.cache.hit(name, key, output) and still_valid()
         self.plan.append((name, cached))
         if dry_run:
             return cached
@@ -166,7 +170,14 @@ class Shipment:
         # A plan (--dry-run) before the merge ran has no merged folder yet: the export will run.
         digest = folder_digest(source) if source.exists() else "not made yet"
         key = self.cache.key("export", source=digest, task=options.task, opset=options.opset)
-        self.step("export", key, out, lambda: export_onnx(source, out, options, progress=self.say), dry_run)
+        hit = self.step("export", key, out, lambda: export_onnx(source, out, options, progress=self.say), dry_run,
+                        still_valid=lambda: not _weights_differ(source, out))
+        if not hit and not dry_run and (_weights_differ(source, out) or folder_digest(source) != digest):
+            # the source was rewritten while it was read: the export may hold other weights
+            # than the key names (a later run, the source back as it was, took it as cached)
+            self.cache.forget("export")
+            raise SourceError(f"the source model '{source}' changed while ship exported it: the export may hold "
+                              "weights of another version; run ship again once the source is complete")
         return out
 
     def variant(self, variant: Variant, fp32: Path, dry_run: bool) -> VariantResult:
@@ -288,7 +299,7 @@ class Shipment:
                     Path(written).unlink(missing_ok=True)
                 raise KeyboardInterrupt
 
-        self.step("bench", key, json_path, run, dry_run)
+        self.step("bench", key, json_path, run, dry_run, still_valid=html_path.is_file)
         return json_path, html_path
 
     def package(self, passed: list[VariantResult], dry_run: bool) -> str | None:
@@ -314,14 +325,24 @@ class Shipment:
         return triton
 
     def drop_stale_bundles(self, failed: list[VariantResult], dry_run: bool) -> None:
-        """A variant that fails its gate now loses the bundle an earlier run made of it: the
-        output holds what passed this run, and nothing that did not."""
-        for variant in failed:
-            stale = self.root / "bundles" / f"{variant.name}.tar.gz"
-            if stale.is_file() and not dry_run:
+        """A variant that fails now loses the bundle an earlier run made of it, and so does one
+        the recipe no longer lists: the output holds what passed this run, and nothing that did
+        not.  A variant whose folder ship was refused to replace (files of the user's in it) was
+        not judged: its bundle stays."""
+        if dry_run:
+            return
+        why = {v.name: f"{v.name} did not pass this run" for v in failed if v.failure_kind is not OutputExistsError}
+        listed = {v.name for v in self.recipe.variants}
+        for record in sorted(self.cache.folder.glob("bundle *.json")):
+            name = record.stem.removeprefix("bundle ")
+            if name not in listed:
+                why[name] = f"{name} is no longer in the recipe"
+        for name, reason in why.items():
+            stale = self.root / "bundles" / f"{name}.tar.gz"
+            if stale.is_file() and self.cache.wrote(f"bundle {name}", stale):
                 stale.unlink()
-                self.cache.forget(f"bundle {variant.name}")
-                self.say(f"[removed] bundles/{stale.name}: {variant.name} did not pass this run")
+                self.say(f"[removed] bundles/{stale.name}: {reason}")
+            self.cache.forget(f"bundle {name}")
 
     def platforms(self, passed: list[VariantResult]) -> list[str]:
         failures = []
@@ -348,6 +369,18 @@ def _digest(artifact: Path) -> str:
     if not (artifact / "edgeport.json").is_file():
         return ""
     return Artifact.load(artifact, check_files=False).manifest_sha256
+
+
+def _weights_differ(source: Path, exported: Path) -> list[str]:
+    """The source's weight files whose bytes are not those the export recorded reading."""
+    if not (exported / "edgeport.json").is_file():
+        return []
+    from ..manifest import sha256_file
+
+    recorded = Artifact.load(exported, check_files=False).manifest.export_entry().get("sources") or {}
+    folder = source if source.is_dir() else source.parent          # a .keras file is its own source
+    return [name for name, sha in sorted(recorded.items()) if len(str(sha)) == 64      # a factory records its name
+            and (not (folder / name).is_file() or sha256_file(folder / name) != sha)]
 
 
 def _task(artifact: Path) -> str | None:
@@ -396,7 +429,8 @@ def ship(recipe: Recipe, force: bool = False, dry_run: bool = False,
     shipment = Shipment(recipe, force, progress)
     created = [] if dry_run else make_folders(recipe.output.absolute())
     try:
-        return _run(recipe, shipment, dry_run)
+        with _only_run(recipe.output, dry_run), instead_say("give ship another output folder (-o)"):
+            return _run(recipe, shipment, dry_run)
     except KeyboardInterrupt:
         remove_created_folders(created)        # where nothing was kept in them
         if dry_run or not shipment.finished:
@@ -409,8 +443,34 @@ def ship(recipe: Recipe, force: bool = False, dry_run: bool = False,
         raise
 
 
+@contextlib.contextmanager
+def _only_run(output: Path, dry_run: bool):
+    """Hold the output folder for this run: two ships writing one folder ended both exit 0
+    with bundles of the other's model, or a summary listing a bundle the other deleted."""
+    if dry_run:
+        yield
+        return
+    import fcntl
+    import os
+
+    folder = os.open(output, os.O_RDONLY | os.O_DIRECTORY)     # the folder itself: no lock file left behind
+    try:
+        try:
+            fcntl.flock(folder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputExistsError(f"another ship is writing '{output}' now; wait for it to finish, or give this "
+                                    "one another output folder (-o)") from None
+        except OSError:
+            pass                  # a file system without locks (some network mounts): unguarded, as before
+        yield
+    finally:
+        os.close(folder)          # and the lock with it (or with the process, however it ends)
+
+
 def _run(recipe: Recipe, shipment: Shipment, dry_run: bool) -> ShipResult:
     start = time.perf_counter()
+    if not dry_run:               # the last run's summary no longer holds once this one changes anything
+        (recipe.output / SUMMARY).unlink(missing_ok=True)
     source = shipment.source(dry_run)
     fp32 = shipment.export(source, dry_run)
     shipment.check_exported(fp32, dry_run)

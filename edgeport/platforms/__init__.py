@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from ..errors import ArtifactError, InvalidOptionError, ParityError, Unsupported
 from ..manifest import now_iso
 from .emulator import (check_cpu, get_platform, guest_requirements, guest_site, host_tools, run_guest,
                        userland)
+from ..workdirs import work_folder
 
 GUEST_TIMEOUT_S = 1800
 SPEED_NOTE = "emulated: proves the bundle loads and matches on this platform, never its speed there"
@@ -118,7 +118,7 @@ def verify_on_platform(bundle, platform: str, cpu: str | None = None, budget=Non
     inputs, expected = golden
     report = PlatformReport(platform, cpu, str(bundle))
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgeport-platform-") as work_dir:
+    with work_folder("edgeport-platform-") as work_dir:
         work = Path(work_dir)
         (work / "out").mkdir()
         say(f"running the golden check on {platform} ({cpu}, emulated; minutes, not seconds)...")

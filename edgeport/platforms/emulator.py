@@ -17,12 +17,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidOptionError, MissingDependencyError
 from ..processes import python_module
+from ..workdirs import staging_folder
 
 DEBIAN_SUITE = "bookworm"
 GUEST_PYTHON = "3.11"
@@ -94,7 +94,7 @@ def _build_once(dest: Path, build) -> Path:
     if dest.is_dir():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    work = staging_folder(f".{dest.name}.", "", dest.parent)      # a killed build's folder goes with the next
     try:
         build(work)
         try:

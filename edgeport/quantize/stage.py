@@ -7,7 +7,6 @@ lineage entry.  Nothing is written unless the recipe's gate passed.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from ..artifact import Artifact
@@ -18,6 +17,7 @@ from .options import QuantizeOptions
 from .recipes import QuantizeJob, Recipe, modes_for, recipe_for
 from .targets import get_target
 from .writing import write_artifact
+from ..workdirs import work_folder
 
 
 def quantize(artifact_path, out, options: QuantizeOptions, progress=None, calibration_progress=None) -> Artifact:
@@ -31,7 +31,7 @@ def quantize(artifact_path, out, options: QuantizeOptions, progress=None, calibr
     source = Artifact.load(artifact_path)
     check_source(source, artifact_path, recipe)
     options.budget().check_task(source.task)
-    with tempfile.TemporaryDirectory(prefix="edgeport-quantize-") as work_dir:
+    with work_folder("edgeport-quantize-") as work_dir:
         job = QuantizeJob(source, options, target, detected, Path(work_dir), say, calibration_progress)
         outcome = recipe.run(job)
         return write_artifact(out, source, recipe, job, outcome, options.force)

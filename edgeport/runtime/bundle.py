@@ -29,6 +29,7 @@ from ..artifact import Artifact
 from ..errors import ArtifactError, InvalidOptionError, UnsafeFileError
 from ..manifest import MANIFEST_NAME
 from ..vocabulary import BUNDLE_FORMAT
+from ..workdirs import staging_folder
 
 BUNDLE_VERSION = 1
 BUNDLE_META = "bundle.json"
@@ -151,7 +152,8 @@ def extract_bundle(path: Path, target: Path, limits: ExtractionLimits = Extracti
             members = _checked_members(archive, path, limits)
             root = _single_root(members, path)
             _check_declared(archive, members, root, path, target.parent)
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+            # one prefix for every bundle's staging: a killed extraction's goes with the next of any bundle
+            staging = staging_folder(".extracting.", ".tmp", target.parent)
             for member in members:
                 relative = PurePosixPath(member.name).relative_to(root)
                 destination = staging.joinpath(*relative.parts) if relative.parts else staging
