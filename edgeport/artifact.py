@@ -19,6 +19,7 @@ from typing import Any
 
 from .errors import ArtifactError
 from .manifest import GOLDEN_NAME, MANIFEST_NAME, Manifest, manifest_sha256, sha256_file
+from .vocabulary import BUNDLE_SUFFIXES
 
 
 @dataclass
@@ -36,11 +37,11 @@ class Artifact:
             raise ArtifactError("no artifact path given")
         path = Path(path)
         if not path.exists():
-            if path.name.endswith((".tar.gz", ".tgz")):
+            if path.name.endswith(BUNDLE_SUFFIXES):
                 raise ArtifactError(f"no bundle at '{path}': the file does not exist")
             raise ArtifactError(f"no artifact at '{path}': the folder does not exist")
         if not path.is_dir():
-            if path.name.endswith((".tar.gz", ".tgz")):      # run, serve and inspect open bundles; this does not
+            if path.name.endswith(BUNDLE_SUFFIXES):      # run, serve and inspect open bundles; this does not
                 raise ArtifactError(f"'{path}' is a bundle, and this command takes an artifact folder: give the "
                                     "folder it was packaged from, or the 'artifact' folder inside what 'tar -xzf' "
                                     "unpacks")

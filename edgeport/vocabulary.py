@@ -78,3 +78,4 @@ DEFAULT_WORKSPACE_MB = 4096
 
 # Bundles: the format name their bundle.json carries (outputs.py recognises an earlier bundle by it)
 BUNDLE_FORMAT = "edgeport-bundle"
+BUNDLE_SUFFIXES = (".tar.gz", ".tgz")       # what a bundle file's name ends with

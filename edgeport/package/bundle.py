@@ -29,6 +29,7 @@ from ..runtime.formats import format_of
 from ..runtime.bundle import (ARTIFACT_DIR, BUNDLE_FORMAT, BUNDLE_META, BUNDLE_VERSION, CHECKSUMS, REQUIREMENTS,
                               SIGNATURE, format_checksums, sha256_of)
 from ..processes import python_module
+from ..vocabulary import BUNDLE_SUFFIXES
 from ..workdirs import work_folder
 
 BUNDLE_TARGETS = ("portable", "ort-mobile")
@@ -164,7 +165,7 @@ def _signature(files: dict[str, bytes], name: str, private_key: str) -> bytes:
 def package_bundle(artifact_path, out, target: str = "portable", force: bool = False,
                    sign: str | None = None) -> Path:
     out = Path(out)
-    if not out.name.endswith((".tar.gz", ".tgz")):
+    if not out.name.endswith(BUNDLE_SUFFIXES):
         raise InvalidOptionError(f"-o '{out}': a bundle is a .tar.gz file")
     name = out.name.removesuffix(".tar.gz").removesuffix(".tgz")
     check_bundle_name(name)

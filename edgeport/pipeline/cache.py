@@ -5,6 +5,7 @@ not re-export the model."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 from pathlib import Path
@@ -41,25 +42,32 @@ class StepCache:
     def _record(self, step: str) -> Path:
         return self.folder / f"{step}.json"
 
+    def _read(self, step: str) -> dict:
+        try:
+            record = json.loads(self._record(step).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
     def hit(self, step: str, key: str, output: Path) -> bool:
         """The step ran with this very key and its output is still there, byte for byte as it
         wrote it (a truncated bundle or an edited artifact is made again)."""
         if self.force or not output.exists():
             return False
-        try:
-            record = json.loads(self._record(step).read_text(encoding="utf-8"))
-            return record.get("key") == key and record.get("digest") == folder_digest(output)
-        except (OSError, ValueError, AttributeError):
-            return False
+        return self._read(step).get("key") == key and self.wrote(step, output)
 
     def wrote(self, step: str, output: Path) -> bool:
         """Whether ``output`` is, byte for byte, what ``step`` last wrote (not a file of the
         user's put in its place)."""
+        recorded = self._read(step).get("digest")
         try:
-            record = json.loads(self._record(step).read_text(encoding="utf-8"))
-            return record.get("digest") == folder_digest(output)
-        except (OSError, ValueError, AttributeError):
+            return recorded is not None and recorded == folder_digest(output)
+        except OSError:
             return False
+
+    def steps(self, prefix: str) -> list[str]:
+        """The steps with a record whose name starts with ``prefix``."""
+        return sorted(record.stem for record in self.folder.glob(f"{glob.escape(prefix)}*.json"))
 
     def store(self, step: str, key: str, output: Path) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

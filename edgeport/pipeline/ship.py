@@ -333,8 +333,8 @@ class Shipment:
             return
         why = {v.name: f"{v.name} did not pass this run" for v in failed if v.failure_kind is not OutputExistsError}
         listed = {v.name for v in self.recipe.variants}
-        for record in sorted(self.cache.folder.glob("bundle *.json")):
-            name = record.stem.removeprefix("bundle ")
+        for step in self.cache.steps("bundle "):
+            name = step.removeprefix("bundle ")
             if name not in listed:
                 why[name] = f"{name} is no longer in the recipe"
         for name, reason in why.items():

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from ..artifact import Artifact
 from ..errors import ArtifactError, InvalidOptionError, UnsafeFileError
 from ..manifest import MANIFEST_NAME
-from ..vocabulary import BUNDLE_FORMAT
+from ..vocabulary import BUNDLE_FORMAT, BUNDLE_SUFFIXES
 from ..workdirs import staging_folder
 
 BUNDLE_VERSION = 1
@@ -270,7 +270,7 @@ def lone_bundle(folder: Path) -> Path | None:
         entries = sorted(e for e in folder.iterdir() if not e.name.startswith(".") and e.name != "lost+found")
     except OSError:
         return None
-    bundles = [e for e in entries if (e.is_file() and e.name.endswith((".tar.gz", ".tgz")))
+    bundles = [e for e in entries if (e.is_file() and e.name.endswith(BUNDLE_SUFFIXES))
                or (e / BUNDLE_META).is_file()]
     if not bundles:
         return None
